@@ -1,0 +1,207 @@
+//! `runner jobs`: the operator's view of the queue.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use super::database::Database;
+use crate::job::JobState;
+use crate::queue::admin::{JobFilter, JobRecord};
+use crate::retry::RetryPolicy;
+
+/// Subcommands of `runner jobs`.
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List jobs, newest first.
+    List {
+        /// Only jobs in this state (available, running, completed, failed, cancelled).
+        #[arg(long)]
+        state: Option<JobState>,
+        /// Only jobs of this type.
+        #[arg(long = "type")]
+        job_type: Option<String>,
+        /// Only jobs of this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print JSON, one object per job.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show every field of a job and its error history.
+    Show {
+        /// The job's id.
+        id: i64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a failed job available again (it gets one more attempt if it had used them all).
+    Retry {
+        /// The job's id.
+        id: i64,
+    },
+    /// Cancel an available job. Running jobs are not touched.
+    Cancel {
+        /// The job's id.
+        id: i64,
+    },
+}
+
+/// Runs a `runner jobs` subcommand.
+pub async fn jobs(
+    db: &Database,
+    command: JobsCommand,
+    policy: &RetryPolicy,
+) -> anyhow::Result<ExitCode> {
+    let queue = db.queue();
+    match command {
+        JobsCommand::List {
+            state,
+            job_type,
+            tenant,
+            limit,
+            json,
+        } => {
+            let filter = JobFilter {
+                state,
+                job_type,
+                tenant,
+                limit,
+            };
+            let jobs = queue.list_jobs(&filter).await?;
+            if json {
+                for job in &jobs {
+                    println!("{}", serde_json::to_string(job)?);
+                }
+            } else {
+                print_list(&jobs, policy);
+            }
+        }
+        JobsCommand::Show { id, json } => {
+            let job = queue.job(id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&job)?);
+            } else {
+                print_job(&job, policy);
+            }
+        }
+        JobsCommand::Retry { id } => {
+            let job = queue.retry_job(id, policy.max_attempts).await?;
+            println!(
+                "job {} is available again (attempt {} of {})",
+                job.id,
+                job.attempt + 1,
+                max_attempts(&job, policy)
+            );
+        }
+        JobsCommand::Cancel { id } => {
+            let job = queue.cancel_job(id).await?;
+            println!("job {} cancelled", job.id);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn max_attempts(job: &JobRecord, policy: &RetryPolicy) -> u32 {
+    job.max_attempts.unwrap_or(policy.max_attempts)
+}
+
+pub(super) fn print_list(jobs: &[JobRecord], policy: &RetryPolicy) {
+    let header = [
+        "ID",
+        "STATE",
+        "TYPE",
+        "TENANT",
+        "ATTEMPT",
+        "PRIORITY",
+        "RUN AT",
+        "LAST ERROR",
+    ];
+    let rows: Vec<[String; 8]> = jobs
+        .iter()
+        .map(|job| {
+            [
+                job.id.to_string(),
+                job.state.to_string(),
+                job.job_type.clone(),
+                job.tenant.clone(),
+                format!("{}/{}", job.attempt, max_attempts(job, policy)),
+                job.priority.to_string(),
+                job.run_at.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+                job.last_error()
+                    .map(|e| one_line(&e.error, 60))
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 8]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header);
+    for row in &rows {
+        line(row.each_ref().map(String::as_str));
+    }
+}
+
+fn print_job(job: &JobRecord, policy: &RetryPolicy) {
+    let max = match job.max_attempts {
+        Some(max) => max.to_string(),
+        None => format!("{} (runner default)", policy.max_attempts),
+    };
+    println!("id:          {}", job.id);
+    println!("type:        {}", job.job_type);
+    println!("tenant:      {}", job.tenant);
+    println!("state:       {}", job.state);
+    println!("attempt:     {} of {max}", job.attempt);
+    println!("priority:    {}", job.priority);
+    println!("run at:      {}", job.run_at.to_rfc3339());
+    println!("created at:  {}", job.created_at.to_rfc3339());
+    println!("updated at:  {}", job.updated_at.to_rfc3339());
+    if let (Some(owner), Some(until)) = (&job.lease_owner, job.lease_expires_at) {
+        println!("lease:       {owner} until {}", until.to_rfc3339());
+    }
+    if let Some(key) = &job.unique_key {
+        println!("unique key:  {key}");
+    }
+    println!("payload:     {}", job.payload);
+    if let Some(result) = &job.result {
+        println!("result:      {result}");
+    }
+    if job.errors.is_empty() {
+        println!("errors:      none");
+    } else {
+        println!("errors:");
+        for e in &job.errors {
+            println!(
+                "  attempt {} at {}: {}",
+                e.attempt,
+                e.at.to_rfc3339(),
+                e.error
+            );
+        }
+    }
+}
+
+/// `text` on one line, cut to `max` characters.
+fn one_line(text: &str, max: usize) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max {
+        return flat;
+    }
+    let cut: String = flat.chars().take(max.saturating_sub(1)).collect();
+    format!("{cut}…")
+}

@@ -1,0 +1,143 @@
+//! The `runner` command line: parse, load the config file, set up logs, connect, dispatch.
+
+mod database;
+mod demo;
+mod enqueue;
+mod jobs;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{FileConfig, LogFormat, WorkerSettings};
+
+/// Runs background jobs stored in PostgreSQL; every job type is a sandboxed WebAssembly
+/// component.
+#[derive(Debug, Parser)]
+#[command(name = "runner", version, propagate_version = true)]
+pub struct Cli {
+    /// PostgreSQL URL. Without one, the runner uses the local default server (PGHOST, PGPORT,
+    /// ...), or starts a private cluster if nothing answers there.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+
+    /// TOML config file (keys as in the flags, worker settings under [worker]).
+    #[arg(long, env = "JOBRUNNER_CONFIG", global = true)]
+    config: Option<PathBuf>,
+
+    /// Log format: text on stderr, or one JSON object per line on stdout [default: text]
+    #[arg(long, value_enum, global = true)]
+    log_format: Option<LogFormat>,
+
+    /// Data directory for the private PostgreSQL cluster [default: ~/.local/share/jobrunner/postgres,
+    /// or /var/lib/jobrunner/postgres as root]
+    #[arg(long, env = "JOBRUNNER_PG_DIR", global = true)]
+    private_pg_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply pending schema migrations and exit.
+    Migrate,
+    /// Run jobs until SIGINT or SIGTERM (a second signal exits at once).
+    Run(WorkerSettings),
+    /// Enqueue a job and print its id.
+    Enqueue(enqueue::EnqueueArgs),
+    /// List, show, retry and cancel jobs.
+    Jobs {
+        #[command(subcommand)]
+        command: jobs::JobsCommand,
+    },
+    /// Start from nothing and show jobs running: a fresh database, jobs from every door,
+    /// retries, a permanent failure and a scheduled job.
+    Demo(WorkerSettings),
+}
+
+/// Entry point of the `runner` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match try_main(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    let file = match &cli.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    init_logging(cli.log_format.or(file.log_format).unwrap_or_default());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(dispatch(cli, file))
+}
+
+/// A command whose input has been checked: nothing touches the database before this.
+enum Prepared {
+    Migrate,
+    Run(crate::worker::WorkerConfig),
+    Enqueue(crate::job::NewJob),
+    Jobs(jobs::JobsCommand, crate::retry::RetryPolicy),
+    Demo(crate::worker::WorkerConfig),
+}
+
+impl Command {
+    fn prepare(self, file: &FileConfig) -> anyhow::Result<Prepared> {
+        let settings = |flags: WorkerSettings| flags.or(file.worker.clone());
+        Ok(match self {
+            Command::Migrate => Prepared::Migrate,
+            Command::Run(flags) => Prepared::Run(settings(flags).resolve()?),
+            Command::Enqueue(args) => Prepared::Enqueue(args.to_job()?),
+            Command::Jobs { command } => Prepared::Jobs(command, file.worker.retry_policy()?),
+            Command::Demo(flags) => Prepared::Demo(demo::settings(settings(flags)).resolve()?),
+        })
+    }
+}
+
+async fn dispatch(cli: Cli, file: FileConfig) -> anyhow::Result<ExitCode> {
+    let command = cli.command.prepare(&file)?;
+    let database_url = cli.database_url.or(file.database_url);
+    let db = database::Database::connect(database_url, cli.private_pg_dir).await?;
+    let result = match command {
+        Prepared::Migrate => {
+            db.queue().migrate().await?;
+            println!("jobrunner schema is up to date");
+            Ok(ExitCode::SUCCESS)
+        }
+        Prepared::Run(config) => run::run(&db, config).await,
+        Prepared::Enqueue(job) => enqueue::enqueue(&db, job).await,
+        Prepared::Jobs(command, policy) => jobs::jobs(&db, command, &policy).await,
+        Prepared::Demo(config) => demo::demo(&db, config).await,
+    };
+    db.close().await;
+    result
+}
+
+fn init_logging(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.with_writer(std::io::stderr).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(std::io::stdout)
+            .init(),
+    }
+}

@@ -1,0 +1,303 @@
+//! Runner configuration: flags (and `DATABASE_URL`) over an optional TOML file over defaults.
+//!
+//! [`WorkerSettings`] is both a set of command-line flags and a TOML table, so the two can
+//! never drift apart: every setting has the same name in both (`--poll-interval 2s` and
+//! `poll_interval = "2s"`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::retry::{Backoff, BackoffKind, RetryPolicy};
+use crate::worker::{WorkerConfig, default_owner};
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or has unknown keys or bad values.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why, with the key and line.
+        source: Box<toml::de::Error>,
+    },
+    /// A setting has a value the runner cannot work with.
+    #[error("invalid setting {key}: {reason}")]
+    Invalid {
+        /// The setting, as spelled in the file.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines on stderr.
+    #[default]
+    Text,
+    /// One JSON object per line on stdout.
+    Json,
+}
+
+/// The config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Where the queue lives, unless `DATABASE_URL` or `--database-url` says otherwise.
+    pub database_url: Option<String>,
+    /// Log format, unless `--log-format` says otherwise.
+    pub log_format: Option<LogFormat>,
+    /// The `[worker]` table.
+    #[serde(default)]
+    pub worker: WorkerSettings,
+}
+
+impl FileConfig {
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: source.into(),
+        })
+    }
+}
+
+/// Worker settings; unset ones fall back to the config file, then to the defaults shown.
+#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Jobs running at once [default: 50]
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Jobs claimed ahead of free executors, to hide claim latency for short jobs [default: 0]
+    #[arg(long)]
+    pub prefetch: Option<usize>,
+    /// Most jobs claimed per statement [default: 100]
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// How often an idle runner polls when no notification arrives [default: 1s]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub poll_interval: Option<Duration>,
+    /// How long a claim lasts without a heartbeat; heartbeats run every third of it [default: 5s]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub lease: Option<Duration>,
+    /// How often expired leases are rescued [default: 1s]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub rescue_interval: Option<Duration>,
+    /// Keep completed jobs (state `completed`, with their result) this long [default: delete at once]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub keep_completed: Option<Duration>,
+    /// How long shutdown waits for running jobs before requeueing them [default: 30s]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_timeout: Option<Duration>,
+    /// Attempts for jobs that set none [default: 25]
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Backoff curve between attempts [default: exponential]
+    #[arg(long, value_enum)]
+    pub backoff: Option<BackoffKind>,
+    /// Delay after the first failed attempt [default: 1s]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub backoff_base: Option<Duration>,
+    /// Longest delay between attempts [default: 1h]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub backoff_cap: Option<Duration>,
+}
+
+impl WorkerSettings {
+    /// These settings, with unset ones taken from `fallback`.
+    pub fn or(self, fallback: WorkerSettings) -> WorkerSettings {
+        WorkerSettings {
+            concurrency: self.concurrency.or(fallback.concurrency),
+            prefetch: self.prefetch.or(fallback.prefetch),
+            batch_size: self.batch_size.or(fallback.batch_size),
+            poll_interval: self.poll_interval.or(fallback.poll_interval),
+            lease: self.lease.or(fallback.lease),
+            rescue_interval: self.rescue_interval.or(fallback.rescue_interval),
+            keep_completed: self.keep_completed.or(fallback.keep_completed),
+            shutdown_timeout: self.shutdown_timeout.or(fallback.shutdown_timeout),
+            max_attempts: self.max_attempts.or(fallback.max_attempts),
+            backoff: self.backoff.or(fallback.backoff),
+            backoff_base: self.backoff_base.or(fallback.backoff_base),
+            backoff_cap: self.backoff_cap.or(fallback.backoff_cap),
+        }
+    }
+
+    /// The retry policy these settings describe, defaults filled in.
+    pub fn retry_policy(&self) -> Result<RetryPolicy, ConfigError> {
+        let defaults = RetryPolicy::default();
+        let policy = RetryPolicy {
+            max_attempts: self.max_attempts.unwrap_or(defaults.max_attempts),
+            backoff: Backoff {
+                kind: self.backoff.unwrap_or(defaults.backoff.kind),
+                base: self.backoff_base.unwrap_or(defaults.backoff.base),
+                cap: self.backoff_cap.unwrap_or(defaults.backoff.cap),
+            },
+        };
+        check(
+            "max_attempts",
+            (1..=i32::MAX as u32).contains(&policy.max_attempts),
+            || format!("must be between 1 and {}", i32::MAX),
+        )?;
+        check(
+            "backoff_base",
+            policy.backoff.base <= policy.backoff.cap,
+            || "must not exceed backoff_cap".into(),
+        )?;
+        Ok(policy)
+    }
+
+    /// The worker configuration these settings describe, defaults filled in and checked.
+    pub fn resolve(&self) -> Result<WorkerConfig, ConfigError> {
+        let d = WorkerConfig::default();
+        let config = WorkerConfig {
+            owner: default_owner(),
+            concurrency: self.concurrency.unwrap_or(d.concurrency),
+            prefetch: self.prefetch.unwrap_or(d.prefetch),
+            batch_size: self.batch_size.unwrap_or(d.batch_size),
+            poll_interval: self.poll_interval.unwrap_or(d.poll_interval),
+            lease: self.lease.unwrap_or(d.lease),
+            rescue_interval: self.rescue_interval.unwrap_or(d.rescue_interval),
+            keep_completed: self.keep_completed.or(d.keep_completed),
+            shutdown_timeout: self.shutdown_timeout.unwrap_or(d.shutdown_timeout),
+            retry: self.retry_policy()?,
+        };
+        check("concurrency", config.concurrency >= 1, || {
+            "must be at least 1".into()
+        })?;
+        check("batch_size", config.batch_size >= 1, || {
+            "must be at least 1".into()
+        })?;
+        check("poll_interval", !config.poll_interval.is_zero(), || {
+            "must be positive".into()
+        })?;
+        check("rescue_interval", !config.rescue_interval.is_zero(), || {
+            "must be positive".into()
+        })?;
+        check("lease", config.lease >= Duration::from_millis(300), || {
+            "must be at least 300ms (heartbeats run every third of it)".into()
+        })?;
+        Ok(config)
+    }
+}
+
+fn check(key: &'static str, ok: bool, reason: impl FnOnce() -> String) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            key,
+            reason: reason(),
+        })
+    }
+}
+
+/// Parses a human duration (`90s`, `5m`, `1h30m`, `250ms`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if text.trim_start().starts_with('-') {
+        return Err(format!(
+            "{text:?} is negative; durations must be zero or more"
+        ));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration ({e}); write e.g. 90s, 5m, 1h"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_override_defaults() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            database_url = "postgres://db/x"
+            [worker]
+            concurrency = 8
+            poll_interval = "2s"
+            backoff = "quadratic"
+            "#,
+        )
+        .unwrap();
+        let flags = WorkerSettings {
+            concurrency: Some(3),
+            ..Default::default()
+        };
+        let config = flags.or(file.worker).resolve().unwrap();
+        assert_eq!(config.concurrency, 3);
+        assert_eq!(config.poll_interval, Duration::from_secs(2));
+        assert_eq!(config.retry.backoff.kind, BackoffKind::Quadratic);
+        assert_eq!(config.lease, WorkerConfig::default().lease);
+    }
+
+    #[test]
+    fn bad_files_name_the_key() {
+        let err = toml::from_str::<FileConfig>("[worker]\nconcurency = 3").unwrap_err();
+        assert!(err.to_string().contains("concurency"), "{err}");
+        let err = toml::from_str::<FileConfig>("[worker]\nlease = \"soon\"").unwrap_err();
+        assert!(err.to_string().contains("lease"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        let zero = WorkerSettings {
+            concurrency: Some(0),
+            ..Default::default()
+        };
+        assert!(matches!(
+            zero.resolve(),
+            Err(ConfigError::Invalid {
+                key: "concurrency",
+                ..
+            })
+        ));
+        let inverted = WorkerSettings {
+            backoff_base: Some(Duration::from_secs(10)),
+            backoff_cap: Some(Duration::from_secs(1)),
+            ..Default::default()
+        };
+        assert!(matches!(
+            inverted.resolve(),
+            Err(ConfigError::Invalid {
+                key: "backoff_base",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn durations_are_human() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("-5s").unwrap_err().contains("negative"));
+        assert!(
+            parse_duration("soon")
+                .unwrap_err()
+                .contains("not a duration")
+        );
+    }
+}

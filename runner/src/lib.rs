@@ -1,0 +1,29 @@
+//! jobrunner: background jobs stored in PostgreSQL, each job type a sandboxed WebAssembly
+//! component.
+//!
+//! The crate reads like the architecture:
+//! - [`queue`] owns every SQL statement: migrations, enqueue, claim, outcomes, leases, admin.
+//! - [`worker`] is the loop that claims ripe jobs, runs them through an [`Executor`] and writes
+//!   their outcomes back in batches, with heartbeats, a lease rescuer and a graceful shutdown.
+//! - [`executor`] is the seam between the queue and whatever runs a job.
+//! - [`retry`] decides when a failed attempt runs again; [`clock`] is the one source of "now".
+//! - [`config`] merges flags, environment and the TOML file; [`cli`] is the `runner` binary;
+//!   [`private_pg`] starts a throwaway PostgreSQL when none is configured.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod executor;
+pub mod job;
+pub mod private_pg;
+pub mod queue;
+pub mod retry;
+pub mod worker;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use executor::{Executor, Handlers, JobError, JobResult};
+pub use job::{Job, JobState, NewJob, Schedule, Unique};
+pub use queue::Queue;
+pub use retry::{Backoff, RetryPolicy};
+pub use worker::{Worker, WorkerConfig, WorkerHandle};

@@ -1,0 +1,146 @@
+//! Leases: heartbeats that extend them, and the rescuer that returns expired ones.
+//!
+//! A runner that stops heartbeating (killed, paused, cut off) loses its jobs once their leases
+//! expire. The rescuer, which every runner runs, counts the interrupted attempt and makes the
+//! job available again with backoff, or failed when it has no attempts left. Two rescuers
+//! racing on one job are harmless: the update is fenced on the expired lease it saw.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::{Queue, Result, count};
+use crate::clock::later;
+use crate::job::JobState;
+use crate::retry::RetryPolicy;
+
+/// A job the rescuer took back from a runner that lost its lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rescued {
+    /// The job.
+    pub job_id: i64,
+    /// Its type.
+    pub job_type: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// The attempt that was interrupted.
+    pub attempt: u32,
+    /// The runner that held the lease.
+    pub owner: String,
+    /// `Available` (will run again) or `Failed` (no attempts left).
+    pub state: JobState,
+}
+
+#[derive(sqlx::FromRow)]
+struct ExpiredRow {
+    id: i64,
+    attempt: i32,
+    max_attempts: i32,
+    lease_owner: String,
+}
+
+impl Queue {
+    /// Extends the leases `owner` holds on `jobs` (id, attempt) to now + `lease` and returns
+    /// the ids still held. A missing id is a lost lease: its outcome will be refused.
+    pub async fn extend_leases(
+        &self,
+        owner: &str,
+        jobs: &[(i64, u32)],
+        lease: Duration,
+    ) -> Result<Vec<i64>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.now();
+        let ids: Vec<i64> = jobs.iter().map(|(id, _)| *id).collect();
+        let attempts: Vec<i32> = jobs
+            .iter()
+            .map(|(_, a)| i32::try_from(*a).unwrap_or(i32::MAX))
+            .collect();
+        let held = sqlx::query_scalar(
+            "UPDATE jobrunner.jobs AS j
+                SET lease_expires_at = $4, updated_at = $5
+               FROM unnest($1::bigint[], $2::int[]) AS t(id, attempt)
+              WHERE j.id = t.id AND j.attempt = t.attempt
+                AND j.state = 'running' AND j.lease_owner = $3
+          RETURNING j.id",
+        )
+        .bind(ids)
+        .bind(attempts)
+        .bind(owner)
+        .bind(later(now, lease))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(held)
+    }
+
+    /// Returns up to `limit` jobs whose lease has expired to `available` (with backoff) or
+    /// `failed`, counting the interrupted attempt.
+    pub async fn rescue_expired(&self, policy: &RetryPolicy, limit: usize) -> Result<Vec<Rescued>> {
+        let now = self.now();
+        let expired: Vec<ExpiredRow> = sqlx::query_as(
+            "SELECT id, attempt, coalesce(max_attempts, $2) AS max_attempts, lease_owner
+               FROM jobrunner.jobs
+              WHERE state = 'running' AND lease_expires_at < $1
+              ORDER BY lease_expires_at
+              LIMIT $3",
+        )
+        .bind(now)
+        .bind(i32::try_from(policy.max_attempts).unwrap_or(i32::MAX))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        if expired.is_empty() {
+            return Ok(Vec::new());
+        }
+
+        let next_runs: Vec<Option<DateTime<Utc>>> = expired
+            .iter()
+            .map(|row| policy.next_run(count(row.attempt), count(row.max_attempts), now))
+            .collect();
+        let rows: Vec<(i64, String, String, i32, String, String)> = sqlx::query_as(
+            "UPDATE jobrunner.jobs AS j
+                SET state = (CASE WHEN t.run_at IS NULL THEN 'failed'
+                                  ELSE 'available' END)::jobrunner.job_state,
+                    run_at = coalesce(t.run_at, j.run_at),
+                    lease_owner = NULL,
+                    lease_expires_at = NULL,
+                    errors = j.errors || jsonb_build_array(jsonb_build_object(
+                        'attempt', j.attempt, 'at', $5::timestamptz,
+                        'error', format('lease expired: runner %s stopped heartbeating',
+                                        j.lease_owner))),
+                    updated_at = $5
+               FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[])
+                    AS t(id, attempt, owner, run_at)
+              WHERE j.id = t.id AND j.attempt = t.attempt AND j.lease_owner = t.owner
+                AND j.state = 'running' AND j.lease_expires_at < $5
+          RETURNING j.id, j.job_type, j.tenant, j.attempt, t.owner, j.state::text",
+        )
+        .bind(expired.iter().map(|r| r.id).collect::<Vec<_>>())
+        .bind(expired.iter().map(|r| r.attempt).collect::<Vec<_>>())
+        .bind(
+            expired
+                .iter()
+                .map(|r| r.lease_owner.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(next_runs)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(job_id, job_type, tenant, attempt, owner, state)| Rescued {
+                    job_id,
+                    job_type,
+                    tenant,
+                    attempt: count(attempt),
+                    owner,
+                    state: state.parse().unwrap_or(JobState::Available),
+                },
+            )
+            .collect())
+    }
+}

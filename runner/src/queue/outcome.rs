@@ -1,0 +1,171 @@
+//! Writing what became of attempts, many per round trip, each guarded by its fencing token.
+
+use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
+
+use super::{Queue, Result, WAKE_CHANNEL, clip_error};
+
+/// What became of one attempt.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Succeeded: deleted, or kept as `completed` with its result while completed jobs are
+    /// retained.
+    Completed {
+        /// The handler's result, if any.
+        result: Option<Box<RawValue>>,
+    },
+    /// Failed with attempts left: available again at `run_at`.
+    Retry {
+        /// Why the attempt failed.
+        error: String,
+        /// When the next attempt becomes ripe.
+        run_at: DateTime<Utc>,
+    },
+    /// Failed for good: kept as `failed`.
+    Failed {
+        /// Why.
+        error: String,
+    },
+    /// Never ran, or was interrupted by a shutdown: available again at once, and the attempt
+    /// does not count.
+    Requeued {
+        /// Why, for the log.
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// The outcome's name, as logged and stored.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Completed { .. } => "completed",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Requeued { .. } => "requeued",
+        }
+    }
+
+    /// The error of a failed attempt.
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            Outcome::Retry { error, .. } | Outcome::Failed { error } => Some(error),
+            Outcome::Completed { .. } | Outcome::Requeued { .. } => None,
+        }
+    }
+}
+
+/// An outcome for one claimed attempt. `(job_id, attempt)` plus the writer's owner name form
+/// the fencing token: the write applies only if that runner still holds that attempt's lease.
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    /// The job.
+    pub job_id: i64,
+    /// The attempt the outcome belongs to.
+    pub attempt: u32,
+    /// What became of it.
+    pub outcome: Outcome,
+}
+
+impl Queue {
+    /// Records `settlements` made by runner `owner` in one statement and returns the ids whose
+    /// outcome was applied. A missing id means the fence held: the lease expired and the job
+    /// was rescued or claimed by someone else, so this runner's outcome no longer counts.
+    pub async fn record_outcomes<'a>(
+        &self,
+        owner: &str,
+        keep_completed: bool,
+        settlements: impl IntoIterator<Item = &'a Settlement>,
+    ) -> Result<Vec<i64>> {
+        let (mut ids, mut attempts, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut run_ats, mut errors, mut results) = (Vec::new(), Vec::new(), Vec::new());
+        let mut any_requeued = false;
+        for s in settlements {
+            any_requeued |= matches!(s.outcome, Outcome::Requeued { .. });
+            ids.push(s.job_id);
+            attempts.push(i32::try_from(s.attempt).unwrap_or(i32::MAX));
+            labels.push(s.outcome.label());
+            run_ats.push(match &s.outcome {
+                Outcome::Retry { run_at, .. } => Some(*run_at),
+                _ => None,
+            });
+            errors.push(s.outcome.error().map(clip_error));
+            results.push(match &s.outcome {
+                Outcome::Completed {
+                    result: Some(result),
+                } if keep_completed => Some(result.get()),
+                _ => None,
+            });
+        }
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.now();
+        let applied: Vec<i64> = sqlx::query_scalar(
+            "WITH input AS (
+                 SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[],
+                                      $5::text[], $6::text[])
+                          AS t(id, attempt, outcome, run_at, error, result)
+             ),
+             deleted AS (
+                 DELETE FROM jobrunner.jobs AS j
+                  USING input AS i
+                  WHERE i.outcome = 'completed' AND NOT $9
+                    AND j.id = i.id AND j.attempt = i.attempt
+                    AND j.state = 'running' AND j.lease_owner = $7
+              RETURNING j.id
+             ),
+             updated AS (
+                 UPDATE jobrunner.jobs AS j
+                    SET state = (CASE i.outcome
+                                     WHEN 'completed' THEN 'completed'
+                                     WHEN 'failed' THEN 'failed'
+                                     ELSE 'available'
+                                 END)::jobrunner.job_state,
+                        attempt = CASE WHEN i.outcome = 'requeued' THEN j.attempt - 1
+                                       ELSE j.attempt END,
+                        run_at = coalesce(i.run_at, j.run_at),
+                        lease_owner = NULL,
+                        lease_expires_at = NULL,
+                        errors = CASE WHEN i.error IS NULL THEN j.errors
+                                      ELSE j.errors || jsonb_build_array(jsonb_build_object(
+                                          'attempt', i.attempt, 'at', $8::timestamptz,
+                                          'error', i.error))
+                                 END,
+                        result = i.result::jsonb,
+                        updated_at = $8
+                   FROM input AS i
+                  WHERE (i.outcome <> 'completed' OR $9)
+                    AND j.id = i.id AND j.attempt = i.attempt
+                    AND j.state = 'running' AND j.lease_owner = $7
+              RETURNING j.id
+             )
+             SELECT id FROM deleted UNION ALL SELECT id FROM updated",
+        )
+        .bind(ids)
+        .bind(attempts)
+        .bind(labels)
+        .bind(run_ats)
+        .bind(errors)
+        .bind(results)
+        .bind(owner)
+        .bind(now)
+        .bind(keep_completed)
+        .fetch_all(&self.pool)
+        .await?;
+
+        // Requeued jobs are ripe at once: tell idle runners rather than wait for their poll.
+        if any_requeued {
+            self.wake_runners().await?;
+        }
+        Ok(applied)
+    }
+
+    /// Sends the wake-up that new jobs send, for jobs that became ripe another way.
+    pub async fn wake_runners(&self) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(WAKE_CHANNEL)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,159 @@
+//! One attempt of one job: wait for an executor, run, and report what became of it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+use super::Shared;
+use super::inflight::Ticket;
+use crate::executor::{Executor, JobError, JobResult};
+use crate::job::Job;
+use crate::queue::{Outcome, Settlement};
+use crate::retry::RetryPolicy;
+
+/// An attempt's outcome on its way to the completer, with what the outcome log line needs.
+#[derive(Debug)]
+pub(super) struct Report {
+    pub ticket: Ticket,
+    pub settlement: Settlement,
+    pub job_type: String,
+    pub tenant: String,
+    /// How long the executor ran; zero if it never started.
+    pub duration: Duration,
+}
+
+/// Runs `job` once a free executor allows it and sends the outcome to the completer. `slot`
+/// is held until the report is queued, so a slow database pushes back on claiming.
+pub(super) async fn run<E: Executor>(
+    shared: Arc<Shared<E>>,
+    job: Job,
+    ticket: Ticket,
+    slot: OwnedSemaphorePermit,
+    reports: mpsc::Sender<Report>,
+) {
+    let permit = tokio::select! {
+        biased;
+        _ = shared.stop.cancelled() => None,
+        permit = shared.exec.clone().acquire_owned() => permit.ok(),
+    };
+    let (outcome, duration) = match permit {
+        None => (
+            requeued("the runner is shutting down; the job had not started"),
+            Duration::ZERO,
+        ),
+        Some(_running) => {
+            let started = Instant::now();
+            let Some(outcome) = execute(&shared, &job, ticket).await else {
+                return;
+            };
+            (outcome, started.elapsed())
+        }
+    };
+    let report = Report {
+        ticket,
+        settlement: Settlement {
+            job_id: job.id,
+            attempt: job.attempt,
+            outcome,
+        },
+        job_type: job.job_type,
+        tenant: job.tenant,
+        duration,
+    };
+    if reports.send(report).await.is_err() {
+        // Only if the completer died; the lease will expire and the rescuer takes the job.
+        tracing::error!(job_id = job.id, "outcome lost: the completer is gone");
+    }
+    drop(slot);
+}
+
+/// Runs the executor until it finishes, the shutdown deadline interrupts it, or the lease is
+/// lost (`None`: nothing to record, another runner owns the job now).
+async fn execute<E: Executor>(shared: &Shared<E>, job: &Job, ticket: Ticket) -> Option<Outcome> {
+    let lease_lost = shared.inflight.lease_lost_signal(ticket);
+    tokio::select! {
+        result = shared.executor.execute(job) => {
+            Some(settle(job, result, &shared.config.retry, shared.queue.now()))
+        }
+        _ = shared.abort.cancelled() => {
+            Some(requeued("interrupted: the runner's shutdown deadline passed"))
+        }
+        _ = lease_lost.cancelled() => {
+            tracing::warn!(
+                job_id = job.id, job_type = %job.job_type, tenant = %job.tenant,
+                attempt = job.attempt,
+                "lease lost while running (another runner may have taken the job); \
+                 abandoning this attempt"
+            );
+            shared.inflight.remove(ticket);
+            None
+        }
+    }
+}
+
+fn requeued(reason: &str) -> Outcome {
+    Outcome::Requeued {
+        reason: reason.to_owned(),
+    }
+}
+
+/// Turns an executor's result into the outcome to record.
+pub(super) fn settle(
+    job: &Job,
+    result: JobResult,
+    policy: &RetryPolicy,
+    now: DateTime<Utc>,
+) -> Outcome {
+    match result {
+        Ok(result) => Outcome::Completed { result },
+        Err(JobError::Fail(error)) => Outcome::Failed { error },
+        Err(JobError::Retry(error)) => match policy.next_run(job.attempt, job.max_attempts, now) {
+            Some(run_at) => Outcome::Retry { error, run_at },
+            None => Outcome::Failed { error },
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(attempt: u32, max_attempts: u32) -> Job {
+        Job {
+            id: 1,
+            job_type: "t".into(),
+            tenant: "default".into(),
+            payload: "{}".into(),
+            priority: 0,
+            attempt,
+            max_attempts,
+            run_at: Utc::now(),
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn settle_maps_results_to_outcomes() {
+        let policy = RetryPolicy::default();
+        let now = Utc::now();
+        let retry = || Err(JobError::Retry("later".into()));
+        assert!(matches!(
+            settle(&job(1, 3), Ok(None), &policy, now),
+            Outcome::Completed { .. }
+        ));
+        assert!(matches!(
+            settle(&job(1, 3), retry(), &policy, now),
+            Outcome::Retry { run_at, .. } if run_at > now
+        ));
+        assert!(matches!(
+            settle(&job(3, 3), retry(), &policy, now),
+            Outcome::Failed { .. }
+        ));
+        assert!(matches!(
+            settle(&job(1, 3), Err(JobError::Fail("no".into())), &policy, now),
+            Outcome::Failed { error } if error == "no"
+        ));
+    }
+}

@@ -1,0 +1,284 @@
+//! The loop that ties the queue to an executor.
+//!
+//! ```text
+//!  LISTEN / poll ─wake─> fetcher ──claim N──> attempt tasks ──reports──> completer ──batch──> Postgres
+//!                          │  (slot semaphore:        │ (exec semaphore:            │
+//!                          │   concurrency+prefetch)  │  concurrency)               └─> outcome log line
+//!              heartbeat ──┴── extends the leases of everything claimed and not yet recorded
+//!              rescuer   ───── returns other runners' expired leases
+//!              pruner    ───── deletes retained completed jobs when they age out
+//! ```
+//!
+//! A job holds a *slot* from claim until its outcome is queued for writing, and an *exec* permit
+//! while it runs; the difference between the two limits is the prefetch buffer of claimed jobs
+//! waiting for an executor. Shutdown ([`WorkerHandle::shutdown`]) stops claiming at once,
+//! requeues claimed jobs that never started, lets running ones finish until the deadline,
+//! requeues the rest, and flushes every outcome before returning.
+
+mod attempt;
+mod completer;
+mod fetcher;
+mod inflight;
+mod maintenance;
+mod wakeup;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::executor::Executor;
+use crate::queue::Queue;
+use crate::retry::RetryPolicy;
+
+use attempt::Report;
+use inflight::InFlight;
+
+/// How a worker behaves. [`WorkerConfig::default`] gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// This runner's name in leases; unique per process.
+    pub owner: String,
+    /// Jobs running at once.
+    pub concurrency: usize,
+    /// Jobs claimed beyond `concurrency`, waiting locally for a free executor.
+    pub prefetch: usize,
+    /// Most jobs claimed in one statement.
+    pub batch_size: usize,
+    /// How often an idle runner looks for ripe jobs when no notification arrives.
+    pub poll_interval: Duration,
+    /// How long a claim is valid without a heartbeat. Heartbeats run every third of it.
+    pub lease: Duration,
+    /// How often the rescuer looks for expired leases.
+    pub rescue_interval: Duration,
+    /// Keep completed jobs (with their result) this long instead of deleting them at once.
+    pub keep_completed: Option<Duration>,
+    /// How long shutdown waits for running jobs before interrupting and requeueing them.
+    pub shutdown_timeout: Duration,
+    /// Attempts and backoff.
+    pub retry: RetryPolicy,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            owner: default_owner(),
+            concurrency: 50,
+            prefetch: 0,
+            batch_size: 100,
+            poll_interval: Duration::from_secs(1),
+            // A killed runner's jobs are back within lease + rescue interval + backoff + poll:
+            // 5 + 1 + 1 + 1 seconds, inside the 10 s the design promises.
+            lease: Duration::from_secs(5),
+            rescue_interval: Duration::from_secs(1),
+            keep_completed: None,
+            shutdown_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// How often leases are extended.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.lease / 3
+    }
+}
+
+/// `host:pid:random`, so that two runners never share a lease owner, even after a restart that
+/// reuses the pid.
+pub fn default_owner() -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}:{}:{:04x}", std::process::id(), fastrand::u16(..))
+}
+
+/// What the worker's tasks share.
+struct Shared<E> {
+    queue: Queue,
+    executor: Arc<E>,
+    config: WorkerConfig,
+    inflight: Arc<InFlight>,
+    /// Claimed-and-unrecorded jobs: concurrency + prefetch permits.
+    slots: Arc<Semaphore>,
+    /// Running jobs: concurrency permits.
+    exec: Arc<Semaphore>,
+    /// A notification arrived (or the listener reconnected): look for ripe jobs now.
+    wake: Notify,
+    /// Stop claiming; requeue what has not started.
+    stop: CancellationToken,
+    /// Interrupt running jobs and requeue them (the shutdown deadline passed).
+    abort: CancellationToken,
+}
+
+/// A worker, ready to start.
+pub struct Worker<E> {
+    queue: Queue,
+    executor: Arc<E>,
+    config: WorkerConfig,
+}
+
+impl<E: Executor> Worker<E> {
+    /// A worker that claims from `queue` and runs jobs on `executor`.
+    pub fn new(queue: Queue, executor: E, config: WorkerConfig) -> Self {
+        Self {
+            queue,
+            executor: Arc::new(executor),
+            config,
+        }
+    }
+
+    /// Starts the worker's tasks on the current tokio runtime.
+    pub fn start(self) -> WorkerHandle {
+        let config = self.config;
+        let shared = Arc::new(Shared {
+            queue: self.queue,
+            executor: self.executor,
+            slots: Arc::new(Semaphore::new(config.concurrency.max(1) + config.prefetch)),
+            exec: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            inflight: Arc::default(),
+            wake: Notify::new(),
+            stop: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            config,
+        });
+        let (report_tx, report_rx) = mpsc::channel::<Report>(
+            shared.config.concurrency + shared.config.prefetch + shared.config.batch_size,
+        );
+        let (listening_tx, listening_rx) = watch::channel(false);
+        let tracker = TaskTracker::new();
+        let flush_deadline = CancellationToken::new();
+        let heartbeat_stop = CancellationToken::new();
+
+        let fetcher = tokio::spawn(fetcher::run(shared.clone(), report_tx, tracker.clone()));
+        let completer = tokio::spawn(completer::run(
+            shared.clone(),
+            report_rx,
+            flush_deadline.clone(),
+        ));
+        let heartbeat = tokio::spawn(maintenance::heartbeat(
+            shared.clone(),
+            heartbeat_stop.clone(),
+        ));
+        let background = vec![
+            tokio::spawn(maintenance::rescue(shared.clone())),
+            tokio::spawn(maintenance::prune(shared.clone())),
+            tokio::spawn(wakeup::listen(shared.clone(), listening_tx)),
+        ];
+        WorkerHandle {
+            control: Control {
+                stop: shared.stop.clone(),
+                abort: shared.abort.clone(),
+            },
+            shutdown_timeout: shared.config.shutdown_timeout,
+            inflight: shared.inflight.clone(),
+            tracker,
+            fetcher,
+            completer,
+            flush_deadline,
+            heartbeat,
+            heartbeat_stop,
+            background,
+            listening: listening_rx,
+        }
+    }
+}
+
+/// Cancels the worker when its handle is dropped without a shutdown.
+struct Control {
+    stop: CancellationToken,
+    abort: CancellationToken,
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.abort.cancel();
+    }
+}
+
+/// A running worker. Dropping it stops the worker abruptly (leases then expire and the jobs are
+/// rescued); call [`WorkerHandle::shutdown`] to stop gracefully.
+pub struct WorkerHandle {
+    control: Control,
+    shutdown_timeout: Duration,
+    inflight: Arc<InFlight>,
+    tracker: TaskTracker,
+    fetcher: JoinHandle<()>,
+    completer: JoinHandle<()>,
+    flush_deadline: CancellationToken,
+    heartbeat: JoinHandle<()>,
+    heartbeat_stop: CancellationToken,
+    background: Vec<JoinHandle<()>>,
+    listening: watch::Receiver<bool>,
+}
+
+impl WorkerHandle {
+    /// Resolves once the worker is subscribed to new-job notifications.
+    pub async fn listening(&self) {
+        let mut listening = self.listening.clone();
+        // The sender lives as long as the listener task, i.e. until shutdown.
+        let _ = listening.wait_for(|up| *up).await;
+    }
+
+    /// Jobs claimed by this worker whose outcome is not yet recorded.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Stops gracefully: claims nothing more, requeues claimed jobs that have not started,
+    /// waits up to the shutdown timeout for running jobs, interrupts and requeues those still
+    /// running, and returns once every outcome is written (or, if the database stays
+    /// unreachable for another shutdown timeout, logged as unwritten: those jobs come back when
+    /// their leases expire).
+    pub async fn shutdown(self) {
+        let timeout = self.shutdown_timeout;
+        self.control.stop.cancel();
+        let _ = self.fetcher.await;
+        self.tracker.close();
+        if tokio::time::timeout(timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = self.tracker.len(),
+                timeout = ?timeout,
+                "jobs still running at the shutdown deadline; interrupting and requeueing them"
+            );
+            self.control.abort.cancel();
+            self.tracker.wait().await;
+        }
+        // Every attempt has queued its report; the completer exits once they are written.
+        let mut completer = self.completer;
+        if tokio::time::timeout(timeout, &mut completer).await.is_err() {
+            self.flush_deadline.cancel();
+            let _ = completer.await;
+        }
+        self.heartbeat_stop.cancel();
+        let _ = self.heartbeat.await;
+        for task in self.background {
+            let _ = task.await;
+        }
+        tracing::info!("worker stopped");
+    }
+}
+
+/// Sleeps for `duration` unless `stop` fires first; returns whether it fired.
+async fn sleep_or_stop(stop: &CancellationToken, duration: Duration) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => true,
+        _ = tokio::time::sleep(duration) => false,
+    }
+}
+
+/// Delay before retrying the database after `failures` consecutive failures: 100 ms doubling
+/// to 5 s.
+fn retry_delay(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(6);
+    Duration::from_millis(100 << exp).min(Duration::from_secs(5))
+}

@@ -1,0 +1,245 @@
+//! Leases: fencing, rescue of expired leases, heartbeats.
+
+use std::time::Duration;
+
+use runner::queue::{ClaimRequest, Outcome, Settlement};
+use runner::retry::{Backoff, BackoffKind};
+use runner::{
+    Clock, Handlers, JobState, ManualClock, NewJob, Queue, RetryPolicy, Worker, WorkerConfig,
+};
+use serde_json::json;
+
+use crate::support::{TestDb, eventually};
+
+const LEASE: Duration = Duration::from_secs(5);
+
+fn policy() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 25,
+        backoff: Backoff {
+            kind: BackoffKind::Exponential,
+            base: Duration::from_secs(10),
+            cap: Duration::from_secs(60),
+        },
+    }
+}
+
+async fn claim_one(queue: &Queue, owner: &str) -> runner::Job {
+    let types = vec!["t".to_owned()];
+    let request = ClaimRequest {
+        owner,
+        job_types: &types,
+        limit: 1,
+        lease: LEASE,
+        default_max_attempts: 25,
+    };
+    let mut jobs = queue.claim(&request).await.unwrap();
+    assert_eq!(jobs.len(), 1, "{owner} claims the job");
+    jobs.pop().unwrap()
+}
+
+fn completed(job: &runner::Job) -> Settlement {
+    Settlement {
+        job_id: job.id,
+        attempt: job.attempt,
+        outcome: Outcome::Completed { result: None },
+    }
+}
+
+#[tokio::test]
+async fn fencing_rejects_a_stale_runners_outcome() {
+    let db = TestDb::new().await;
+    let clock = ManualClock::starting_now();
+    let queue = db.queue_with(clock.clone());
+    let id = queue
+        .enqueue(&db.pool, &NewJob::new("t", json!({})))
+        .await
+        .unwrap()
+        .id;
+
+    let stale = claim_one(&queue, "runner-a").await;
+    clock.advance(LEASE + Duration::from_secs(1));
+    let rescued = queue.rescue_expired(&policy(), 100).await.unwrap();
+    assert_eq!(rescued.len(), 1);
+    clock.advance(Duration::from_secs(60));
+    let fresh = claim_one(&queue, "runner-b").await;
+    assert_eq!((fresh.id, fresh.attempt), (id, 2));
+
+    let applied = queue
+        .record_outcomes("runner-a", false, [&completed(&stale)])
+        .await
+        .unwrap();
+    assert!(
+        applied.is_empty(),
+        "runner A lost its lease: its completion must not count"
+    );
+    let record = queue.job(id).await.unwrap();
+    assert_eq!(
+        (record.state, record.lease_owner.as_deref()),
+        (JobState::Running, Some("runner-b"))
+    );
+
+    // Same owner, old attempt: still refused.
+    let replay = Settlement {
+        attempt: 1,
+        ..completed(&fresh)
+    };
+    assert!(
+        queue
+            .record_outcomes("runner-b", false, [&replay])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let applied = queue
+        .record_outcomes("runner-b", false, [&completed(&fresh)])
+        .await
+        .unwrap();
+    assert_eq!(applied, [id]);
+    assert_eq!(
+        db.scalar::<i64>("SELECT count(*) FROM jobrunner.jobs")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_rescued_as_a_counted_attempt() {
+    let db = TestDb::new().await;
+    let clock = ManualClock::starting_now();
+    let queue = db.queue_with(clock.clone());
+    let job = NewJob::new("t", json!({})).max_attempts(2);
+    let id = queue.enqueue(&db.pool, &job).await.unwrap().id;
+
+    claim_one(&queue, "runner-a").await;
+    clock.advance(LEASE - Duration::from_secs(1));
+    assert!(
+        queue
+            .rescue_expired(&policy(), 100)
+            .await
+            .unwrap()
+            .is_empty(),
+        "lease still valid"
+    );
+    clock.advance(Duration::from_secs(2));
+    let rescued = queue.rescue_expired(&policy(), 100).await.unwrap();
+    assert_eq!(rescued.len(), 1);
+    assert_eq!(
+        (rescued[0].owner.as_str(), rescued[0].state),
+        ("runner-a", JobState::Available)
+    );
+
+    let record = queue.job(id).await.unwrap();
+    assert_eq!((record.state, record.attempt), (JobState::Available, 1));
+    assert!(record.lease_owner.is_none());
+    let delay = record.run_at - clock.now();
+    assert!(
+        (chrono::Duration::seconds(5)..=chrono::Duration::seconds(10)).contains(&delay),
+        "rescued with backoff: {delay}"
+    );
+    assert_eq!(record.errors.len(), 1);
+    assert_eq!(record.errors[0].attempt, 1);
+    assert!(
+        record.errors[0]
+            .error
+            .contains("lease expired: runner runner-a"),
+        "{:?}",
+        record.errors
+    );
+
+    // The last attempt's lease expiring fails the job for good.
+    clock.advance(Duration::from_secs(10));
+    claim_one(&queue, "runner-b").await;
+    clock.advance(LEASE * 2);
+    let rescued = queue.rescue_expired(&policy(), 100).await.unwrap();
+    assert_eq!(rescued[0].state, JobState::Failed);
+    let record = queue.job(id).await.unwrap();
+    assert_eq!(
+        (record.state, record.attempt, record.errors.len()),
+        (JobState::Failed, 2, 2)
+    );
+}
+
+#[tokio::test]
+async fn concurrent_rescuers_count_an_expired_lease_once() {
+    let db = TestDb::new().await;
+    let clock = ManualClock::starting_now();
+    let queue = db.queue_with(clock.clone());
+    let jobs: Vec<NewJob> = (0..200).map(|i| NewJob::new("t", json!(i))).collect();
+    queue.enqueue_many(&db.pool, &jobs).await.unwrap();
+    let types = vec!["t".to_owned()];
+    let request = ClaimRequest {
+        owner: "dead",
+        job_types: &types,
+        limit: 200,
+        lease: LEASE,
+        default_max_attempts: 25,
+    };
+    queue.claim(&request).await.unwrap();
+    clock.advance(LEASE * 2);
+
+    let rescuers: Vec<_> = (0..4)
+        .map(|_| {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.rescue_expired(&policy(), 1000).await.unwrap().len() })
+        })
+        .collect();
+    let mut total = 0;
+    for rescuer in rescuers {
+        total += rescuer.await.unwrap();
+    }
+    assert_eq!(total, 200, "each expired lease rescued exactly once");
+    let (attempts, errors): (i64, i64) = sqlx::query_as(
+        "SELECT sum(attempt), sum(jsonb_array_length(errors)) FROM jobrunner.jobs
+          WHERE state = 'available'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((attempts, errors), (200, 200));
+}
+
+#[tokio::test]
+async fn heartbeats_keep_a_long_job_leased() {
+    let db = TestDb::new().await;
+    let id = db
+        .queue()
+        .enqueue(&db.pool, &NewJob::new("slow", json!({})))
+        .await
+        .unwrap()
+        .id;
+    let slow = Handlers::new().on("slow", |_| async {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        Ok(None)
+    });
+    let short_lease = WorkerConfig {
+        lease: Duration::from_millis(900),
+        rescue_interval: Duration::from_millis(100),
+        keep_completed: Some(Duration::from_secs(3600)),
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(db.queue(), slow, short_lease.clone()).start();
+    // A second runner that cannot run the job but rescues any lease it sees expire.
+    let watcher = Worker::new(db.queue(), Handlers::new(), short_lease).start();
+
+    let state = eventually(
+        "the slow job to finish",
+        Duration::from_secs(15),
+        || async {
+            let record = db.queue().job(id).await.unwrap();
+            (record.state != JobState::Running && record.state != JobState::Available)
+                .then_some(record)
+        },
+    )
+    .await;
+    assert_eq!(state.state, JobState::Completed);
+    assert_eq!(
+        state.attempt, 1,
+        "never rescued while heartbeating: {:?}",
+        state.errors
+    );
+    assert!(state.errors.is_empty());
+    worker.shutdown().await;
+    watcher.shutdown().await;
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests: a real PostgreSQL (one database per test, so they run in parallel) and,
+//! where only a process can show it, the real `runner` binary.
+
+mod support;
+
+mod claim;
+mod cli;
+mod enqueue;
+mod leases;
+mod retries;
+mod worker;

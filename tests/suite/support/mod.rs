@@ -1,0 +1,38 @@
+//! Shared test fixtures: per-test databases, condition waits, runner processes.
+
+pub mod db;
+pub mod process;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use db::TestDb;
+
+/// Polls `check` until it yields a value, failing the test with `what` after `deadline`.
+/// Waits on a condition, never on a guess of how long something takes.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let give_up = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A job's state, as text.
+pub async fn state_of(db: &TestDb, id: i64) -> String {
+    sqlx::query_scalar("SELECT state::text FROM jobrunner.jobs WHERE id = $1")
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
+        .expect("job exists")
+}

@@ -1,0 +1,117 @@
+//! Runner processes, for what only a real process shows: exit codes, signals, output.
+
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+
+/// `runner` with `args`, its environment cleared of anything that would pick a database.
+pub fn runner(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_runner"));
+    command
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("JOBRUNNER_CONFIG")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs `runner args` against `url` to completion: (status, stdout, stderr).
+pub async fn run_cli(url: &str, args: &[&str]) -> (ExitStatus, String, String) {
+    let output = runner(args)
+        .env("DATABASE_URL", url)
+        .output()
+        .await
+        .expect("runner binary runs");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A running runner process whose output is collected line by line.
+pub struct Process {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Process {
+    /// Starts `command` with piped output.
+    pub fn spawn(mut command: Command) -> Process {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("runner binary starts");
+        let stdout = collect(child.stdout.take().expect("piped stdout"));
+        let stderr = collect(child.stderr.take().expect("piped stderr"));
+        Process {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Lines printed on stdout so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Lines printed on stderr so far.
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until a line on stdout or stderr contains `needle`.
+    pub async fn wait_for_output(&self, needle: &str, deadline: Duration) -> String {
+        super::eventually(
+            &format!("runner output containing {needle:?}"),
+            deadline,
+            || async {
+                self.stdout()
+                    .into_iter()
+                    .chain(self.stderr())
+                    .find(|line| line.contains(needle))
+            },
+        )
+        .await
+    }
+
+    /// Sends `signal`.
+    pub fn signal(&self, signal: Signal) {
+        let pid = self.child.id().expect("process still running");
+        kill(Pid::from_raw(pid as i32), signal).expect("signal delivered");
+    }
+
+    /// Waits for the process to exit, failing the test after `deadline`.
+    pub async fn exit(&mut self, deadline: Duration) -> ExitStatus {
+        match tokio::time::timeout(deadline, self.child.wait()).await {
+            Ok(status) => status.expect("wait for runner"),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                panic!(
+                    "runner did not exit within {deadline:?}\nstderr:\n{}",
+                    self.stderr().join("\n")
+                );
+            }
+        }
+    }
+}
+
+fn collect(stream: impl AsyncRead + Unpin + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}

@@ -1,0 +1,262 @@
+//! The worker loop: wake-ups, graceful shutdown, lost leases.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use runner::{Handlers, JobState, NewJob, Unique, Worker, WorkerConfig};
+use serde_json::json;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::support::{TestDb, eventually, state_of};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Polling so rare that only a notification can explain a prompt start.
+fn notify_only() -> WorkerConfig {
+    WorkerConfig {
+        poll_interval: Duration::from_secs(3600),
+        ..WorkerConfig::default()
+    }
+}
+
+/// Handlers whose `started` job reports its id when it begins.
+fn reporting(started: mpsc::UnboundedSender<(i64, Instant)>) -> Handlers {
+    Handlers::new().on("started", move |job| {
+        let started = started.clone();
+        async move {
+            let _ = started.send((job.id, Instant::now()));
+            Ok(None)
+        }
+    })
+}
+
+#[tokio::test]
+async fn notify_wakes_an_idle_runner() {
+    let db = TestDb::new().await;
+    let (tx, mut started) = mpsc::unbounded_channel();
+    let worker = Worker::new(db.queue(), reporting(tx), notify_only()).start();
+    worker.listening().await;
+
+    let mut latencies = Vec::new();
+    for i in 0..20 {
+        let enqueued_at = Instant::now();
+        let id = db
+            .queue()
+            .enqueue(&db.pool, &NewJob::new("started", json!(i)))
+            .await
+            .unwrap()
+            .id;
+        let (ran, at) = tokio::time::timeout(WAIT, started.recv())
+            .await
+            .expect("the idle runner must start the job long before its next poll (1 h)")
+            .unwrap();
+        assert_eq!(ran, id);
+        latencies.push(at - enqueued_at);
+    }
+    worker.shutdown().await;
+    latencies.sort();
+    eprintln!(
+        "enqueue -> start through NOTIFY: p50 {:?}, max {:?}",
+        latencies[latencies.len() / 2],
+        latencies.last().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn the_listener_recovers_when_its_connection_is_killed() {
+    let db = TestDb::new().await;
+    let (tx, mut started) = mpsc::unbounded_channel();
+    let worker = Worker::new(db.queue(), reporting(tx), notify_only()).start();
+    worker.listening().await;
+    let listener_pid = || async {
+        sqlx::query_scalar::<_, i32>(
+            "SELECT pid FROM pg_stat_activity
+              WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+        )
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap()
+    };
+    let old = eventually("the LISTEN connection", WAIT, listener_pid).await;
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(old)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    eventually("a new LISTEN connection", WAIT, || async {
+        listener_pid().await.filter(|pid| *pid != old)
+    })
+    .await;
+
+    let id = db
+        .queue()
+        .enqueue(&db.pool, &NewJob::new("started", json!({})))
+        .await
+        .unwrap()
+        .id;
+    let (ran, _) = tokio::time::timeout(WAIT, started.recv())
+        .await
+        .expect("woken")
+        .unwrap();
+    assert_eq!(ran, id);
+    worker.shutdown().await;
+}
+
+/// Handlers whose `gated` jobs announce their start, then wait for a gate permit.
+fn gated(started: mpsc::UnboundedSender<i64>, gate: Arc<Semaphore>) -> Handlers {
+    Handlers::new().on("gated", move |job| {
+        let (started, gate) = (started.clone(), gate.clone());
+        async move {
+            let _ = started.send(job.id);
+            let _permit = gate.acquire().await.unwrap();
+            Ok(None)
+        }
+    })
+}
+
+#[tokio::test]
+async fn shutdown_requeues_unstarted_jobs_and_lets_running_ones_finish() {
+    let db = TestDb::new().await;
+    let (tx, mut started) = mpsc::unbounded_channel();
+    let gate = Arc::new(Semaphore::new(0));
+    let config = WorkerConfig {
+        concurrency: 1,
+        prefetch: 4,
+        ..notify_only()
+    };
+    let worker = Worker::new(db.queue(), gated(tx, gate.clone()), config).start();
+    let jobs: Vec<NewJob> = (0..5).map(|i| NewJob::new("gated", json!(i))).collect();
+    db.queue().enqueue_many(&db.pool, &jobs).await.unwrap();
+
+    let running = tokio::time::timeout(WAIT, started.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    eventually("one running and four prefetched", WAIT, || async {
+        let claimed: i64 = db
+            .scalar("SELECT count(*) FROM jobrunner.jobs WHERE state = 'running'")
+            .await;
+        (claimed == 5).then_some(())
+    })
+    .await;
+
+    let shutdown = tokio::spawn(worker.shutdown());
+    // The four that never started go back at once, while the running one is still running.
+    eventually("the unstarted jobs to be requeued", WAIT, || async {
+        let requeued: i64 = db
+            .scalar("SELECT count(*) FROM jobrunner.jobs WHERE state = 'available' AND attempt = 0")
+            .await;
+        (requeued == 4).then_some(())
+    })
+    .await;
+    assert_eq!(state_of(&db, running).await, "running");
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown waits for the running job"
+    );
+
+    gate.add_permits(1);
+    tokio::time::timeout(WAIT, shutdown)
+        .await
+        .expect("shutdown finishes")
+        .unwrap();
+    let (total, available, errors): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE state = 'available' AND attempt = 0),
+                coalesce(sum(jsonb_array_length(errors)), 0)
+           FROM jobrunner.jobs",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (total, available, errors),
+        (4, 4, 0),
+        "the finished job is gone, none lost"
+    );
+    assert!(
+        started.try_recv().is_err(),
+        "no job started after shutdown began"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_deadline_requeues_running_jobs_without_counting_them() {
+    let db = TestDb::new().await;
+    let (tx, mut started) = mpsc::unbounded_channel();
+    let config = WorkerConfig {
+        shutdown_timeout: Duration::from_millis(300),
+        ..notify_only()
+    };
+    let worker = Worker::new(db.queue(), gated(tx, Arc::new(Semaphore::new(0))), config).start();
+    let id = db
+        .queue()
+        .enqueue(&db.pool, &NewJob::new("gated", json!({})))
+        .await
+        .unwrap()
+        .id;
+    tokio::time::timeout(WAIT, started.recv())
+        .await
+        .unwrap()
+        .unwrap();
+
+    tokio::time::timeout(WAIT, worker.shutdown())
+        .await
+        .expect("shutdown respects its deadline");
+    let record = db.queue().job(id).await.unwrap();
+    assert_eq!((record.state, record.attempt), (JobState::Available, 0));
+    assert!(record.errors.is_empty());
+}
+
+#[tokio::test]
+async fn a_runner_that_loses_its_lease_abandons_the_attempt() {
+    let db = TestDb::new().await;
+    let (tx, mut started) = mpsc::unbounded_channel();
+    let (dropped_tx, mut dropped) = mpsc::unbounded_channel::<()>();
+    struct OnDrop(mpsc::UnboundedSender<()>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+        }
+    }
+    let handlers = Handlers::new().on("endless", move |job| {
+        let (started, dropped) = (tx.clone(), dropped_tx.clone());
+        async move {
+            let _guard = OnDrop(dropped);
+            let _ = started.send(job.id);
+            std::future::pending::<()>().await;
+            Ok(None)
+        }
+    });
+    let config = WorkerConfig {
+        lease: Duration::from_millis(600),
+        ..notify_only()
+    };
+    let worker = Worker::new(db.queue(), handlers, config).start();
+    let job = NewJob::new("endless", json!({})).unique(Unique::Off);
+    let id = db.queue().enqueue(&db.pool, &job).await.unwrap().id;
+    tokio::time::timeout(WAIT, started.recv())
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Another runner takes the job over (as after a rescue and a new claim).
+    sqlx::query("UPDATE jobrunner.jobs SET lease_owner = 'other', attempt = 2 WHERE id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, dropped.recv())
+        .await
+        .expect("the attempt is abandoned")
+        .unwrap();
+    eventually("the worker to forget the job", WAIT, || async {
+        (worker.in_flight() == 0).then_some(())
+    })
+    .await;
+    worker.shutdown().await;
+    let record = db.queue().job(id).await.unwrap();
+    assert_eq!(
+        (record.state, record.lease_owner.as_deref()),
+        (JobState::Running, Some("other"))
+    );
+}
