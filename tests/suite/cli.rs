@@ -63,6 +63,20 @@ async fn bad_cli_input_is_refused_with_a_clear_error_and_inserts_nothing() {
         );
         assert!(stdout.is_empty(), "{args:?} printed {stdout:?}");
     }
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "[worker]\nconcurrency = 4\nlease = \"forever\"\n",
+    )
+    .unwrap();
+    let path = config.path().to_str().unwrap();
+    let (status, _, stderr) = run_cli(&url, &["--config", path, "run"]).await;
+    assert!(!status.success());
+    assert!(
+        stderr.contains("invalid config file") && stderr.contains("lease"),
+        "{stderr}"
+    );
+
     let (status, _, stderr) = run_cli(&url, &["jobs", "show", "424242"]).await;
     assert!(!status.success());
     assert!(stderr.contains("job 424242 not found"), "{stderr}");

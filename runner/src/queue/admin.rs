@@ -194,10 +194,7 @@ impl Queue {
         let Some(row) = row else {
             return Err(self.wrong_state(id, JobState::Failed, "retried").await);
         };
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(super::WAKE_CHANNEL)
-            .execute(&mut *tx)
-            .await?;
+        super::wake_runners(&mut *tx).await?;
         tx.commit().await?;
         Ok(row.into())
     }

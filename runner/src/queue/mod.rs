@@ -124,6 +124,16 @@ impl Queue {
     }
 }
 
+/// Sends the wake-up that new jobs send, for jobs that became ripe another way (requeued,
+/// retried by an operator). Inside a transaction it is delivered on commit.
+async fn wake_runners<'e>(db: impl sqlx::PgExecutor<'e>) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(WAKE_CHANNEL)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
 /// Database integers that the schema keeps non-negative, as Rust counts.
 fn count(value: i32) -> u32 {
     u32::try_from(value).unwrap_or_default()

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 
-use super::{Queue, Result, WAKE_CHANNEL, clip_error};
+use super::{Queue, Result, clip_error, wake_runners};
 
 /// What became of one attempt.
 #[derive(Debug, Clone)]
@@ -155,17 +155,8 @@ impl Queue {
 
         // Requeued jobs are ripe at once: tell idle runners rather than wait for their poll.
         if any_requeued {
-            self.wake_runners().await?;
+            wake_runners(&self.pool).await?;
         }
         Ok(applied)
-    }
-
-    /// Sends the wake-up that new jobs send, for jobs that became ripe another way.
-    pub async fn wake_runners(&self) -> Result<()> {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(WAKE_CHANNEL)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
     }
 }

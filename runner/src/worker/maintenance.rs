@@ -52,14 +52,14 @@ pub(super) async fn rescue<E: Executor>(shared: Arc<Shared<E>>) {
         {
             Ok(rescued) => {
                 for job in rescued {
-                    let (level_outcome, message) = match job.state {
+                    let (outcome, message) = match job.state {
                         JobState::Failed => ("failed", "lease expired; no attempts left"),
                         _ => ("retry", "lease expired; job rescued"),
                     };
                     tracing::warn!(
                         target: "jobrunner::outcome",
                         job_id = job.job_id, job_type = %job.job_type, tenant = %job.tenant,
-                        attempt = job.attempt, outcome = level_outcome,
+                        attempt = job.attempt, outcome,
                         error = %format_args!("lease expired: runner {} stopped heartbeating",
                                               job.owner),
                         "{message}"

@@ -174,6 +174,7 @@ impl<E: Executor> Worker<E> {
             control: Control {
                 stop: shared.stop.clone(),
                 abort: shared.abort.clone(),
+                heartbeat_stop,
             },
             shutdown_timeout: shared.config.shutdown_timeout,
             inflight: shared.inflight.clone(),
@@ -182,28 +183,30 @@ impl<E: Executor> Worker<E> {
             completer,
             flush_deadline,
             heartbeat,
-            heartbeat_stop,
             background,
             listening: listening_rx,
         }
     }
 }
 
-/// Cancels the worker when its handle is dropped without a shutdown.
+/// The worker's stop switches; all thrown when its handle is dropped without a shutdown.
 struct Control {
     stop: CancellationToken,
     abort: CancellationToken,
+    heartbeat_stop: CancellationToken,
 }
 
 impl Drop for Control {
     fn drop(&mut self) {
         self.stop.cancel();
         self.abort.cancel();
+        self.heartbeat_stop.cancel();
     }
 }
 
-/// A running worker. Dropping it stops the worker abruptly (leases then expire and the jobs are
-/// rescued); call [`WorkerHandle::shutdown`] to stop gracefully.
+/// A running worker. Call [`WorkerHandle::shutdown`] to stop gracefully. Dropping the handle
+/// instead stops claiming and interrupts running jobs at once; their requeues are still
+/// written by the background tasks, and anything unwritten comes back when its lease expires.
 pub struct WorkerHandle {
     control: Control,
     shutdown_timeout: Duration,
@@ -213,7 +216,6 @@ pub struct WorkerHandle {
     completer: JoinHandle<()>,
     flush_deadline: CancellationToken,
     heartbeat: JoinHandle<()>,
-    heartbeat_stop: CancellationToken,
     background: Vec<JoinHandle<()>>,
     listening: watch::Receiver<bool>,
 }
@@ -259,7 +261,7 @@ impl WorkerHandle {
             self.flush_deadline.cancel();
             let _ = completer.await;
         }
-        self.heartbeat_stop.cancel();
+        self.control.heartbeat_stop.cancel();
         let _ = self.heartbeat.await;
         for task in self.background {
             let _ = task.await;
