@@ -80,8 +80,14 @@ async fn fencing_rejects_a_stale_runners_outcome() {
     );
 
     // Right attempt, wrong owner: refused.
-    let impostor = queue.record_outcomes("runner-c", false, [&completed(&fresh)]).await.unwrap();
-    assert!(impostor.is_empty(), "only the lease owner may record an outcome");
+    let impostor = queue
+        .record_outcomes("runner-c", false, [&completed(&fresh)])
+        .await
+        .unwrap();
+    assert!(
+        impostor.is_empty(),
+        "only the lease owner may record an outcome"
+    );
 
     // Same owner, old attempt: still refused.
     let replay = Settlement {
