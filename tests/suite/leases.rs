@@ -38,6 +38,14 @@ async fn claim_one(queue: &Queue, owner: &str) -> runner::Job {
     jobs.pop().unwrap()
 }
 
+/// Records `settlement` as runner `owner` and returns the ids the fence let through.
+async fn record_as(queue: &Queue, owner: &str, settlement: &Settlement) -> Vec<i64> {
+    queue
+        .record_outcomes(owner, false, [settlement])
+        .await
+        .unwrap()
+}
+
 fn completed(job: &runner::Job) -> Settlement {
     Settlement {
         job_id: job.id,
@@ -65,10 +73,7 @@ async fn fencing_rejects_a_stale_runners_outcome() {
     let fresh = claim_one(&queue, "runner-b").await;
     assert_eq!((fresh.id, fresh.attempt), (id, 2));
 
-    let applied = queue
-        .record_outcomes("runner-a", false, [&completed(&stale)])
-        .await
-        .unwrap();
+    let applied = record_as(&queue, "runner-a", &completed(&stale)).await;
     assert!(
         applied.is_empty(),
         "runner A lost its lease: its completion must not count"
@@ -80,10 +85,7 @@ async fn fencing_rejects_a_stale_runners_outcome() {
     );
 
     // Right attempt, wrong owner: refused.
-    let impostor = queue
-        .record_outcomes("runner-c", false, [&completed(&fresh)])
-        .await
-        .unwrap();
+    let impostor = record_as(&queue, "runner-c", &completed(&fresh)).await;
     assert!(
         impostor.is_empty(),
         "only the lease owner may record an outcome"
@@ -94,19 +96,12 @@ async fn fencing_rejects_a_stale_runners_outcome() {
         attempt: 1,
         ..completed(&fresh)
     };
-    assert!(
-        queue
-            .record_outcomes("runner-b", false, [&replay])
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(record_as(&queue, "runner-b", &replay).await.is_empty());
 
-    let applied = queue
-        .record_outcomes("runner-b", false, [&completed(&fresh)])
-        .await
-        .unwrap();
-    assert_eq!(applied, [id]);
+    assert_eq!(
+        record_as(&queue, "runner-b", &completed(&fresh)).await,
+        [id]
+    );
     assert_eq!(
         db.scalar::<i64>("SELECT count(*) FROM jobrunner.jobs")
             .await,
