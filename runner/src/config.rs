@@ -1,15 +1,17 @@
 //! Runner configuration: flags (and `DATABASE_URL`) over an optional TOML file over defaults.
 //!
-//! [`WorkerSettings`] is both a set of command-line flags and a TOML table, so the two can
-//! never drift apart: every setting has the same name in both (`--poll-interval 2s` and
-//! `poll_interval = "2s"`).
+//! [`WorkerSettings`] and [`SandboxSettings`] are both sets of command-line flags and TOML
+//! tables, so the two can never drift apart: every setting has the same name in both
+//! (`--poll-interval 2s` and `poll_interval = "2s"`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bytesize::ByteSize;
 use serde::Deserialize;
 
 use crate::retry::{Backoff, BackoffKind, RetryPolicy};
+use crate::sandbox::{Limits, SandboxConfig};
 use crate::worker::{WorkerConfig, default_owner};
 
 /// Why the configuration cannot be used.
@@ -60,9 +62,15 @@ pub struct FileConfig {
     pub database_url: Option<String>,
     /// Log format, unless `--log-format` says otherwise.
     pub log_format: Option<LogFormat>,
+    /// The plugin directory, unless `--plugins` says otherwise (relative to the working
+    /// directory).
+    pub plugins: Option<PathBuf>,
     /// The `[worker]` table.
     #[serde(default)]
     pub worker: WorkerSettings,
+    /// The `[sandbox]` table.
+    #[serde(default)]
+    pub sandbox: SandboxSettings,
 }
 
 impl FileConfig {
@@ -205,6 +213,98 @@ impl WorkerSettings {
     }
 }
 
+/// Sandbox settings: the engine and every attempt's limits. Unset ones fall back to the config
+/// file, then to the defaults shown.
+#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSettings {
+    /// Wall-clock time per attempt, instantiation included [default: 60s]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Time per attempt that the guest may spend executing Wasm [default: 30s]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub cpu_budget: Option<Duration>,
+    /// Linear memory per attempt [default: 128MiB]
+    #[arg(long, value_parser = parse_size)]
+    pub memory: Option<ByteSize>,
+    /// Largest payload handed to a guest; larger jobs fail [default: 1MiB]
+    #[arg(long, value_parser = parse_size)]
+    pub max_payload: Option<ByteSize>,
+    /// Largest result a guest may return; larger ones fail the job [default: 1MiB]
+    #[arg(long, value_parser = parse_size)]
+    pub max_result: Option<ByteSize>,
+    /// Guest stdout, and stderr, kept per attempt [default: 16KiB]
+    #[arg(long, value_parser = parse_size)]
+    pub max_output: Option<ByteSize>,
+    /// Wasm stack per instance [default: 512KiB]
+    #[arg(long, value_parser = parse_size)]
+    pub max_stack: Option<ByteSize>,
+    /// Sandbox instances alive at once; keep it at least --concurrency [default: 1000]
+    #[arg(long)]
+    pub instances: Option<u32>,
+}
+
+impl SandboxSettings {
+    /// These settings, with unset ones taken from `fallback`.
+    pub fn or(self, fallback: SandboxSettings) -> SandboxSettings {
+        SandboxSettings {
+            timeout: self.timeout.or(fallback.timeout),
+            cpu_budget: self.cpu_budget.or(fallback.cpu_budget),
+            memory: self.memory.or(fallback.memory),
+            max_payload: self.max_payload.or(fallback.max_payload),
+            max_result: self.max_result.or(fallback.max_result),
+            max_output: self.max_output.or(fallback.max_output),
+            max_stack: self.max_stack.or(fallback.max_stack),
+            instances: self.instances.or(fallback.instances),
+        }
+    }
+
+    /// The engine configuration and per-attempt limits these settings describe, defaults
+    /// filled in and checked.
+    pub fn resolve(&self) -> Result<(SandboxConfig, Limits), ConfigError> {
+        let (c, l) = (SandboxConfig::default(), Limits::default());
+        let size = |setting: Option<ByteSize>, default: usize| {
+            setting.map_or(default, |s| {
+                usize::try_from(s.as_u64()).unwrap_or(usize::MAX)
+            })
+        };
+        let limits = Limits {
+            timeout: self.timeout.unwrap_or(l.timeout),
+            cpu_budget: self.cpu_budget.unwrap_or(l.cpu_budget),
+            memory: self.memory.map_or(l.memory, |m| m.as_u64()),
+            max_payload: size(self.max_payload, l.max_payload),
+            max_result: size(self.max_result, l.max_result),
+            max_output: size(self.max_output, l.max_output),
+        };
+        let config = SandboxConfig {
+            instances: self.instances.unwrap_or(c.instances),
+            // Until tenants can raise it, the job memory cap is also the pool's slot size.
+            max_memory: limits.memory,
+            max_stack: size(self.max_stack, c.max_stack),
+            epoch_tick: c.epoch_tick,
+        };
+        let positive = || "must be positive".to_string();
+        check("timeout", !limits.timeout.is_zero(), positive)?;
+        check("cpu_budget", !limits.cpu_budget.is_zero(), positive)?;
+        check(
+            "memory",
+            (1 << 20..=4 << 30).contains(&limits.memory),
+            || "must be between 1MiB and 4GiB".into(),
+        )?;
+        check(
+            "max_stack",
+            (64 << 10..=64 << 20).contains(&config.max_stack),
+            || "must be between 64KiB and 64MiB".into(),
+        )?;
+        check("instances", config.instances >= 1, || {
+            "must be at least 1".into()
+        })?;
+        Ok((config, limits))
+    }
+}
+
 fn check(key: &'static str, ok: bool, reason: impl FnOnce() -> String) -> Result<(), ConfigError> {
     if ok {
         Ok(())
@@ -225,6 +325,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     humantime::parse_duration(text)
         .map_err(|e| format!("{text:?} is not a duration ({e}); write e.g. 90s, 5m, 1h"))
+}
+
+/// Parses a byte size (`128MiB`, `512KiB`, `1GiB`, `65536`).
+pub fn parse_size(text: &str) -> Result<ByteSize, String> {
+    text.parse::<ByteSize>()
+        .map_err(|e| format!("{text:?} is not a size ({e}); write e.g. 128MiB, 512KiB"))
 }
 
 #[cfg(test)]
@@ -287,6 +393,31 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn sandbox_settings_resolve_and_check() {
+        let file: FileConfig =
+            toml::from_str("[sandbox]\nmemory = \"64MiB\"\ntimeout = \"5s\"").unwrap();
+        let flags = SandboxSettings {
+            timeout: Some(Duration::from_secs(2)),
+            ..Default::default()
+        };
+        let (config, limits) = flags.or(file.sandbox).resolve().unwrap();
+        assert_eq!(limits.memory, 64 << 20);
+        assert_eq!(config.max_memory, 64 << 20);
+        assert_eq!(limits.timeout, Duration::from_secs(2));
+        assert_eq!(limits.cpu_budget, Limits::default().cpu_budget);
+        let tiny = SandboxSettings {
+            memory: Some(ByteSize::kib(4)),
+            ..Default::default()
+        };
+        assert!(matches!(
+            tiny.resolve(),
+            Err(ConfigError::Invalid { key: "memory", .. })
+        ));
+        assert!(parse_size("lots").unwrap_err().contains("not a size"));
+        assert_eq!(parse_size("512KiB"), Ok(ByteSize::kib(512)));
     }
 
     #[test]

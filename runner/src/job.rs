@@ -254,7 +254,7 @@ impl NewJob {
 
     /// Checks everything the database would refuse, so the error is typed and nothing is sent.
     pub fn validate(&self) -> Result<(), InvalidJob> {
-        check_name("job type", &self.job_type, InvalidJob::EmptyJobType)?;
+        validate_job_type(&self.job_type)?;
         check_name("tenant", &self.tenant, InvalidJob::EmptyTenant)?;
         if let Some(max) = self.max_attempts
             && !(1..=i32::MAX as u32).contains(&max)
@@ -278,6 +278,11 @@ impl NewJob {
                 .ok_or(InvalidJob::RunAtOutOfRange),
         }
     }
+}
+
+/// Checks a job type name: not empty, not longer than the schema allows.
+pub fn validate_job_type(job_type: &str) -> Result<(), InvalidJob> {
+    check_name("job type", job_type, InvalidJob::EmptyJobType)
 }
 
 fn check_name(what: &'static str, value: &str, empty: InvalidJob) -> Result<(), InvalidJob> {

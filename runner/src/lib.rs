@@ -5,7 +5,9 @@
 //! - [`queue`] owns every SQL statement: migrations, enqueue, claim, outcomes, leases, admin.
 //! - [`worker`] is the loop that claims ripe jobs, runs them through an [`Executor`] and writes
 //!   their outcomes back in batches, with heartbeats, a lease rescuer and a graceful shutdown.
-//! - [`executor`] is the seam between the queue and whatever runs a job.
+//! - [`executor`] is the seam between the queue and whatever runs a job; [`WasmExecutor`] runs
+//!   each job in the [`sandbox`], a fresh WebAssembly component instance of the job type's
+//!   plugin, loaded from the [`plugins`] directory.
 //! - [`retry`] decides when a failed attempt runs again; [`clock`] is the one source of "now".
 //! - [`config`] merges flags, environment and the TOML file; [`cli`] is the `runner` binary;
 //!   [`private_pg`] starts a throwaway PostgreSQL when none is configured.
@@ -13,17 +15,19 @@
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod demo;
 pub mod executor;
 pub mod job;
+pub mod plugins;
 pub mod private_pg;
 pub mod queue;
 pub mod retry;
+pub mod sandbox;
 pub mod worker;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use executor::{Executor, Handlers, JobError, JobResult};
+pub use executor::{Executor, Handlers, JobError, JobResult, WasmExecutor};
 pub use job::{Job, JobState, NewJob, Schedule, Unique};
 pub use queue::Queue;
 pub use retry::{Backoff, RetryPolicy};
+pub use sandbox::{Limits, Sandbox, SandboxConfig};
 pub use worker::{Worker, WorkerConfig, WorkerHandle};

@@ -168,9 +168,9 @@ async fn json_logs_have_one_outcome_line_per_attempt() {
     let db = TestDb::new().await;
     let url = db.url();
     for (job_type, payload) in [
-        ("demo.echo", r#"{"hi": 1}"#),
-        ("demo.flaky", r#"{"fail_times": 1}"#),
-        ("demo.fail", r#"{"reason": "nope"}"#),
+        ("echo", r#"{"hi": 1}"#),
+        ("flaky", r#"{"succeed_on_attempt": 2}"#),
+        ("review-reminder", r#"{"user": "bob"}"#),
     ] {
         let (status, _, stderr) = run_cli(&url, &["enqueue", job_type, "--payload", payload]).await;
         assert!(status.success(), "{stderr}");
@@ -217,10 +217,10 @@ async fn json_logs_have_one_outcome_line_per_attempt() {
         })
         .collect();
     for expected in [
-        ("demo.echo", 1, "completed"),
-        ("demo.flaky", 1, "retry"),
-        ("demo.flaky", 2, "completed"),
-        ("demo.fail", 1, "failed"),
+        ("echo", 1, "completed"),
+        ("flaky", 1, "retry"),
+        ("flaky", 2, "completed"),
+        ("review-reminder", 1, "failed"),
     ] {
         let expected = (expected.0.to_owned(), expected.1, expected.2.to_owned());
         assert!(
@@ -229,7 +229,10 @@ async fn json_logs_have_one_outcome_line_per_attempt() {
         );
     }
     let failed = lines.iter().find(|l| l["outcome"] == "failed").unwrap();
-    assert_eq!(failed["error"], "nope");
+    assert_eq!(
+        failed["error"],
+        "invalid payload: missing field `pull_requests` at line 1 column 15"
+    );
     assert_eq!(failed["tenant"], "default");
 }
 
@@ -237,11 +240,7 @@ async fn json_logs_have_one_outcome_line_per_attempt() {
 async fn sigterm_drains_and_a_second_signal_exits_at_once() {
     let db = TestDb::new().await;
     let url = db.url();
-    let (_, id, _) = run_cli(
-        &url,
-        &["enqueue", "demo.sleep", "--payload", r#"{"ms": 600}"#],
-    )
-    .await;
+    let (_, id, _) = run_cli(&url, &["enqueue", "sleep", "--payload", r#"{"ms": 600}"#]).await;
     let mut command = runner(&["run"]);
     command.env("DATABASE_URL", &url);
     let mut process = Process::spawn(command);
@@ -262,11 +261,7 @@ async fn sigterm_drains_and_a_second_signal_exits_at_once() {
     let left: i64 = db.scalar("SELECT count(*) FROM jobrunner.jobs").await;
     assert_eq!(left, 0, "job {} completed before exit", id.trim());
 
-    run_cli(
-        &url,
-        &["enqueue", "demo.sleep", "--payload", r#"{"ms": 60000}"#],
-    )
-    .await;
+    run_cli(&url, &["enqueue", "sleep", "--payload", r#"{"ms": 60000}"#]).await;
     let mut command = runner(&["run"]);
     command.env("DATABASE_URL", &url);
     let mut process = Process::spawn(command);
@@ -296,7 +291,7 @@ async fn a_killed_runners_jobs_run_elsewhere_within_ten_seconds() {
     let url = db.url();
     let (_, id, _) = run_cli(
         &url,
-        &["enqueue", "demo.sleep", "--payload", r#"{"ms": 120000}"#],
+        &["enqueue", "sleep", "--payload", r#"{"ms": 120000}"#],
     )
     .await;
     let id: i64 = id.trim().parse().unwrap();
@@ -361,7 +356,7 @@ async fn without_a_database_the_runner_starts_a_private_cluster() {
         command
     };
 
-    let output = private(&["enqueue", "demo.echo", "--payload", r#"{"a": 1}"#])
+    let output = private(&["enqueue", "echo", "--payload", r#"{"a": 1}"#])
         .output()
         .await
         .unwrap();

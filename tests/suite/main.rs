@@ -7,5 +7,7 @@ mod claim;
 mod cli;
 mod enqueue;
 mod leases;
+mod plugin_cli;
 mod retries;
+mod sandbox;
 mod worker;

@@ -11,31 +11,41 @@ use sqlx::postgres::PgPoolOptions;
 
 use super::database::Database;
 use super::jobs::print_list;
-use super::run::Signals;
-use crate::config::WorkerSettings;
-use crate::demo::handlers;
+use super::run::{RunArgs, RunConfig, Signals, load_executor};
+use crate::config::{SandboxSettings, WorkerSettings};
 use crate::job::NewJob;
 use crate::queue::Queue;
 use crate::queue::admin::JobFilter;
-use crate::worker::{Worker, WorkerConfig};
+use crate::worker::Worker;
 
 /// The database the demo creates afresh on every run.
 const DEMO_DATABASE: &str = "jobrunner_demo";
 
-/// Demo defaults that make retries show up within a second, and keep completed jobs so their
-/// results can be shown. Flags and the config file still win.
-pub fn settings(flags: WorkerSettings) -> WorkerSettings {
-    flags.or(WorkerSettings {
-        backoff_base: Some(Duration::from_millis(250)),
-        backoff_cap: Some(Duration::from_secs(2)),
-        keep_completed: Some(Duration::from_secs(3600)),
-        ..WorkerSettings::default()
-    })
+/// Demo defaults that make retries show up within a second, keep completed jobs so their
+/// results can be shown, and stop a runaway guest within a second. Flags and the config file
+/// still win.
+pub fn with_demo_defaults(args: RunArgs) -> RunArgs {
+    RunArgs {
+        plugins: args.plugins,
+        worker: args.worker.or(WorkerSettings {
+            backoff_base: Some(Duration::from_millis(250)),
+            backoff_cap: Some(Duration::from_secs(2)),
+            keep_completed: Some(Duration::from_secs(3600)),
+            ..WorkerSettings::default()
+        }),
+        sandbox: args.sandbox.or(SandboxSettings {
+            cpu_budget: Some(Duration::from_secs(1)),
+            timeout: Some(Duration::from_secs(5)),
+            memory: Some(bytesize::ByteSize::mib(64)),
+            ..SandboxSettings::default()
+        }),
+    }
 }
 
 /// Runs the demo.
-pub async fn demo(db: &Database, config: WorkerConfig) -> anyhow::Result<ExitCode> {
+pub async fn demo(db: &Database, config: RunConfig) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::new()?;
+    let executor = load_executor(&config).await?;
     let pool = fresh_database(db).await?;
     let queue = Queue::new(pool.clone());
     queue.migrate().await?;
@@ -46,7 +56,7 @@ pub async fn demo(db: &Database, config: WorkerConfig) -> anyhow::Result<ExitCod
     enqueue_jobs(&queue).await?;
 
     println!("\n== 3. A runner works the queue (one log line per attempt, on stderr)");
-    let worker = Worker::new(queue.clone(), handlers(), config).start();
+    let worker = Worker::new(queue.clone(), executor, config.worker).start();
     let finished = tokio::select! {
         result = wait_until_settled(&pool) => { result?; true }
         signal = signals.next() => { println!("{signal}: stopping early"); false }
@@ -61,6 +71,7 @@ pub async fn demo(db: &Database, config: WorkerConfig) -> anyhow::Result<ExitCod
         })
         .await?;
     print_list(&jobs, &crate::retry::RetryPolicy::default());
+    print_reminder(&queue).await?;
     if db.is_private() {
         println!("\nThe private cluster stops now; its data stays for the next command.");
     } else {
@@ -110,11 +121,11 @@ async fn fresh_database(db: &Database) -> anyhow::Result<PgPool> {
 async fn enqueue_jobs(queue: &Queue) -> anyhow::Result<()> {
     let greetings: Vec<NewJob> = ["hello", "bonjour", "hola", "hallo", "ciao"]
         .iter()
-        .map(|word| NewJob::new("demo.echo", json!({ "greeting": word })))
+        .map(|word| NewJob::new("echo", json!({ "greeting": word })))
         .collect();
     let ids = queue.enqueue_many(queue.pool(), &greetings).await?;
     let ids: Vec<i64> = ids.iter().map(|e| e.id).collect();
-    println!("Rust, bulk:        5 demo.echo jobs in one statement -> ids {ids:?}");
+    println!("Rust, bulk:        5 echo jobs in one statement -> ids {ids:?}");
 
     let again = queue.enqueue(queue.pool(), &greetings[0]).await?;
     println!(
@@ -124,47 +135,82 @@ async fn enqueue_jobs(queue: &Queue) -> anyhow::Result<()> {
 
     let mut tx = queue.pool().begin().await?;
     let sleepy = queue
-        .enqueue(&mut *tx, &NewJob::new("demo.sleep", json!({ "ms": 700 })))
+        .enqueue(&mut *tx, &NewJob::new("sleep", json!({ "ms": 700 })))
         .await?;
-    let urgent = NewJob::new("demo.echo", json!({ "urgent": true })).priority(-10);
+    let urgent = NewJob::new("echo", json!({ "urgent": true })).priority(-10);
     let urgent = queue.enqueue(&mut *tx, &urgent).await?;
     tx.commit().await?;
     println!(
-        "Rust, transaction: demo.sleep -> id {}, urgent demo.echo (priority -10) -> id {}, \
-         committed together",
+        "Rust, transaction: sleep -> id {}, urgent echo (priority -10) -> id {}, committed \
+         together",
         sleepy.id, urgent.id
     );
 
     let mut tx = queue.pool().begin().await?;
-    queue
-        .enqueue(
-            &mut *tx,
-            &NewJob::new("demo.echo", json!({ "never": "seen" })),
-        )
-        .await?;
+    let unseen = NewJob::new("echo", json!({ "never": "seen" }));
+    queue.enqueue(&mut *tx, &unseen).await?;
     tx.rollback().await?;
     println!("Rust, rollback:    a job enqueued in a rolled-back transaction leaves nothing");
 
-    let flaky: i64 = sqlx::query_scalar(
-        "SELECT jobrunner.enqueue('demo.flaky', '{\"fail_times\": 2}', tenant => 'acme')",
-    )
-    .fetch_one(queue.pool())
-    .await?;
-    println!(
-        "SQL:               demo.flaky for tenant acme, fails twice then succeeds -> id {flaky}"
-    );
-    let doomed: i64 = sqlx::query_scalar(
-        "SELECT jobrunner.enqueue('demo.fail', '{\"reason\": \"card declined\"}', \
-         max_attempts => 3)",
-    )
-    .fetch_one(queue.pool())
-    .await?;
-    println!("SQL:               demo.fail, a permanent error -> id {doomed}");
+    for (what, sql) in [
+        (
+            "review-reminder for tenant acme",
+            r#"SELECT jobrunner.enqueue('review-reminder', '{"user": "ada", "pull_requests": [
+                 {"title": "Fix login redirect", "url": "https://git.example/pr/12", "age_days": 2},
+                 {"title": "Bump sqlx", "url": "https://git.example/pr/9", "age_days": 6},
+                 {"title": "Faster claims", "url": "https://git.example/pr/15", "age_days": 1}]}',
+                 tenant => 'acme')"#,
+        ),
+        (
+            "flaky, asks for a retry twice, then succeeds",
+            r#"SELECT jobrunner.enqueue('flaky', '{"succeed_on_attempt": 3}')"#,
+        ),
+        (
+            "review-reminder without pull_requests: a permanent fail",
+            r#"SELECT jobrunner.enqueue('review-reminder', '{"user": "bob"}')"#,
+        ),
+        (
+            "poison: panics (a trap), retried once, then failed",
+            r#"SELECT jobrunner.enqueue('poison', '{"do": "trap"}', max_attempts => 2)"#,
+        ),
+        (
+            "poison: spins forever, stopped by its 1s CPU budget",
+            r#"SELECT jobrunner.enqueue('poison', '{"do": "loop"}', max_attempts => 1)"#,
+        ),
+        (
+            "poison: eats memory, stopped at its 64MiB cap",
+            r#"SELECT jobrunner.enqueue('poison', '{"do": "memory"}', max_attempts => 1)"#,
+        ),
+        (
+            "poison: looks for /etc/passwd, finds nothing",
+            r#"SELECT jobrunner.enqueue('poison', '{"do": "read-file"}')"#,
+        ),
+    ] {
+        let id: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(queue.pool())
+            .await?;
+        println!("SQL:               {what} -> id {id}");
+    }
 
     let later =
-        NewJob::new("demo.echo", json!({ "scheduled": "3s later" })).delay(Duration::from_secs(3));
+        NewJob::new("echo", json!({ "scheduled": "3s later" })).delay(Duration::from_secs(3));
     let later = queue.enqueue(queue.pool(), &later).await?;
-    println!("Rust, scheduled:   demo.echo due in 3 s -> id {}", later.id);
+    println!("Rust, scheduled:   echo due in 3 s -> id {}", later.id);
+    Ok(())
+}
+
+/// Shows the reference job's result: what the guest computed.
+async fn print_reminder(queue: &Queue) -> anyhow::Result<()> {
+    let message: Option<String> = sqlx::query_scalar(
+        "SELECT result->>'message' FROM jobrunner.jobs
+          WHERE job_type = 'review-reminder' AND state = 'completed'",
+    )
+    .fetch_optional(queue.pool())
+    .await?
+    .flatten();
+    if let Some(message) = message {
+        println!("\nThe review-reminder plugin's result message:\n{message}");
+    }
     Ok(())
 }
 

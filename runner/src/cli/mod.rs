@@ -1,5 +1,6 @@
 //! The `runner` command line: parse, load the config file, set up logs, connect, dispatch.
 
+mod call;
 mod database;
 mod demo;
 mod enqueue;
@@ -13,7 +14,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{FileConfig, LogFormat, WorkerSettings};
+use crate::config::{FileConfig, LogFormat};
 
 /// Runs background jobs stored in PostgreSQL; every job type is a sandboxed WebAssembly
 /// component.
@@ -25,7 +26,8 @@ pub struct Cli {
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
 
-    /// TOML config file (keys as in the flags, worker settings under [worker]).
+    /// TOML config file (keys as in the flags; worker settings under [worker], sandbox
+    /// settings under [sandbox]).
     #[arg(long, env = "JOBRUNNER_CONFIG", global = true)]
     config: Option<PathBuf>,
 
@@ -46,8 +48,11 @@ pub struct Cli {
 enum Command {
     /// Apply pending schema migrations and exit.
     Migrate,
-    /// Run jobs until SIGINT or SIGTERM (a second signal exits at once).
-    Run(WorkerSettings),
+    /// Run jobs with the plugins in a directory until SIGINT or SIGTERM (a second signal exits
+    /// at once).
+    Run(run::RunArgs),
+    /// Run one job in the sandbox, without a database, and print its result or error.
+    Call(call::CallArgs),
     /// Enqueue a job and print its id.
     Enqueue(enqueue::EnqueueArgs),
     /// List, show, retry and cancel jobs.
@@ -56,8 +61,8 @@ enum Command {
         command: jobs::JobsCommand,
     },
     /// Start from nothing and show jobs running: a fresh database, jobs from every door,
-    /// retries, a permanent failure and a scheduled job.
-    Demo(WorkerSettings),
+    /// retries, a permanent failure, sandboxed misbehaviour and a scheduled job.
+    Demo(run::RunArgs),
 }
 
 /// Entry point of the `runner` binary.
@@ -88,27 +93,31 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
 /// A command whose input has been checked: nothing touches the database before this.
 enum Prepared {
     Migrate,
-    Run(crate::worker::WorkerConfig),
+    Run(run::RunConfig),
+    Call(call::Call),
     Enqueue(crate::job::NewJob),
     Jobs(jobs::JobsCommand, crate::retry::RetryPolicy),
-    Demo(crate::worker::WorkerConfig),
+    Demo(run::RunConfig),
 }
 
 impl Command {
     fn prepare(self, file: &FileConfig) -> anyhow::Result<Prepared> {
-        let settings = |flags: WorkerSettings| flags.or(file.worker.clone());
         Ok(match self {
             Command::Migrate => Prepared::Migrate,
-            Command::Run(flags) => Prepared::Run(settings(flags).resolve()?),
+            Command::Run(args) => Prepared::Run(args.resolve(file)?),
+            Command::Call(args) => Prepared::Call(args.resolve(file)?),
             Command::Enqueue(args) => Prepared::Enqueue(args.to_job()?),
             Command::Jobs { command } => Prepared::Jobs(command, file.worker.retry_policy()?),
-            Command::Demo(flags) => Prepared::Demo(demo::settings(settings(flags)).resolve()?),
+            Command::Demo(args) => Prepared::Demo(demo::with_demo_defaults(args).resolve(file)?),
         })
     }
 }
 
 async fn dispatch(cli: Cli, file: FileConfig) -> anyhow::Result<ExitCode> {
     let command = cli.command.prepare(&file)?;
+    if let Prepared::Call(call) = command {
+        return call::call(call).await;
+    }
     let database_url = cli.database_url.or(file.database_url);
     let db = database::Database::connect(database_url, cli.private_pg_dir).await?;
     let result = match command {
@@ -121,6 +130,7 @@ async fn dispatch(cli: Cli, file: FileConfig) -> anyhow::Result<ExitCode> {
         Prepared::Enqueue(job) => enqueue::enqueue(&db, job).await,
         Prepared::Jobs(command, policy) => jobs::jobs(&db, command, &policy).await,
         Prepared::Demo(config) => demo::demo(&db, config).await,
+        Prepared::Call(_) => unreachable!("handled before connecting"),
     };
     db.close().await;
     result

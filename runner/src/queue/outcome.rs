@@ -26,11 +26,13 @@ pub enum Outcome {
         /// Why.
         error: String,
     },
-    /// Never ran, or was interrupted by a shutdown: available again at once, and the attempt
-    /// does not count.
+    /// Never ran (no free sandbox slot, shutting down), or was interrupted by a shutdown:
+    /// available again, and the attempt does not count.
     Requeued {
         /// Why, for the log.
         reason: String,
+        /// When it becomes ripe again; `None` keeps its run-at (ripe at once).
+        run_at: Option<DateTime<Utc>>,
     },
 }
 
@@ -86,6 +88,7 @@ impl Queue {
             labels.push(s.outcome.label());
             run_ats.push(match &s.outcome {
                 Outcome::Retry { run_at, .. } => Some(*run_at),
+                Outcome::Requeued { run_at, .. } => *run_at,
                 _ => None,
             });
             errors.push(s.outcome.error().map(clip_error));
@@ -153,7 +156,7 @@ impl Queue {
         .fetch_all(&self.pool)
         .await?;
 
-        // Requeued jobs are ripe at once: tell idle runners rather than wait for their poll.
+        // Requeued jobs may be ripe at once: tell idle runners rather than wait for their poll.
         if any_requeued {
             wake_runners(&self.pool).await?;
         }

@@ -8,6 +8,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::Shared;
 use super::inflight::Ticket;
+use crate::clock::later;
 use crate::executor::{Executor, JobError, JobResult};
 use crate::job::Job;
 use crate::queue::{Outcome, Settlement};
@@ -96,8 +97,12 @@ async fn execute<E: Executor>(shared: &Shared<E>, job: &Job, ticket: Ticket) -> 
 fn requeued(reason: &str) -> Outcome {
     Outcome::Requeued {
         reason: reason.to_owned(),
+        run_at: None,
     }
 }
+
+/// How long a job that did not run waits before it is ripe again.
+pub(crate) const REQUEUE_DELAY: Duration = Duration::from_secs(1);
 
 /// Turns an executor's result into the outcome to record.
 pub(super) fn settle(
@@ -109,6 +114,11 @@ pub(super) fn settle(
     match result {
         Ok(result) => Outcome::Completed { result },
         Err(JobError::Fail(error)) => Outcome::Failed { error },
+        // Not ripe at once: a runner out of sandbox slots would otherwise claim it right back.
+        Err(JobError::Requeue(reason)) => Outcome::Requeued {
+            reason,
+            run_at: Some(later(now, REQUEUE_DELAY)),
+        },
         Err(JobError::Retry(error)) => match policy.next_run(job.attempt, job.max_attempts, now) {
             Some(run_at) => Outcome::Retry { error, run_at },
             None => Outcome::Failed { error },

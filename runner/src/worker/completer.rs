@@ -112,7 +112,7 @@ fn log_outcome(report: &Report, applied: bool, after_retry: bool) {
             outcome_line!(Level::WARN, report, "retry", retry_at = %run_at, "job failed; will retry")
         }
         Outcome::Failed { .. } => outcome_line!(Level::ERROR, report, "failed", "job failed"),
-        Outcome::Requeued { reason } => {
+        Outcome::Requeued { reason, .. } => {
             outcome_line!(Level::INFO, report, "requeued", reason = %reason, "job requeued")
         }
     }

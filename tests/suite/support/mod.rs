@@ -1,6 +1,7 @@
 //! Shared test fixtures: per-test databases, condition waits, runner processes.
 
 pub mod db;
+pub mod plugins;
 pub mod process;
 
 use std::future::Future;

@@ -1,42 +1,12 @@
-//! The seam between the queue and whatever runs a job.
-//!
-//! The worker hands each claimed [`Job`] to an [`Executor`] and turns the [`JobResult`] into an
-//! outcome. The Wasm sandbox is one executor; [`Handlers`] is another, made of plain async Rust
-//! functions, used by the built-in demo job types and by tests.
+//! [`Handlers`]: an executor made of async Rust functions, one per job type.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use serde_json::value::RawValue;
-
+use super::{Executor, JobError, JobResult};
 use crate::job::Job;
-
-/// Why an attempt did not succeed, mirroring the WIT `job-error` variant.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum JobError {
-    /// Transient: retry with backoff while attempts remain.
-    #[error("{0}")]
-    Retry(String),
-    /// Permanent: fail the job now.
-    #[error("{0}")]
-    Fail(String),
-}
-
-/// What an attempt produced: an optional JSON result, or an error.
-pub type JobResult = Result<Option<Box<RawValue>>, JobError>;
-
-/// Runs jobs.
-pub trait Executor: Send + Sync + 'static {
-    /// The job types this executor can run now. The runner claims only these, so runners with
-    /// different executors can share one database.
-    fn job_types(&self) -> Vec<String>;
-
-    /// Runs one attempt of `job`. The future may be dropped (shutdown deadline, lost lease):
-    /// the attempt is then abandoned and the worker records what happened.
-    fn execute(&self, job: &Job) -> impl Future<Output = JobResult> + Send;
-}
 
 type BoxedHandler =
     Arc<dyn Fn(Job) -> Pin<Box<dyn Future<Output = JobResult> + Send>> + Send + Sync>;

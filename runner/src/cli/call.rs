@@ -1,0 +1,105 @@
+//! `runner call`: one job through the production sandbox and limits, without a database. The
+//! plugin author's loop: build, call, read the result or the classified error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chrono::Utc;
+
+use crate::config::{FileConfig, SandboxSettings};
+use crate::job::{InvalidJob, Job, validate_job_type};
+use crate::sandbox::{Disposition, Limits, Sandbox, SandboxConfig, job_type_of};
+
+/// Flags of `runner call`.
+#[derive(Debug, clap::Args)]
+pub struct CallArgs {
+    /// The plugin: a WebAssembly component for the `job-handler` world.
+    plugin: PathBuf,
+    /// The payload, JSON text.
+    #[arg(long, default_value = "{}")]
+    payload: String,
+    /// The tenant the job belongs to.
+    #[arg(long, default_value = "default")]
+    tenant: String,
+    /// The job type the guest sees [default: the file name without .wasm]
+    #[arg(long)]
+    job_type: Option<String>,
+    /// The attempt number the guest sees.
+    #[arg(long, default_value_t = 1)]
+    attempt: u32,
+    /// The attempt limit the guest sees.
+    #[arg(long, default_value_t = 25)]
+    max_attempts: u32,
+    #[command(flatten)]
+    sandbox: SandboxSettings,
+}
+
+/// A checked `runner call`.
+#[derive(Debug)]
+pub struct Call {
+    plugin: PathBuf,
+    job: Job,
+    sandbox: SandboxConfig,
+    limits: Limits,
+}
+
+impl CallArgs {
+    /// Checks the flags (over the config file's `[sandbox]`) before anything runs.
+    pub fn resolve(self, file: &FileConfig) -> anyhow::Result<Call> {
+        serde_json::from_str::<serde::de::IgnoredAny>(&self.payload)
+            .map_err(|e| InvalidJob::MalformedPayload(e.to_string()))?;
+        let job_type = match self.job_type {
+            Some(job_type) => {
+                validate_job_type(&job_type)?;
+                job_type
+            }
+            None => job_type_of(&self.plugin)?,
+        };
+        let (sandbox, limits) = self.sandbox.or(file.sandbox.clone()).resolve()?;
+        let now = Utc::now();
+        let job = Job {
+            id: 0,
+            job_type,
+            tenant: self.tenant,
+            payload: self.payload,
+            priority: 0,
+            attempt: self.attempt,
+            max_attempts: self.max_attempts,
+            run_at: now,
+            created_at: now,
+        };
+        Ok(Call {
+            plugin: self.plugin,
+            job,
+            sandbox,
+            limits,
+        })
+    }
+}
+
+/// Runs the call: the result on stdout, or the classified error on stderr and exit code 1.
+pub async fn call(call: Call) -> anyhow::Result<ExitCode> {
+    let sandbox = Sandbox::new(call.sandbox)?;
+    let plugin = tokio::task::block_in_place(|| sandbox.load_as(&call.plugin, &call.job.job_type))
+        .with_context(|| format!("cannot load {}", call.plugin.display()))?;
+    let run = sandbox.run(&plugin, &call.job, &call.limits).await;
+    let report = run.error_report();
+    match run.result {
+        Ok(Some(json)) => println!("{json}"),
+        Ok(None) => eprintln!("completed with no result"),
+        Err(error) => {
+            let verdict = match error.disposition() {
+                Disposition::Retry => "the runner would retry the job",
+                Disposition::Fail => "the runner would fail the job",
+                Disposition::Requeue => "the job did not run; the runner would requeue it",
+            };
+            eprintln!(
+                "error ({verdict}): {}",
+                report.unwrap_or_else(|| error.to_string())
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

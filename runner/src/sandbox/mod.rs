@@ -1,0 +1,346 @@
+//! The Wasm sandbox: one wasmtime engine per runner, one `InstancePre` per plugin version, and a
+//! fresh store and instance for every attempt, dropped when it ends.
+//!
+//! A guest gets WASI preview 2 with nothing behind it (no preopened directories, environment,
+//! arguments or network) plus the `host` interface of the `job-handler` world. Its stdout and
+//! stderr are captured with a cap. Per attempt it is held to [`Limits`]: wall-clock time, CPU
+//! time (epoch ticks counted while it executes), memory (a limiter), Wasm stack, payload and
+//! result size. Everything that can go wrong is classified into a [`RunError`].
+
+mod bindings;
+mod classify;
+mod guest_log;
+mod limits;
+mod output;
+mod plugin;
+mod state;
+
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::time::Duration;
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::WasiCtx;
+
+pub use classify::{Disposition, RunError, classify_trap};
+pub use limits::{Limits, MemoryLimitExceeded};
+pub use plugin::{Plugin, PluginError};
+pub use state::{CpuBudgetExceeded, TimedOut};
+
+use bindings::{JobHandler, JobHandlerPre, WitJob, WitJobError};
+use guest_log::{GuestLog, JobLabel};
+use limits::MemoryLimiter;
+use output::CapturedOutput;
+use state::{GuestState, Meter};
+
+use crate::job::Job;
+
+/// Pool slots per component instance, for the core instances, memories and tables a
+/// component made by today's toolchains needs (a Rust component has about five core
+/// instances; Python and JavaScript ones a few more).
+const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+const MEMORIES_PER_COMPONENT: u32 = 2;
+const TABLES_PER_COMPONENT: u32 = 4;
+
+/// Room on a fiber's stack for host code called from the guest, above the Wasm stack.
+const HOST_STACK: usize = 1 << 20;
+
+/// How the engine is built: fixed for the runner's lifetime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxConfig {
+    /// Most instances alive at once (the pooling allocator's slots). An attempt that finds
+    /// none free goes back to the queue without counting.
+    pub instances: u32,
+    /// The largest memory cap any job may be given, in bytes (the pool's slot size).
+    pub max_memory: u64,
+    /// The Wasm stack per instance, in bytes; deeper recursion traps with `stack_overflow`.
+    pub max_stack: usize,
+    /// The epoch tick: the granularity of CPU accounting, timeouts and yielding.
+    pub epoch_tick: Duration,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            instances: 1000,
+            max_memory: 4 << 30,
+            max_stack: 512 << 10,
+            epoch_tick: Duration::from_millis(10),
+        }
+    }
+}
+
+/// The engine could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the Wasm sandbox: {0}")]
+pub struct SandboxError(String);
+
+/// What one attempt produced: the result or the classified error, and what the guest left
+/// behind for the log.
+#[derive(Debug)]
+pub struct Run {
+    /// The guest's JSON result (`None`: it returned none), or why there is none.
+    pub result: Result<Option<String>, RunError>,
+    /// Where the guest was when it trapped or was stopped, innermost frame first.
+    pub backtrace: Option<String>,
+    /// The tail of the guest's stdout.
+    pub stdout: Option<String>,
+    /// The tail of the guest's stderr (a Rust panic message arrives here).
+    pub stderr: Option<String>,
+}
+
+/// How much of the guest's stderr goes into a stored error: the end, where a panic message is.
+const STDERR_IN_ERROR: usize = 2048;
+
+impl Run {
+    /// The error as stored with the attempt: the classified error, then where the guest was
+    /// (backtrace) and the end of its stderr. `None` if the run succeeded.
+    pub fn error_report(&self) -> Option<String> {
+        let error = self.result.as_ref().err()?;
+        let mut report = error.to_string();
+        if let Some(backtrace) = &self.backtrace {
+            report.push_str("\nwasm backtrace:\n");
+            report.push_str(backtrace);
+        }
+        if let Some(stderr) = &self.stderr {
+            let start = stderr.ceil_char_boundary(stderr.len().saturating_sub(STDERR_IN_ERROR));
+            report.push_str("\nstderr:\n");
+            report.push_str(stderr[start..].trim());
+        }
+        Some(report)
+    }
+}
+
+/// The runner's Wasm engine and linker, shared by every plugin and attempt.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    config: SandboxConfig,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sandbox {
+    /// Builds the engine (Cranelift, pooling allocator, epoch interruption) and starts its
+    /// epoch ticker, a thread that lives as long as the engine.
+    pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
+        let engine =
+            Engine::new(&engine_config(&config)).map_err(|e| SandboxError(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        let link = |linker: &mut Linker<GuestState>| -> wasmtime::Result<()> {
+            wasmtime_wasi::p2::add_to_linker_async(linker)?;
+            JobHandler::add_to_linker::<_, HasSelf<GuestState>>(linker, |state| state)
+        };
+        link(&mut linker).map_err(|e| SandboxError(format!("{e:#}")))?;
+        start_epoch_ticker(&engine, config.epoch_tick)?;
+        Ok(Self {
+            engine,
+            linker,
+            config,
+        })
+    }
+
+    /// The configuration the engine was built with.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// Compiles `wasm` and checks it against the `job-handler` world. CPU-heavy: call it off
+    /// the async runtime.
+    pub fn compile(&self, job_type: &str, wasm: &[u8]) -> Result<Plugin, PluginError> {
+        let component = Component::new(&self.engine, wasm)
+            .map_err(|e| PluginError::Compile(format!("{e:#}")))?;
+        let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld(format!("{e:#}"));
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(wrong_world)?;
+        let pre = JobHandlerPre::new(pre).map_err(wrong_world)?;
+        Ok(Plugin {
+            job_type: job_type.to_owned(),
+            pre,
+        })
+    }
+
+    /// Loads the plugin file `path`; its job type is the file name without `.wasm`.
+    pub fn load(&self, path: &Path) -> Result<Plugin, PluginError> {
+        self.load_as(path, &job_type_of(path)?)
+    }
+
+    /// Loads the plugin file `path` to run jobs of `job_type`.
+    pub fn load_as(&self, path: &Path, job_type: &str) -> Result<Plugin, PluginError> {
+        let wasm = std::fs::read(path).map_err(|source| PluginError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.compile(job_type, &wasm)
+    }
+
+    /// Runs one attempt of `job` in a fresh instance of `plugin`, held to `limits`.
+    pub async fn run(&self, plugin: &Plugin, job: &Job, limits: &Limits) -> Run {
+        let stdout = CapturedOutput::new(limits.max_output);
+        let stderr = CapturedOutput::new(limits.max_output);
+        let (result, backtrace) = if job.payload.len() > limits.max_payload {
+            let size = job.payload.len();
+            (
+                Err(RunError::PayloadTooLarge {
+                    size,
+                    limit: limits.max_payload,
+                }),
+                None,
+            )
+        } else {
+            let mut store = self.store(job, limits, &stdout, &stderr);
+            let call = tokio::time::timeout(limits.timeout, call_run(&mut store, &plugin.pre, job));
+            let outcome = match call.await {
+                Ok(Ok(Ok(result))) => (check_result(result, limits), None),
+                Ok(Ok(Err(WitJobError::Retry(message)))) => {
+                    (Err(RunError::GuestRetry(message)), None)
+                }
+                Ok(Ok(Err(WitJobError::Fail(message)))) => {
+                    (Err(RunError::GuestFail(message)), None)
+                }
+                Ok(Err(error)) => {
+                    let (error, backtrace) = classify_trap(&error);
+                    (Err(error), backtrace)
+                }
+                Err(_elapsed) => (Err(RunError::timeout(limits.timeout)), None),
+            };
+            store.data().log.finish();
+            outcome
+        };
+        let (stdout, stderr) = (stdout.text(), stderr.text());
+        let job = JobLabel::from(job);
+        for (stream, text) in [("stdout", &stdout), ("stderr", &stderr)] {
+            if let Some(text) = text {
+                guest_log::emit_output(&job, stream, text);
+            }
+        }
+        Run {
+            result,
+            backtrace,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn store(
+        &self,
+        job: &Job,
+        limits: &Limits,
+        stdout: &CapturedOutput,
+        stderr: &CapturedOutput,
+    ) -> Store<GuestState> {
+        // No preopens, environment or arguments: the builder's defaults. Network use is denied
+        // explicitly so that a change of defaults cannot open it.
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let state = GuestState {
+            wasi,
+            table: Default::default(),
+            limiter: MemoryLimiter::new(limits.memory),
+            log: GuestLog::new(JobLabel::from(job)),
+            meter: Meter::new(limits.cpu_budget, self.config.epoch_tick, limits.timeout),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut store| store.data_mut().meter.tick());
+        store
+    }
+}
+
+async fn call_run(
+    store: &mut Store<GuestState>,
+    pre: &JobHandlerPre<GuestState>,
+    job: &Job,
+) -> wasmtime::Result<Result<Option<String>, WitJobError>> {
+    let instance = pre.instantiate_async(&mut *store).await?;
+    let job = WitJob {
+        id: job.id,
+        job_type: job.job_type.clone(),
+        tenant: job.tenant.clone(),
+        attempt: job.attempt,
+        max_attempts: job.max_attempts,
+        payload: job.payload.clone(),
+    };
+    instance.call_run(&mut *store, &job).await
+}
+
+/// A result must fit its cap and be JSON: it is stored in a `jsonb` column.
+fn check_result(result: Option<String>, limits: &Limits) -> Result<Option<String>, RunError> {
+    let Some(json) = result else { return Ok(None) };
+    if json.len() > limits.max_result {
+        return Err(RunError::ResultTooLarge {
+            size: json.len(),
+            limit: limits.max_result,
+        });
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(&json)
+        .map_err(|e| RunError::InvalidResult(e.to_string()))?;
+    Ok(Some(json))
+}
+
+fn engine_config(sandbox: &SandboxConfig) -> wasmtime::Config {
+    let n = sandbox.instances;
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+        .total_memories(n.saturating_mul(MEMORIES_PER_COMPONENT))
+        .total_tables(n.saturating_mul(TABLES_PER_COMPONENT))
+        .total_stacks(n)
+        .max_memory_size(usize::try_from(sandbox.max_memory).unwrap_or(usize::MAX));
+    let mut config = wasmtime::Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .wasm_backtrace_max_frames(NonZeroUsize::new(classify::BACKTRACE_FRAMES))
+        .max_wasm_stack(sandbox.max_stack)
+        .async_stack_size(sandbox.max_stack + HOST_STACK)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+fn start_epoch_ticker(engine: &Engine, tick: Duration) -> Result<(), SandboxError> {
+    let engine = engine.weak();
+    std::thread::Builder::new()
+        .name("jobrunner-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = engine.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(tick);
+            }
+        })
+        .map(drop)
+        .map_err(|e| SandboxError(format!("cannot start the epoch ticker thread: {e}")))
+}
+
+/// A plugin file's job type: its name without `.wasm`.
+pub fn job_type_of(path: &Path) -> Result<String, PluginError> {
+    let bad = |reason: &str| PluginError::BadName {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if path.extension().and_then(|e| e.to_str()) != Some("wasm") {
+        return Err(bad("plugin files end in .wasm"));
+    }
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .ok_or_else(|| bad("not UTF-8"))?;
+    crate::job::validate_job_type(stem).map_err(|e| bad(&e.to_string()))?;
+    Ok(stem.to_owned())
+}
