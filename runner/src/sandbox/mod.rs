@@ -189,46 +189,51 @@ impl Sandbox {
         let stderr = CapturedOutput::new(limits.max_output);
         let (result, backtrace) = if job.payload.len() > limits.max_payload {
             let size = job.payload.len();
-            (
-                Err(RunError::PayloadTooLarge {
-                    size,
-                    limit: limits.max_payload,
-                }),
-                None,
-            )
+            let limit = limits.max_payload;
+            (Err(RunError::PayloadTooLarge { size, limit }), None)
         } else {
-            let mut store = self.store(job, limits, &stdout, &stderr);
-            let call = tokio::time::timeout(limits.timeout, call_run(&mut store, &plugin.pre, job));
-            let outcome = match call.await {
-                Ok(Ok(Ok(result))) => (check_result(result, limits), None),
-                Ok(Ok(Err(WitJobError::Retry(message)))) => {
-                    (Err(RunError::GuestRetry(message)), None)
-                }
-                Ok(Ok(Err(WitJobError::Fail(message)))) => {
-                    (Err(RunError::GuestFail(message)), None)
-                }
-                Ok(Err(error)) => {
-                    let (error, backtrace) = classify_trap(&error);
-                    (Err(error), backtrace)
-                }
-                Err(_elapsed) => (Err(RunError::timeout(limits.timeout)), None),
-            };
-            store.data().log.finish();
-            outcome
+            self.execute(plugin, job, limits, &stdout, &stderr).await
         };
-        let (stdout, stderr) = (stdout.text(), stderr.text());
+        let run = Run {
+            result,
+            backtrace,
+            stdout: stdout.text(),
+            stderr: stderr.text(),
+        };
         let job = JobLabel::from(job);
-        for (stream, text) in [("stdout", &stdout), ("stderr", &stderr)] {
+        for (stream, text) in [("stdout", &run.stdout), ("stderr", &run.stderr)] {
             if let Some(text) = text {
                 guest_log::emit_output(&job, stream, text);
             }
         }
-        Run {
-            result,
-            backtrace,
-            stdout,
-            stderr,
-        }
+        run
+    }
+
+    /// Instantiates and calls the guest; the result or the classified error, and a backtrace
+    /// if the guest was stopped.
+    async fn execute(
+        &self,
+        plugin: &Plugin,
+        job: &Job,
+        limits: &Limits,
+        stdout: &CapturedOutput,
+        stderr: &CapturedOutput,
+    ) -> (Result<Option<String>, RunError>, Option<String>) {
+        let mut store = self.store(job, limits, stdout, stderr);
+        let call = tokio::time::timeout(limits.timeout, call_run(&mut store, &plugin.pre, job));
+        let outcome = match call.await {
+            Ok(Ok(Ok(result))) => (check_result(result, limits), None),
+            Ok(Ok(Err(WitJobError::Retry(message)))) => (Err(RunError::GuestRetry(message)), None),
+            Ok(Ok(Err(WitJobError::Fail(message)))) => (Err(RunError::GuestFail(message)), None),
+            Ok(Err(error)) => {
+                let (error, backtrace) = classify_trap(&error);
+                (Err(error), backtrace)
+            }
+            // The guest was waiting on the host; a running guest is stopped by the meter.
+            Err(_elapsed) => (Err(RunError::timeout(limits.timeout)), None),
+        };
+        store.data().log.finish();
+        outcome
     }
 
     fn store(
