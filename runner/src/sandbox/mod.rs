@@ -200,10 +200,9 @@ impl Sandbox {
             stdout: stdout.text(),
             stderr: stderr.text(),
         };
-        let job = JobLabel::from(job);
         for (stream, text) in [("stdout", &run.stdout), ("stderr", &run.stderr)] {
             if let Some(text) = text {
-                guest_log::emit_output(&job, stream, text);
+                guest_log::emit_output(&JobLabel::from(job), stream, text);
             }
         }
         run
