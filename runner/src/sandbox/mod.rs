@@ -147,11 +147,6 @@ impl Sandbox {
         })
     }
 
-    /// The configuration the engine was built with.
-    pub fn config(&self) -> &SandboxConfig {
-        &self.config
-    }
-
     /// Compiles `wasm` and checks it against the `job-handler` world. CPU-heavy: call it off
     /// the async runtime.
     pub fn compile(&self, job_type: &str, wasm: &[u8]) -> Result<Plugin, PluginError> {
