@@ -65,6 +65,8 @@ pub struct FileConfig {
     /// The plugin directory, unless `--plugins` says otherwise (relative to the working
     /// directory).
     pub plugins: Option<PathBuf>,
+    /// The compiled-plugin cache, unless `--plugin-cache` says otherwise.
+    pub plugin_cache: Option<PathBuf>,
     /// The `[worker]` table.
     #[serde(default)]
     pub worker: WorkerSettings,
@@ -229,6 +231,9 @@ pub struct SandboxSettings {
     /// Linear memory per attempt [default: 128MiB]
     #[arg(long, value_parser = parse_size)]
     pub memory: Option<ByteSize>,
+    /// Most memory any attempt may get: the ceiling for plugin manifests [default: 4GiB]
+    #[arg(long, value_parser = parse_size)]
+    pub max_memory: Option<ByteSize>,
     /// Largest payload handed to a guest; larger jobs fail [default: 1MiB]
     #[arg(long, value_parser = parse_size)]
     pub max_payload: Option<ByteSize>,
@@ -253,6 +258,7 @@ impl SandboxSettings {
             timeout: self.timeout.or(fallback.timeout),
             cpu_budget: self.cpu_budget.or(fallback.cpu_budget),
             memory: self.memory.or(fallback.memory),
+            max_memory: self.max_memory.or(fallback.max_memory),
             max_payload: self.max_payload.or(fallback.max_payload),
             max_result: self.max_result.or(fallback.max_result),
             max_output: self.max_output.or(fallback.max_output),
@@ -280,8 +286,7 @@ impl SandboxSettings {
         };
         let config = SandboxConfig {
             instances: self.instances.unwrap_or(c.instances),
-            // Until tenants can raise it, the job memory cap is also the pool's slot size.
-            max_memory: limits.memory,
+            max_memory: self.max_memory.map_or(c.max_memory, |m| m.as_u64()),
             max_stack: size(self.max_stack, c.max_stack),
             epoch_tick: c.epoch_tick,
         };
@@ -289,9 +294,14 @@ impl SandboxSettings {
         check("timeout", !limits.timeout.is_zero(), positive)?;
         check("cpu_budget", !limits.cpu_budget.is_zero(), positive)?;
         check(
-            "memory",
-            (1 << 20..=4 << 30).contains(&limits.memory),
+            "max_memory",
+            (1 << 20..=4 << 30).contains(&config.max_memory),
             || "must be between 1MiB and 4GiB".into(),
+        )?;
+        check(
+            "memory",
+            (1 << 20..=config.max_memory).contains(&limits.memory),
+            || "must be between 1MiB and max_memory".into(),
         )?;
         check(
             "max_stack",
@@ -405,7 +415,7 @@ mod tests {
         };
         let (config, limits) = flags.or(file.sandbox).resolve().unwrap();
         assert_eq!(limits.memory, 64 << 20);
-        assert_eq!(config.max_memory, 64 << 20);
+        assert_eq!(config.max_memory, SandboxConfig::default().max_memory);
         assert_eq!(limits.timeout, Duration::from_secs(2));
         assert_eq!(limits.cpu_budget, Limits::default().cpu_budget);
         let tiny = SandboxSettings {
@@ -414,6 +424,15 @@ mod tests {
         };
         assert!(matches!(
             tiny.resolve(),
+            Err(ConfigError::Invalid { key: "memory", .. })
+        ));
+        let above_max = SandboxSettings {
+            memory: Some(ByteSize::mib(256)),
+            max_memory: Some(ByteSize::mib(128)),
+            ..Default::default()
+        };
+        assert!(matches!(
+            above_max.resolve(),
             Err(ConfigError::Invalid { key: "memory", .. })
         ));
         assert!(parse_size("lots").unwrap_err().contains("not a size"));

@@ -61,6 +61,17 @@ impl Backoff {
         uncapped.map_or(self.cap, |d| d.min(self.cap))
     }
 
+    /// After attempt `attempt` of `max_attempts` failed: when to run again, or `None` when no
+    /// attempts are left.
+    pub fn next_run(
+        &self,
+        attempt: u32,
+        max_attempts: u32,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        (attempt < max_attempts).then(|| later(now, self.delay(attempt)))
+    }
+
     /// The delay after failed attempt `attempt`, jitter included.
     pub fn delay(&self, attempt: u32) -> Duration {
         let ceiling = self.ceiling(attempt);
@@ -86,19 +97,6 @@ impl Default for RetryPolicy {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             backoff: Backoff::default(),
         }
-    }
-}
-
-impl RetryPolicy {
-    /// After attempt `attempt` of `max_attempts` failed: when to run again, or `None` when no
-    /// attempts are left.
-    pub fn next_run(
-        &self,
-        attempt: u32,
-        max_attempts: u32,
-        now: DateTime<Utc>,
-    ) -> Option<DateTime<Utc>> {
-        (attempt < max_attempts).then(|| later(now, self.backoff.delay(attempt)))
     }
 }
 
@@ -155,11 +153,11 @@ mod tests {
 
     #[test]
     fn next_run_stops_at_max_attempts() {
-        let policy = RetryPolicy::default();
+        let backoff = Backoff::default();
         let now = Utc::now();
-        let next = policy.next_run(1, 3, now).expect("attempts left");
+        let next = backoff.next_run(1, 3, now).expect("attempts left");
         assert!(next > now);
-        assert!(policy.next_run(3, 3, now).is_none());
-        assert!(policy.next_run(4, 3, now).is_none());
+        assert!(backoff.next_run(3, 3, now).is_none());
+        assert!(backoff.next_run(4, 3, now).is_none());
     }
 }

@@ -3,13 +3,13 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use runner::queue::ClaimRequest;
+use runner::queue::{ClaimRequest, ClaimType};
 use runner::{Clock, ManualClock, NewJob, Unique};
 use serde_json::json;
 
 use crate::support::TestDb;
 
-fn request<'a>(owner: &'a str, types: &'a [String], limit: usize) -> ClaimRequest<'a> {
+fn request<'a>(owner: &'a str, types: &'a [ClaimType], limit: usize) -> ClaimRequest<'a> {
     ClaimRequest {
         owner,
         job_types: types,
@@ -24,7 +24,7 @@ async fn a_future_job_is_not_claimed_until_its_time() {
     let db = TestDb::new().await;
     let clock = ManualClock::starting_now();
     let queue = db.queue_with(clock.clone());
-    let types = vec!["later".to_owned()];
+    let types = vec![ClaimType::from("later")];
     let job = NewJob::new("later", json!({})).delay(Duration::from_secs(3600));
     let id = queue.enqueue(&db.pool, &job).await.unwrap().id;
 
@@ -71,7 +71,7 @@ async fn eight_claimers_claim_twenty_thousand_jobs_exactly_once() {
         .map(|n| {
             let queue = db.queue();
             tokio::spawn(async move {
-                let (owner, types) = (format!("claimer-{n}"), vec!["work".to_owned()]);
+                let (owner, types) = (format!("claimer-{n}"), vec![ClaimType::from("work")]);
                 let mut mine = Vec::new();
                 loop {
                     let batch = queue.claim(&request(&owner, &types, 50)).await.unwrap();
@@ -117,7 +117,7 @@ async fn claims_follow_priority_then_run_at_and_only_known_types() {
     ];
     queue.enqueue_many(&db.pool, &jobs).await.unwrap();
 
-    let types = vec!["a".to_owned()];
+    let types = vec![ClaimType::from("a")];
     let claimed = queue.claim(&request("r", &types, 3)).await.unwrap();
     let payloads: Vec<&str> = claimed.iter().map(|j| j.payload.as_str()).collect();
     assert_eq!(

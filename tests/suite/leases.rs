@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use runner::queue::{ClaimRequest, Outcome, Settlement};
+use runner::queue::{ClaimRequest, ClaimType, Outcome, Settlement};
 use runner::retry::{Backoff, BackoffKind};
 use runner::{
     Clock, Handlers, JobState, ManualClock, NewJob, Queue, RetryPolicy, Worker, WorkerConfig,
@@ -25,7 +25,7 @@ fn policy() -> RetryPolicy {
 }
 
 async fn claim_one(queue: &Queue, owner: &str) -> runner::Job {
-    let types = vec!["t".to_owned()];
+    let types = [ClaimType::from("t")];
     let request = ClaimRequest {
         owner,
         job_types: &types,
@@ -51,6 +51,7 @@ fn completed(job: &runner::Job) -> Settlement {
         job_id: job.id,
         attempt: job.attempt,
         outcome: Outcome::Completed { result: None },
+        plugin_sha256: None,
     }
 }
 
@@ -173,7 +174,7 @@ async fn concurrent_rescuers_count_an_expired_lease_once() {
     let queue = db.queue_with(clock.clone());
     let jobs: Vec<NewJob> = (0..200).map(|i| NewJob::new("t", json!(i))).collect();
     queue.enqueue_many(&db.pool, &jobs).await.unwrap();
-    let types = vec!["t".to_owned()];
+    let types = [ClaimType::from("t")];
     let request = ClaimRequest {
         owner: "dead",
         job_types: &types,

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use runner::plugins::Policy;
 use runner::queue::admin::JobRecord;
 use runner::retry::Backoff;
 use runner::{
@@ -34,7 +35,8 @@ fn config() -> WorkerConfig {
 }
 
 fn start(queue: &Queue, job_types: &[&str], limits: Limits) -> WorkerHandle {
-    let executor = executor(job_types, SandboxConfig::default(), limits);
+    let policy = Policy::new(limits, config().retry);
+    let executor = executor(job_types, SandboxConfig::default(), policy);
     Worker::new(queue.clone(), executor, config()).start()
 }
 
@@ -369,7 +371,11 @@ async fn without_a_free_sandbox_slot_a_job_is_requeued_without_counting_the_atte
         instances: 1,
         ..SandboxConfig::default()
     };
-    let executor = executor(&["sleep"], one_slot, Limits::default());
+    let executor = executor(
+        &["sleep"],
+        one_slot,
+        Policy::new(Limits::default(), config().retry),
+    );
     let worker = Worker::new(
         queue.clone(),
         executor,

@@ -11,7 +11,7 @@ use sqlx::postgres::PgPoolOptions;
 
 use super::database::Database;
 use super::jobs::print_list;
-use super::run::{RunArgs, RunConfig, Signals, load_executor};
+use super::run::{RunArgs, RunConfig, Signals, load_plugins};
 use crate::config::{SandboxSettings, WorkerSettings};
 use crate::job::NewJob;
 use crate::queue::Queue;
@@ -27,6 +27,7 @@ const DEMO_DATABASE: &str = "jobrunner_demo";
 pub fn with_demo_defaults(args: RunArgs) -> RunArgs {
     RunArgs {
         plugins: args.plugins,
+        plugin_cache: args.plugin_cache,
         worker: args.worker.or(WorkerSettings {
             backoff_base: Some(Duration::from_millis(250)),
             backoff_cap: Some(Duration::from_secs(2)),
@@ -45,7 +46,7 @@ pub fn with_demo_defaults(args: RunArgs) -> RunArgs {
 /// Runs the demo.
 pub async fn demo(db: &Database, config: RunConfig) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::new()?;
-    let executor = load_executor(&config).await?;
+    let (_dir, executor) = load_plugins(&config).await?;
     let pool = fresh_database(db).await?;
     let queue = Queue::new(pool.clone());
     queue.migrate().await?;

@@ -137,24 +137,7 @@ pub(super) fn print_list(jobs: &[JobRecord], policy: &RetryPolicy) {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let line = |cells: [&str; 8]| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        println!("{}", padded.join("  ").trim_end());
-    };
-    line(header);
-    for row in &rows {
-        line(row.each_ref().map(String::as_str));
-    }
+    super::print_table(header, &rows);
 }
 
 fn print_job(job: &JobRecord, policy: &RetryPolicy) {
@@ -186,8 +169,13 @@ fn print_job(job: &JobRecord, policy: &RetryPolicy) {
     } else {
         println!("errors:");
         for e in &job.errors {
+            let plugin = e
+                .plugin_sha256
+                .as_deref()
+                .map(|sha| format!(" (plugin {})", &sha[..sha.len().min(12)]))
+                .unwrap_or_default();
             println!(
-                "  attempt {} at {}: {}",
+                "  attempt {} at {}{plugin}: {}",
                 e.attempt,
                 e.at.to_rfc3339(),
                 e.error
@@ -197,7 +185,7 @@ fn print_job(job: &JobRecord, policy: &RetryPolicy) {
 }
 
 /// `text` on one line, cut to `max` characters.
-fn one_line(text: &str, max: usize) -> String {
+pub(super) fn one_line(text: &str, max: usize) -> String {
     let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if flat.chars().count() <= max {
         return flat;

@@ -5,6 +5,7 @@ mod database;
 mod demo;
 mod enqueue;
 mod jobs;
+mod plugins;
 mod run;
 
 use std::path::PathBuf;
@@ -55,6 +56,9 @@ enum Command {
     Call(call::CallArgs),
     /// Enqueue a job and print its id.
     Enqueue(enqueue::EnqueueArgs),
+    /// List the plugins each live runner serves: version (sha256), load time, source and
+    /// status (ok, or failed with the reason).
+    Plugins(plugins::PluginsArgs),
     /// List, show, retry and cancel jobs.
     Jobs {
         #[command(subcommand)]
@@ -97,6 +101,7 @@ enum Prepared {
     Call(call::Call),
     Enqueue(crate::job::NewJob),
     Jobs(jobs::JobsCommand, crate::retry::RetryPolicy),
+    Plugins(plugins::PluginsArgs),
     Demo(run::RunConfig),
 }
 
@@ -107,6 +112,7 @@ impl Command {
             Command::Run(args) => Prepared::Run(args.resolve(file)?),
             Command::Call(args) => Prepared::Call(args.resolve(file)?),
             Command::Enqueue(args) => Prepared::Enqueue(args.to_job()?),
+            Command::Plugins(args) => Prepared::Plugins(args),
             Command::Jobs { command } => Prepared::Jobs(command, file.worker.retry_policy()?),
             Command::Demo(args) => Prepared::Demo(demo::with_demo_defaults(args).resolve(file)?),
         })
@@ -129,6 +135,7 @@ async fn dispatch(cli: Cli, file: FileConfig) -> anyhow::Result<ExitCode> {
         Prepared::Run(config) => run::run(&db, config).await,
         Prepared::Enqueue(job) => enqueue::enqueue(&db, job).await,
         Prepared::Jobs(command, policy) => jobs::jobs(&db, command, &policy).await,
+        Prepared::Plugins(args) => plugins::plugins(&db, args).await,
         Prepared::Demo(config) => demo::demo(&db, config).await,
         Prepared::Call(_) => unreachable!("handled before connecting"),
     };
@@ -149,5 +156,27 @@ fn init_logging(format: LogFormat) {
             .with_span_list(false)
             .with_writer(std::io::stdout)
             .init(),
+    }
+}
+
+/// Prints `rows` under `header`, each column as wide as its widest cell.
+fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; N]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header);
+    for row in rows {
+        line(row.each_ref().map(String::as_str));
     }
 }

@@ -3,14 +3,15 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::database::Database;
 use crate::config::{ConfigError, FileConfig, SandboxSettings, WorkerSettings};
-use crate::executor::{Executor, WasmExecutor};
-use crate::plugins;
+use crate::executor::WasmExecutor;
+use crate::plugins::{self, ArtifactCache, Loader, PluginDir, PluginDirError, Policy, Presence};
 use crate::sandbox::{Limits, Sandbox, SandboxConfig};
 use crate::worker::{Worker, WorkerConfig};
 
@@ -20,6 +21,10 @@ pub struct RunArgs {
     /// The plugin directory: one `<job-type>.wasm` component per job type [default: plugins]
     #[arg(long, env = "JOBRUNNER_PLUGINS")]
     pub plugins: Option<PathBuf>,
+    /// Where compiled plugins are cached [default: .jobrunner-cache inside the plugin
+    /// directory]
+    #[arg(long, env = "JOBRUNNER_PLUGIN_CACHE")]
+    pub plugin_cache: Option<PathBuf>,
     #[command(flatten)]
     pub worker: WorkerSettings,
     #[command(flatten)]
@@ -30,11 +35,16 @@ impl RunArgs {
     /// These flags over the config file over the defaults, checked.
     pub fn resolve(self, file: &FileConfig) -> Result<RunConfig, ConfigError> {
         let (sandbox, limits) = self.sandbox.or(file.sandbox.clone()).resolve()?;
+        let plugins = self
+            .plugins
+            .or(file.plugins.clone())
+            .unwrap_or_else(|| "plugins".into());
         Ok(RunConfig {
-            plugins: self
-                .plugins
-                .or(file.plugins.clone())
-                .unwrap_or_else(|| "plugins".into()),
+            plugin_cache: self
+                .plugin_cache
+                .or(file.plugin_cache.clone())
+                .unwrap_or_else(|| plugins.join(".jobrunner-cache")),
+            plugins,
             worker: self.worker.or(file.worker.clone()).resolve()?,
             sandbox,
             limits,
@@ -47,6 +57,8 @@ impl RunArgs {
 pub struct RunConfig {
     /// The plugin directory.
     pub plugins: PathBuf,
+    /// The compiled-plugin cache.
+    pub plugin_cache: PathBuf,
     /// The worker loop.
     pub worker: WorkerConfig,
     /// The engine.
@@ -55,21 +67,31 @@ pub struct RunConfig {
     pub limits: Limits,
 }
 
-/// Migrates, loads the plugins, then runs a worker until SIGINT/SIGTERM and shuts it down
-/// gracefully. A second signal exits at once; unfinished jobs then come back when their leases
-/// expire.
+/// Migrates, loads the plugins and watches their directory, then runs a worker until
+/// SIGINT/SIGTERM and shuts it down gracefully. A second signal exits at once; unfinished jobs
+/// then come back when their leases expire.
 pub async fn run(db: &Database, config: RunConfig) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::new()?;
-    let executor = load_executor(&config).await?;
+    let started = Instant::now();
+    let (dir, executor) = load_plugins(&config).await?;
+    let _watching = plugins::watch(Arc::clone(&dir))?;
     let queue = db.queue();
     queue.migrate().await?;
     let worker = config.worker;
     tracing::info!(
         owner = %worker.owner, concurrency = worker.concurrency,
-        job_types = ?executor.job_types(), "runner started"
+        job_types = ?job_type_names(&dir), ready_ms = started.elapsed().as_secs_f64() * 1e3,
+        "runner started"
     );
-    let timeout = worker.shutdown_timeout;
-    let worker = Worker::new(queue, executor, worker).start();
+    let (owner, timeout) = (worker.owner.clone(), worker.shutdown_timeout);
+    let worker = Worker::new(queue.clone(), executor, worker).start();
+    let presence = Presence::start(
+        queue,
+        owner,
+        dir.path().display().to_string(),
+        Arc::clone(dir.registry()),
+        worker.waker(),
+    );
 
     let signal = signals.next().await;
     tracing::info!(
@@ -78,7 +100,10 @@ pub async fn run(db: &Database, config: RunConfig) -> anyhow::Result<ExitCode> {
          at once)"
     );
     tokio::select! {
-        () = worker.shutdown() => Ok(ExitCode::SUCCESS),
+        () = worker.shutdown() => {
+            presence.withdraw().await;
+            Ok(ExitCode::SUCCESS)
+        }
         signal = signals.next() => {
             tracing::warn!(signal, "exiting at once; unfinished jobs run again when their \
                                     leases expire");
@@ -88,8 +113,11 @@ pub async fn run(db: &Database, config: RunConfig) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Builds the sandbox and loads every plugin in the configured directory.
-pub(super) async fn load_executor(config: &RunConfig) -> anyhow::Result<WasmExecutor> {
+/// Builds the sandbox and loads every plugin in the configured directory (from the artifact
+/// cache where it can).
+pub(super) async fn load_plugins(
+    config: &RunConfig,
+) -> anyhow::Result<(Arc<PluginDir>, WasmExecutor)> {
     if config.sandbox.instances < config.worker.concurrency as u32 {
         tracing::warn!(
             instances = config.sandbox.instances,
@@ -97,18 +125,36 @@ pub(super) async fn load_executor(config: &RunConfig) -> anyhow::Result<WasmExec
             "fewer sandbox instances than concurrency: jobs beyond the pool go back to the queue"
         );
     }
+    let hint = "build the example plugins with `example-plugins/build`, or pass --plugins DIR";
+    // Before the cache, which would otherwise create a mistyped plugin directory.
+    std::fs::read_dir(&config.plugins)
+        .map_err(|source| PluginDirError {
+            path: config.plugins.clone(),
+            source,
+        })
+        .context(hint)?;
     let sandbox = Arc::new(Sandbox::new(config.sandbox.clone())?);
-    let registry = plugins::load_dir(&sandbox, &config.plugins)
-        .await
-        .context("build the example plugins with `example-plugins/build`, or pass --plugins DIR")?;
-    if registry.job_types().is_empty() {
-        tracing::warn!(dir = %config.plugins.display(), "no plugin loaded: this runner claims no jobs");
+    let cache = ArtifactCache::open(&config.plugin_cache, sandbox.engine())
+        .inspect_err(|error| {
+            tracing::warn!(dir = %config.plugin_cache.display(), %error,
+                           "cannot use the compiled-plugin cache; compiling every plugin")
+        })
+        .ok();
+    let defaults = Policy::new(config.limits.clone(), config.worker.retry);
+    let loader = Arc::new(Loader::new(Arc::clone(&sandbox), cache, defaults));
+    let dir = PluginDir::new(config.plugins.clone(), loader);
+    dir.load_all().await.context(hint)?;
+    if dir.registry().claim_types().is_empty() {
+        tracing::warn!(dir = %config.plugins.display(),
+                       "no plugin loaded: this runner claims no jobs until one is added");
     }
-    Ok(WasmExecutor::new(
-        sandbox,
-        Arc::new(registry),
-        config.limits.clone(),
-    ))
+    let executor = WasmExecutor::new(sandbox, Arc::clone(dir.registry()));
+    Ok((dir, executor))
+}
+
+fn job_type_names(dir: &PluginDir) -> Vec<String> {
+    let types = dir.registry().claim_types();
+    types.iter().map(|t| t.job_type.clone()).collect()
 }
 
 /// SIGINT and SIGTERM, whichever comes first.

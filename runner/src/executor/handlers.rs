@@ -5,8 +5,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use super::{Executor, JobError, JobResult};
+use super::{Execution, Executor, JobError, JobResult};
 use crate::job::Job;
+use crate::queue::ClaimType;
 
 type BoxedHandler =
     Arc<dyn Fn(Job) -> Pin<Box<dyn Future<Output = JobResult> + Send>> + Send + Sync>;
@@ -42,22 +43,26 @@ impl Handlers {
 }
 
 impl Executor for Handlers {
-    fn job_types(&self) -> Vec<String> {
-        self.handlers.keys().cloned().collect()
+    fn job_types(&self) -> Arc<[ClaimType]> {
+        self.handlers
+            .keys()
+            .map(|t| ClaimType::from(t.as_str()))
+            .collect()
     }
 
-    fn execute(&self, job: &Job) -> impl Future<Output = JobResult> + Send {
+    fn execute(&self, job: &Job) -> impl Future<Output = Execution> + Send {
         let handler = self.handlers.get(&job.job_type).cloned();
         let job = job.clone();
         async move {
-            match handler {
+            let result = match handler {
                 Some(handler) => handler(job).await,
                 // Only reachable if a caller bypasses the claim filter.
                 None => Err(JobError::Retry(format!(
                     "no handler for job type {:?}",
                     job.job_type
                 ))),
-            }
+            };
+            Execution::from(result)
         }
     }
 }

@@ -8,12 +8,16 @@ mod handlers;
 mod wasm;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
 use crate::job::Job;
+use crate::queue::ClaimType;
+use crate::retry::Backoff;
 
 pub use handlers::{Handlers, json_result};
+
 pub use wasm::WasmExecutor;
 
 /// Why an attempt did not succeed: the WIT `job-error` variant, plus "did not run".
@@ -34,13 +38,36 @@ pub enum JobError {
 /// What an attempt produced: an optional JSON result, or an error.
 pub type JobResult = Result<Option<Box<RawValue>>, JobError>;
 
+/// One attempt as the executor saw it: the result, and what decides its retry and its record.
+#[derive(Debug)]
+pub struct Execution {
+    /// The result or error.
+    pub result: JobResult,
+    /// The backoff of the job's type, if it has its own (a plugin manifest); else the
+    /// runner's.
+    pub backoff: Option<Backoff>,
+    /// The sha256 of the plugin version that ran the attempt.
+    pub plugin_sha256: Option<Arc<str>>,
+}
+
+impl From<JobResult> for Execution {
+    fn from(result: JobResult) -> Self {
+        Self {
+            result,
+            backoff: None,
+            plugin_sha256: None,
+        }
+    }
+}
+
 /// Runs jobs.
 pub trait Executor: Send + Sync + 'static {
-    /// The job types this executor can run now. The runner claims only these, so runners with
-    /// different executors can share one database.
-    fn job_types(&self) -> Vec<String>;
+    /// The job types this executor can run now, with their claim rules. The runner claims
+    /// only these, so runners with different executors can share one database. Called before
+    /// every claim: the set may change while the runner runs.
+    fn job_types(&self) -> Arc<[ClaimType]>;
 
     /// Runs one attempt of `job`. The future may be dropped (shutdown deadline, lost lease):
     /// the attempt is then abandoned and the worker records what happened.
-    fn execute(&self, job: &Job) -> impl Future<Output = JobResult> + Send;
+    fn execute(&self, job: &Job) -> impl Future<Output = Execution> + Send;
 }

@@ -19,6 +19,9 @@ pub struct AttemptError {
     pub at: DateTime<Utc>,
     /// What went wrong.
     pub error: String,
+    /// The sha256 of the plugin version that ran the attempt, when a plugin did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_sha256: Option<String>,
 }
 
 /// Everything stored about a job.

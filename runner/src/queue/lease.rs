@@ -97,7 +97,11 @@ impl Queue {
 
         let next_runs: Vec<Option<DateTime<Utc>>> = expired
             .iter()
-            .map(|row| policy.next_run(count(row.attempt), count(row.max_attempts), now))
+            .map(|row| {
+                policy
+                    .backoff
+                    .next_run(count(row.attempt), count(row.max_attempts), now)
+            })
             .collect();
         let rows: Vec<(i64, String, String, i32, String, String)> = sqlx::query_as(
             "UPDATE jobrunner.jobs AS j

@@ -1,5 +1,7 @@
 //! Writing what became of attempts, many per round trip, each guarded by its fencing token.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 
@@ -66,6 +68,8 @@ pub struct Settlement {
     pub attempt: u32,
     /// What became of it.
     pub outcome: Outcome,
+    /// The sha256 of the plugin version that ran it, kept with its error.
+    pub plugin_sha256: Option<Arc<str>>,
 }
 
 impl Queue {
@@ -80,6 +84,7 @@ impl Queue {
     ) -> Result<Vec<i64>> {
         let (mut ids, mut attempts, mut labels) = (Vec::new(), Vec::new(), Vec::new());
         let (mut run_ats, mut errors, mut results) = (Vec::new(), Vec::new(), Vec::new());
+        let mut plugins = Vec::new();
         let mut any_requeued = false;
         for s in settlements {
             any_requeued |= matches!(s.outcome, Outcome::Requeued { .. });
@@ -92,6 +97,7 @@ impl Queue {
                 _ => None,
             });
             errors.push(s.outcome.error().map(clip_error));
+            plugins.push(s.plugin_sha256.as_deref());
             results.push(match &s.outcome {
                 Outcome::Completed {
                     result: Some(result),
@@ -106,8 +112,8 @@ impl Queue {
         let applied: Vec<i64> = sqlx::query_scalar(
             "WITH input AS (
                  SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[],
-                                      $5::text[], $6::text[])
-                          AS t(id, attempt, outcome, run_at, error, result)
+                                      $5::text[], $6::text[], $10::text[])
+                          AS t(id, attempt, outcome, run_at, error, result, plugin)
              ),
              deleted AS (
                  DELETE FROM jobrunner.jobs AS j
@@ -132,7 +138,10 @@ impl Queue {
                         errors = CASE WHEN i.error IS NULL THEN j.errors
                                       ELSE j.errors || jsonb_build_array(jsonb_build_object(
                                           'attempt', i.attempt, 'at', $8::timestamptz,
-                                          'error', i.error))
+                                          'error', i.error)
+                                          || CASE WHEN i.plugin IS NULL THEN '{}'::jsonb
+                                                  ELSE jsonb_build_object('plugin_sha256', i.plugin)
+                                             END)
                                  END,
                         result = i.result::jsonb,
                         updated_at = $8
@@ -153,6 +162,7 @@ impl Queue {
         .bind(owner)
         .bind(now)
         .bind(keep_completed)
+        .bind(plugins)
         .fetch_all(&self.pool)
         .await?;
 

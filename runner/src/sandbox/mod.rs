@@ -150,18 +150,39 @@ impl Sandbox {
     /// Compiles `wasm` and checks it against the `job-handler` world. CPU-heavy: call it off
     /// the async runtime.
     pub fn compile(&self, job_type: &str, wasm: &[u8]) -> Result<Plugin, PluginError> {
-        let component = Component::new(&self.engine, wasm)
-            .map_err(|e| PluginError::Compile(format!("{e:#}")))?;
+        self.prepare(job_type, &self.compile_component(wasm)?)
+    }
+
+    /// Compiles `wasm` to native code without checking its world. CPU-heavy: call it off the
+    /// async runtime.
+    pub fn compile_component(&self, wasm: &[u8]) -> Result<Component, PluginError> {
+        Component::new(&self.engine, wasm).map_err(|e| PluginError::Compile(format!("{e:#}")))
+    }
+
+    /// Checks a compiled `component` against the `job-handler` world (every import is one the
+    /// sandbox provides; `run` is exported with the right type) and readies it for
+    /// instantiation in microseconds.
+    pub fn prepare(&self, job_type: &str, component: &Component) -> Result<Plugin, PluginError> {
         let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld(format!("{e:#}"));
         let pre = self
             .linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(wrong_world)?;
         let pre = JobHandlerPre::new(pre).map_err(wrong_world)?;
         Ok(Plugin {
             job_type: job_type.to_owned(),
             pre,
         })
+    }
+
+    /// The engine, for loading compiled artifacts made by [`Component::serialize`].
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The engine's settings.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
     }
 
     /// Loads the plugin file `path`; its job type is the file name without `.wasm`.

@@ -9,10 +9,10 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use super::Shared;
 use super::inflight::Ticket;
 use crate::clock::later;
-use crate::executor::{Executor, JobError, JobResult};
+use crate::executor::{Execution, Executor, JobError};
 use crate::job::Job;
 use crate::queue::{Outcome, Settlement};
-use crate::retry::RetryPolicy;
+use crate::retry::Backoff;
 
 /// An attempt's outcome on its way to the completer, with what the outcome log line needs.
 #[derive(Debug)]
@@ -39,17 +39,18 @@ pub(super) async fn run<E: Executor>(
         _ = shared.stop.cancelled() => None,
         permit = shared.exec.clone().acquire_owned() => permit.ok(),
     };
-    let (outcome, duration) = match permit {
+    let (outcome, plugin_sha256, duration) = match permit {
         None => (
             requeued("the runner is shutting down; the job had not started"),
+            None,
             Duration::ZERO,
         ),
         Some(_running) => {
             let started = Instant::now();
-            let Some(outcome) = execute(&shared, &job, ticket).await else {
+            let Some((outcome, plugin_sha256)) = execute(&shared, &job, ticket).await else {
                 return;
             };
-            (outcome, started.elapsed())
+            (outcome, plugin_sha256, started.elapsed())
         }
     };
     let report = Report {
@@ -58,6 +59,7 @@ pub(super) async fn run<E: Executor>(
             job_id: job.id,
             attempt: job.attempt,
             outcome,
+            plugin_sha256,
         },
         job_type: job.job_type,
         tenant: job.tenant,
@@ -71,15 +73,22 @@ pub(super) async fn run<E: Executor>(
 }
 
 /// Runs the executor until it finishes, the shutdown deadline interrupts it, or the lease is
-/// lost (`None`: nothing to record, another runner owns the job now).
-async fn execute<E: Executor>(shared: &Shared<E>, job: &Job, ticket: Ticket) -> Option<Outcome> {
+/// lost (`None`: nothing to record, another runner owns the job now). The outcome comes with
+/// the plugin version that ran the attempt.
+async fn execute<E: Executor>(
+    shared: &Shared<E>,
+    job: &Job,
+    ticket: Ticket,
+) -> Option<(Outcome, Option<Arc<str>>)> {
     let lease_lost = shared.inflight.lease_lost_signal(ticket);
     tokio::select! {
-        result = shared.executor.execute(job) => {
-            Some(settle(job, result, &shared.config.retry, shared.queue.now()))
+        execution = shared.executor.execute(job) => {
+            let plugin_sha256 = execution.plugin_sha256.clone();
+            let backoff = shared.config.retry.backoff;
+            Some((settle(job, execution, &backoff, shared.queue.now()), plugin_sha256))
         }
         _ = shared.abort.cancelled() => {
-            Some(requeued("interrupted: the runner's shutdown deadline passed"))
+            Some((requeued("interrupted: the runner's shutdown deadline passed"), None))
         }
         _ = lease_lost.cancelled() => {
             tracing::warn!(
@@ -104,14 +113,16 @@ fn requeued(reason: &str) -> Outcome {
 /// How long a job that did not run waits before it is ripe again.
 pub(crate) const REQUEUE_DELAY: Duration = Duration::from_secs(1);
 
-/// Turns an executor's result into the outcome to record.
+/// Turns an executor's result into the outcome to record. A retry waits for the job type's
+/// own backoff, else `default_backoff`.
 pub(super) fn settle(
     job: &Job,
-    result: JobResult,
-    policy: &RetryPolicy,
+    execution: Execution,
+    default_backoff: &Backoff,
     now: DateTime<Utc>,
 ) -> Outcome {
-    match result {
+    let backoff = execution.backoff.as_ref().unwrap_or(default_backoff);
+    match execution.result {
         Ok(result) => Outcome::Completed { result },
         Err(JobError::Fail(error)) => Outcome::Failed { error },
         // Not ripe at once: a runner out of sandbox slots would otherwise claim it right back.
@@ -119,7 +130,7 @@ pub(super) fn settle(
             reason,
             run_at: Some(later(now, REQUEUE_DELAY)),
         },
-        Err(JobError::Retry(error)) => match policy.next_run(job.attempt, job.max_attempts, now) {
+        Err(JobError::Retry(error)) => match backoff.next_run(job.attempt, job.max_attempts, now) {
             Some(run_at) => Outcome::Retry { error, run_at },
             None => Outcome::Failed { error },
         },
@@ -146,11 +157,11 @@ mod tests {
 
     #[test]
     fn settle_maps_results_to_outcomes() {
-        let policy = RetryPolicy::default();
+        let policy = Backoff::default();
         let now = Utc::now();
-        let retry = || Err(JobError::Retry("later".into()));
+        let retry = || Execution::from(Err(JobError::Retry("later".into())));
         assert!(matches!(
-            settle(&job(1, 3), Ok(None), &policy, now),
+            settle(&job(1, 3), Execution::from(Ok(None)), &policy, now),
             Outcome::Completed { .. }
         ));
         assert!(matches!(
@@ -162,7 +173,12 @@ mod tests {
             Outcome::Failed { .. }
         ));
         assert!(matches!(
-            settle(&job(1, 3), Err(JobError::Fail("no".into())), &policy, now),
+            settle(
+                &job(1, 3),
+                Execution::from(Err(JobError::Fail("no".into()))),
+                &policy,
+                now
+            ),
             Outcome::Failed { error } if error == "no"
         ));
     }

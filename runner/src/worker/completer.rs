@@ -87,6 +87,7 @@ macro_rules! outcome_line {
             outcome = $outcome,
             duration_ms = $report.duration.as_micros() as f64 / 1e3,
             error = $report.settlement.outcome.error(),
+            plugin_sha256 = $report.settlement.plugin_sha256.as_deref(),
             $($fields_then_message)+
         )
     };

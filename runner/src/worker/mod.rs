@@ -108,8 +108,9 @@ struct Shared<E> {
     slots: Arc<Semaphore>,
     /// Running jobs: concurrency permits.
     exec: Arc<Semaphore>,
-    /// A notification arrived (or the listener reconnected): look for ripe jobs now.
-    wake: Notify,
+    /// A notification arrived (or the listener reconnected, or the executor's job types
+    /// changed): look for ripe jobs now.
+    wake: Arc<Notify>,
     /// Stop claiming; requeue what has not started.
     stop: CancellationToken,
     /// Interrupt running jobs and requeue them (the shutdown deadline passed).
@@ -142,7 +143,7 @@ impl<E: Executor> Worker<E> {
             slots: Arc::new(Semaphore::new(config.concurrency.max(1) + config.prefetch)),
             exec: Arc::new(Semaphore::new(config.concurrency.max(1))),
             inflight: Arc::default(),
-            wake: Notify::new(),
+            wake: Arc::default(),
             stop: CancellationToken::new(),
             abort: CancellationToken::new(),
             config,
@@ -177,6 +178,7 @@ impl<E: Executor> Worker<E> {
                 heartbeat_stop,
             },
             shutdown_timeout: shared.config.shutdown_timeout,
+            wake: Waker(Arc::clone(&shared.wake)),
             inflight: shared.inflight.clone(),
             tracker,
             fetcher,
@@ -210,6 +212,7 @@ impl Drop for Control {
 pub struct WorkerHandle {
     control: Control,
     shutdown_timeout: Duration,
+    wake: Waker,
     inflight: Arc<InFlight>,
     tracker: TaskTracker,
     fetcher: JoinHandle<()>,
@@ -226,6 +229,12 @@ impl WorkerHandle {
         let mut listening = self.listening.clone();
         // The sender lives as long as the listener task, i.e. until shutdown.
         let _ = listening.wait_for(|up| *up).await;
+    }
+
+    /// A handle that makes the worker look for ripe jobs now, e.g. when its executor gained a
+    /// job type.
+    pub fn waker(&self) -> Waker {
+        self.wake.clone()
     }
 
     /// Jobs claimed by this worker whose outcome is not yet recorded.
@@ -267,6 +276,17 @@ impl WorkerHandle {
             let _ = task.await;
         }
         tracing::info!("worker stopped");
+    }
+}
+
+/// Wakes an idle worker: it looks for ripe jobs at once instead of at its next poll.
+#[derive(Debug, Clone)]
+pub struct Waker(Arc<Notify>);
+
+impl Waker {
+    /// Wakes the worker (once, however often it is called before the worker looks).
+    pub fn wake(&self) {
+        self.0.notify_one();
     }
 }
 

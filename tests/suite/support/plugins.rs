@@ -2,19 +2,22 @@
 
 use std::sync::Arc;
 
-use runner::plugins::Registry;
-use runner::{Limits, Sandbox, SandboxConfig, WasmExecutor};
+use runner::plugins::{Files, Loader, Policy, Registry};
+use runner::{Sandbox, SandboxConfig, WasmExecutor};
 
 /// An executor for the example plugins `job_types`, built from the test build's plugin
-/// directory.
-pub fn executor(job_types: &[&str], config: SandboxConfig, limits: Limits) -> WasmExecutor {
+/// directory, each run under `policy`.
+pub fn executor(job_types: &[&str], config: SandboxConfig, policy: Policy) -> WasmExecutor {
     let sandbox = Arc::new(Sandbox::new(config).expect("sandbox"));
-    let mut registry = Registry::default();
+    let loader = Loader::new(Arc::clone(&sandbox), None, policy);
+    let registry = Arc::new(Registry::default());
     for job_type in job_types {
-        let plugin = sandbox
-            .load(&test_plugins::path(job_type))
+        let files = Files::of(test_plugins::dir(), job_type);
+        let version = loader
+            .load_blocking(job_type, files)
             .unwrap_or_else(|e| panic!("example plugin {job_type}: {e}"));
-        registry.insert(plugin);
+        let generation = registry.begin(job_type);
+        registry.install(job_type, generation, version).unwrap();
     }
-    WasmExecutor::new(sandbox, Arc::new(registry), limits)
+    WasmExecutor::new(sandbox, registry)
 }

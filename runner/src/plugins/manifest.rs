@@ -1,0 +1,265 @@
+//! The per-plugin manifest, `<job-type>.toml` beside `<job-type>.wasm`: limits, retry policy,
+//! a concurrency limit and the tenants allowed to run the type. Every key is optional; an
+//! absent key keeps the runner's setting.
+//!
+//! ```toml
+//! timeout = "30s"          # wall-clock time per attempt
+//! cpu_budget = "5s"        # time per attempt spent executing Wasm
+//! memory = "64MiB"         # linear memory per attempt, at most the runner's max_memory
+//! max_attempts = 5         # for jobs that do not set their own
+//! backoff = "exponential"  # or "quadratic"
+//! backoff_base = "2s"
+//! backoff_cap = "10m"
+//! concurrency = 4          # jobs of this type running at once, across all runners
+//! tenants = ["acme"]       # only these tenants' jobs run; others fail [default: all]
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+use crate::retry::{BackoffKind, RetryPolicy};
+use crate::sandbox::Limits;
+
+/// How jobs of one plugin version run: the runner's settings with the manifest's overrides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Each attempt's sandbox limits.
+    pub limits: Limits,
+    /// Attempts (for jobs that set none) and backoff.
+    pub retry: RetryPolicy,
+    /// Most jobs of the type running at once across all runners; `None`: no limit.
+    pub concurrency: Option<u32>,
+    /// The tenants whose jobs may run; `None`: every tenant.
+    pub tenants: Option<Vec<String>>,
+}
+
+impl Policy {
+    /// The runner's own settings, for plugins without a manifest.
+    pub fn new(limits: Limits, retry: RetryPolicy) -> Self {
+        Self {
+            limits,
+            retry,
+            concurrency: None,
+            tenants: None,
+        }
+    }
+
+    /// Whether `tenant`'s jobs may run.
+    pub fn allows(&self, tenant: &str) -> bool {
+        self.tenants
+            .as_ref()
+            .is_none_or(|tenants| tenants.iter().any(|t| t == tenant))
+    }
+}
+
+/// Why a manifest cannot be used. The plugin is then not loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("cannot read manifest {}: {source}", path.display())]
+    Read {
+        /// The manifest.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not TOML, an unknown key, or a value of the wrong kind; the message names the key.
+    #[error("invalid manifest {}: {message}", path.display())]
+    Parse {
+        /// The manifest.
+        path: PathBuf,
+        /// The parser's message, with the key and line.
+        message: String,
+    },
+    /// A value the runner cannot use.
+    #[error("invalid manifest {}: {key}: {reason}", path.display())]
+    Invalid {
+        /// The manifest.
+        path: PathBuf,
+        /// The key, as spelled in the file.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The manifest file, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    cpu_budget: Option<Duration>,
+    memory: Option<ByteSize>,
+    max_attempts: Option<u32>,
+    backoff: Option<BackoffKind>,
+    #[serde(default, with = "humantime_serde")]
+    backoff_base: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    backoff_cap: Option<Duration>,
+    concurrency: Option<u32>,
+    tenants: Option<Vec<String>>,
+}
+
+/// Reads the manifest at `path` and applies it over `defaults`. `max_memory` is the most
+/// memory the runner's engine can give one job.
+pub fn read(path: &Path, defaults: &Policy, max_memory: u64) -> Result<Policy, ManifestError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text, defaults, max_memory).map_err(|error| error.at(path))
+}
+
+/// A manifest error before the file is known.
+#[derive(Debug)]
+enum Problem {
+    Parse(String),
+    Invalid(&'static str, String),
+}
+
+impl Problem {
+    fn at(self, path: &Path) -> ManifestError {
+        let path = path.to_owned();
+        match self {
+            Problem::Parse(message) => ManifestError::Parse { path, message },
+            Problem::Invalid(key, reason) => ManifestError::Invalid { path, key, reason },
+        }
+    }
+}
+
+fn parse(text: &str, defaults: &Policy, max_memory: u64) -> Result<Policy, Problem> {
+    let m: Manifest = toml::from_str(text).map_err(|e| Problem::Parse(e.to_string()))?;
+    let mut policy = defaults.clone();
+    let limits = &mut policy.limits;
+    limits.timeout = m.timeout.unwrap_or(limits.timeout);
+    limits.cpu_budget = m.cpu_budget.unwrap_or(limits.cpu_budget);
+    limits.memory = m.memory.map_or(limits.memory, |m| m.as_u64());
+    let retry = &mut policy.retry;
+    retry.max_attempts = m.max_attempts.unwrap_or(retry.max_attempts);
+    retry.backoff.kind = m.backoff.unwrap_or(retry.backoff.kind);
+    retry.backoff.base = m.backoff_base.unwrap_or(retry.backoff.base);
+    retry.backoff.cap = m.backoff_cap.unwrap_or(retry.backoff.cap);
+    policy.concurrency = m.concurrency;
+    policy.tenants = m.tenants;
+    check(&policy, max_memory)?;
+    Ok(policy)
+}
+
+fn check(policy: &Policy, max_memory: u64) -> Result<(), Problem> {
+    let rule = |key, ok: bool, reason: &dyn Fn() -> String| {
+        if ok {
+            Ok(())
+        } else {
+            Err(Problem::Invalid(key, reason()))
+        }
+    };
+    let (limits, retry) = (&policy.limits, &policy.retry);
+    rule("timeout", !limits.timeout.is_zero(), &|| {
+        "must be positive".into()
+    })?;
+    rule("cpu_budget", !limits.cpu_budget.is_zero(), &|| {
+        "must be positive".into()
+    })?;
+    rule(
+        "memory",
+        (1 << 20..=max_memory).contains(&limits.memory),
+        &|| {
+            format!(
+                "must be between 1MiB and the runner's max_memory ({})",
+                ByteSize(max_memory)
+            )
+        },
+    )?;
+    rule(
+        "max_attempts",
+        (1..=i32::MAX as u32).contains(&retry.max_attempts),
+        &|| format!("must be between 1 and {}", i32::MAX),
+    )?;
+    rule(
+        "backoff_base",
+        retry.backoff.base <= retry.backoff.cap,
+        &|| "must not exceed backoff_cap".into(),
+    )?;
+    rule(
+        "concurrency",
+        policy
+            .concurrency
+            .is_none_or(|c| (1..=i32::MAX as u32).contains(&c)),
+        &|| "must be at least 1".into(),
+    )?;
+    rule(
+        "tenants",
+        policy
+            .tenants
+            .as_ref()
+            .is_none_or(|t| !t.is_empty() && t.iter().all(|t| !t.is_empty())),
+        &|| "must list at least one tenant, none of them empty (omit the key to allow all)".into(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> Policy {
+        Policy::new(Limits::default(), RetryPolicy::default())
+    }
+
+    fn parsed(text: &str) -> Result<Policy, Problem> {
+        parse(text, &defaults(), 4 << 30)
+    }
+
+    #[test]
+    fn keys_override_the_runner_settings() {
+        let policy = parsed(
+            r#"
+            timeout = "3s"
+            memory = "64MiB"
+            max_attempts = 2
+            backoff = "quadratic"
+            concurrency = 4
+            tenants = ["acme"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(policy.limits.timeout, Duration::from_secs(3));
+        assert_eq!(policy.limits.memory, 64 << 20);
+        assert_eq!(policy.limits.cpu_budget, Limits::default().cpu_budget);
+        assert_eq!(policy.retry.max_attempts, 2);
+        assert_eq!(policy.retry.backoff.kind, BackoffKind::Quadratic);
+        assert_eq!(policy.concurrency, Some(4));
+        assert!(policy.allows("acme") && !policy.allows("globex"));
+        assert_eq!(parsed("").unwrap(), defaults());
+        assert!(defaults().allows("anyone"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("timout = \"3s\"", "timout"),
+            ("timeout = \"soon\"", "timeout"),
+            ("memory = \"8GiB\"", "memory"),
+            ("max_attempts = 0", "max_attempts"),
+            ("backoff_base = \"2h\"", "backoff_base"),
+            ("concurrency = 0", "concurrency"),
+            ("tenants = []", "tenants"),
+            ("backoff = \"linear\"", "backoff"),
+        ];
+        for (text, key) in cases {
+            let error = parsed(text)
+                .unwrap_err()
+                .at(Path::new("t.toml"))
+                .to_string();
+            assert!(
+                error.contains(key) && error.contains("t.toml"),
+                "{text}: {error}"
+            );
+        }
+    }
+}
