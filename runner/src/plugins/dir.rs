@@ -28,7 +28,9 @@ pub struct PluginDir {
     dir: PathBuf,
     loader: Arc<Loader>,
     registry: Arc<Registry>,
-    seen: Mutex<HashMap<String, Seen>>,
+    /// Per job type in the directory: the fingerprints its last load started with, or
+    /// `None` when it must be loaded again whatever they are.
+    seen: Mutex<HashMap<String, Option<Seen>>>,
 }
 
 impl PluginDir {
@@ -94,10 +96,10 @@ impl PluginDir {
         }
         let mut loads = Vec::new();
         for (job_type, files) in present {
-            if busy.contains(&job_type) || seen.get(&job_type) == Some(&files) {
+            if busy.contains(&job_type) || seen.get(&job_type) == Some(&Some(files)) {
                 continue;
             }
-            seen.insert(job_type.clone(), files);
+            seen.insert(job_type.clone(), Some(files));
             let generation = self.registry.begin(&job_type);
             loads.push(tokio::spawn(Arc::clone(self).load(job_type, generation)));
         }
@@ -124,7 +126,14 @@ impl PluginDir {
         match self.loader.load(&job_type, files).await {
             Err(LoadError::Changing { .. }) => {
                 // Forget the fingerprint, so that the writer's next event loads the whole file.
-                self.seen.lock().expect("plugin dir lock").remove(&job_type);
+                if let Some(seen) = self
+                    .seen
+                    .lock()
+                    .expect("plugin dir lock")
+                    .get_mut(&job_type)
+                {
+                    *seen = None;
+                }
                 tracing::debug!(job_type, file, "plugin file is still being written");
             }
             Ok(version) => {
