@@ -30,11 +30,8 @@ pub async fn plugins(db: &Database, args: PluginsArgs) -> anyhow::Result<ExitCod
         println!("{}", serde_json::to_string_pretty(&runners)?);
     } else if runners.is_empty() {
         println!("no runner is running (none announced itself in the last {LIVE:?})");
-    }
-    if !args.json {
-        for runner in &runners {
-            print_runner(runner);
-        }
+    } else {
+        runners.iter().for_each(print_runner);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -137,36 +137,31 @@ impl Loader {
         job_type: &str,
         files: Files,
     ) -> Result<Version, LoadError> {
-        let started = Instant::now();
         let this = Arc::clone(self);
         let job_type = job_type.to_owned();
         let read = tokio::task::spawn_blocking(move || this.read(job_type, files));
         let source = match read.await.expect("reading a plugin does not panic")? {
-            Read::Ready(version) => return Ok(version.finish(started)),
+            Read::Ready(version) => return Ok(version),
             Read::Compile(source) => source,
         };
         let _permit = self.compiling.acquire().await.expect("never closed");
         let this = Arc::clone(self);
         let compiled = tokio::task::spawn_blocking(move || this.compile(source));
-        Ok(compiled
-            .await
-            .expect("compiling does not panic")?
-            .finish(started))
+        compiled.await.expect("compiling does not panic")
     }
 
     /// Loads `job_type` from `files` on the current thread, compiling at once if needed: for
     /// tools and tests that load a few plugins before any job runs.
     pub fn load_blocking(&self, job_type: &str, files: Files) -> Result<Version, LoadError> {
-        let started = Instant::now();
-        let unfinished = match self.read(job_type.to_owned(), files)? {
-            Read::Ready(version) => version,
-            Read::Compile(source) => self.compile(source)?,
-        };
-        Ok(unfinished.finish(started))
+        match self.read(job_type.to_owned(), files)? {
+            Read::Ready(version) => Ok(version),
+            Read::Compile(source) => self.compile(source),
+        }
     }
 
     /// Reads the files; a version if the cache has the component, else what to compile.
     fn read(&self, job_type: String, files: Files) -> Result<Read, LoadError> {
+        let started = Instant::now();
         let policy = if files.manifest.exists() {
             manifest::read(
                 &files.manifest,
@@ -184,6 +179,7 @@ impl Loader {
             wasm,
             sha256,
             path: files.wasm,
+            started,
         };
         let cached = self
             .cache
@@ -199,7 +195,7 @@ impl Loader {
         }
     }
 
-    fn compile(&self, source: Source) -> Result<Unfinished, LoadError> {
+    fn compile(&self, source: Source) -> Result<Version, LoadError> {
         let component = self.sandbox.compile_component(&source.wasm)?;
         self.compilations.fetch_add(1, Ordering::Relaxed);
         // Only a component of the right world is worth caching.
@@ -216,7 +212,7 @@ impl Loader {
 
 /// What reading found.
 enum Read {
-    Ready(Unfinished),
+    Ready(Version),
     Compile(Source),
 }
 
@@ -227,6 +223,8 @@ struct Source {
     wasm: Vec<u8>,
     sha256: Arc<str>,
     path: PathBuf,
+    /// When the load began: a version's load time includes any wait for the compiler.
+    started: Instant,
 }
 
 impl Source {
@@ -235,37 +233,16 @@ impl Source {
         sandbox: &Sandbox,
         component: &Component,
         origin: Origin,
-    ) -> Result<Unfinished, PluginError> {
-        Ok(Unfinished {
+    ) -> Result<Version, PluginError> {
+        Ok(Version {
             plugin: sandbox.prepare(&self.job_type, component)?,
             sha256: self.sha256,
             policy: self.policy,
             source: self.path,
+            loaded_at: Utc::now(),
+            load_time: self.started.elapsed(),
             origin,
         })
-    }
-}
-
-/// A version but for its load time.
-struct Unfinished {
-    plugin: Plugin,
-    sha256: Arc<str>,
-    policy: Policy,
-    source: PathBuf,
-    origin: Origin,
-}
-
-impl Unfinished {
-    fn finish(self, started: Instant) -> Version {
-        Version {
-            plugin: self.plugin,
-            sha256: self.sha256,
-            policy: self.policy,
-            source: self.source,
-            loaded_at: Utc::now(),
-            load_time: started.elapsed(),
-            origin: self.origin,
-        }
     }
 }
 
