@@ -38,7 +38,8 @@
 //!   (`()` or `None` serialize to `null`, which means "no result").
 //! - `Err(JobError::Retry(..))`: a transient failure, retried with backoff while attempts
 //!   remain. `Err(JobError::Fail(..))`: a permanent failure, the job fails at once.
-//! - A payload that does not deserialize into `P` fails the job at once, with serde's message.
+//! - A payload that does not deserialize into `P` fails the job at once, with serde's message
+//!   and the path of the field that did not fit.
 //! - A panic traps the instance: the runner retries the job with backoff and keeps the panic
 //!   message (the guest's stderr) and a backtrace with the error.
 
@@ -195,8 +196,7 @@ pub mod __private {
         P: DeserializeOwned,
         R: Serialize,
     {
-        let payload = serde_json::from_str(&job.payload)
-            .map_err(|e| JobError::fail(format!("invalid payload: {e}")))?;
+        let payload = decode(&job.payload)?;
         let output = handler(Job {
             id: job.id,
             job_type: job.job_type,
@@ -206,6 +206,14 @@ pub mod __private {
             payload,
         })?;
         encode(&output)
+    }
+
+    /// The payload as `P`. The error names the field that did not fit (`pull_requests[0].age_days:
+    /// invalid type: ...`), which serde_json alone does not.
+    fn decode<P: DeserializeOwned>(json: &str) -> Result<P, JobError> {
+        let mut json = serde_json::Deserializer::from_str(json);
+        serde_path_to_error::deserialize(&mut json)
+            .map_err(|e| JobError::fail(format!("invalid payload: {e}")))
     }
 
     fn encode(output: &impl Serialize) -> Result<Option<String>, JobError> {

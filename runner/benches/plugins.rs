@@ -22,7 +22,7 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let examples = ["echo", "flaky", "poison", "review-reminder", "sleep"];
+        let examples = ["echo", "flaky", "poison", "review-reminder-rust", "sleep"];
         for example in examples {
             let to = dir.path().join(format!("{example}.wasm"));
             std::fs::copy(test_plugins::path(example), to).unwrap();
@@ -48,7 +48,7 @@ fn main() {
             Arc::clone(plugins.registry()),
         );
         let versions =
-            ["echo", "review-reminder"].map(|e| std::fs::read(test_plugins::path(e)).unwrap());
+            ["echo", "review-reminder-rust"].map(|e| std::fs::read(test_plugins::path(e)).unwrap());
         let mut swaps = Vec::new();
         for round in 0..rounds {
             // A fresh version each round (a distinct custom section), so every swap compiles.

@@ -170,7 +170,7 @@ async fn json_logs_have_one_outcome_line_per_attempt() {
     for (job_type, payload) in [
         ("echo", r#"{"hi": 1}"#),
         ("flaky", r#"{"succeed_on_attempt": 2}"#),
-        ("review-reminder", r#"{"user": "bob"}"#),
+        ("review-reminder-rust", r#"{"user": "bob"}"#),
     ] {
         let (status, _, stderr) = run_cli(&url, &["enqueue", job_type, "--payload", payload]).await;
         assert!(status.success(), "{stderr}");
@@ -220,7 +220,7 @@ async fn json_logs_have_one_outcome_line_per_attempt() {
         ("echo", 1, "completed"),
         ("flaky", 1, "retry"),
         ("flaky", 2, "completed"),
-        ("review-reminder", 1, "failed"),
+        ("review-reminder-rust", 1, "failed"),
     ] {
         let expected = (expected.0.to_owned(), expected.1, expected.2.to_owned());
         assert!(

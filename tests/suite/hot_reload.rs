@@ -7,16 +7,16 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::support::process::{Process, run_cli, runner};
+use crate::support::live::Live;
+use crate::support::process::run_cli;
 use crate::support::{TestDb, eventually};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A payload both `echo` (v1: returns it) and `review-reminder` (v2: returns a count) accept.
+/// A payload both `echo` (v1: returns it) and `review-reminder-rust` (v2: returns a count) accept.
 fn payload(n: u64) -> Value {
     json!({"n": n, "user": "ada", "pull_requests": [{"title": "T", "url": "u", "age_days": 2}]})
 }
@@ -57,70 +57,6 @@ fn rename_in(dir: &Path, name: &str, bytes: &[u8]) {
     let temp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&temp, bytes).unwrap();
     std::fs::rename(&temp, dir.join(name)).unwrap();
-}
-
-/// A runner on `dir` with JSON logs and retained results.
-struct Live {
-    process: Process,
-    url: String,
-}
-
-impl Live {
-    async fn start(db: &TestDb, dir: &Path) -> Live {
-        let url = db.url();
-        let mut command = runner(&[
-            "run",
-            "--plugins",
-            dir.to_str().unwrap(),
-            "--log-format",
-            "json",
-            "--keep-completed",
-            "1h",
-            "--poll-interval",
-            "100ms",
-        ]);
-        command.env("DATABASE_URL", &url);
-        let process = Process::spawn(command);
-        process.wait_for_output("runner started", WAIT).await;
-        Live { process, url }
-    }
-
-    /// Log events with this message.
-    fn events(&self, message: &str) -> Vec<Value> {
-        self.process
-            .stdout()
-            .iter()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|event| event["message"] == message)
-            .collect()
-    }
-
-    /// Waits for an event with `message` for which `matches` holds.
-    async fn event(&self, message: &str, matches: impl Fn(&Value) -> bool) -> Value {
-        eventually(&format!("a {message:?} event"), WAIT, || async {
-            self.events(message).into_iter().find(&matches)
-        })
-        .await
-    }
-
-    /// The sha256 of every version the runner loaded.
-    fn loaded(&self) -> Vec<String> {
-        self.events("plugin loaded")
-            .iter()
-            .map(|e| e["sha256"].as_str().unwrap().to_owned())
-            .collect()
-    }
-
-    async fn plugins(&self) -> Value {
-        let (status, stdout, stderr) = run_cli(&self.url, &["plugins", "--json"]).await;
-        assert!(status.success(), "{stderr}");
-        serde_json::from_str(&stdout).unwrap()
-    }
-
-    async fn stop(mut self) {
-        self.process.signal(Signal::SIGTERM);
-        assert!(self.process.exit(WAIT).await.success());
-    }
 }
 
 async fn enqueue(db: &TestDb, job_type: &str, payload: &Value) -> i64 {
@@ -200,10 +136,10 @@ async fn all_completed_as_their_version(db: &TestDb, live: &Live, versions: &[(&
 async fn a_version_renamed_in_under_load_serves_every_job_claimed_after_the_swap() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let (v1, v2) = (bytes_of("echo"), bytes_of("review-reminder"));
+    let (v1, v2) = (bytes_of("echo"), bytes_of("review-reminder-rust"));
     let (sha1, sha2) = (sha256(&v1), sha256(&v2));
     rename_in(dir.path(), "t.wasm", &v1);
-    let live = Live::start(&db, dir.path()).await;
+    let live = Live::start(&db, dir.path(), &[]).await;
     let stream = Stream::start(&db);
 
     eventually("jobs completing on v1", WAIT, || async {
@@ -238,11 +174,11 @@ async fn a_plain_copy_over_a_large_plugin_never_loads_half_a_file() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let v1 = bytes_of("echo");
-    let v2 = padded(bytes_of("review-reminder"), 24 << 20, 0xAB);
+    let v2 = padded(bytes_of("review-reminder-rust"), 24 << 20, 0xAB);
     let v3 = padded(bytes_of("echo"), 24 << 20, 0xCD);
     let shas = [sha256(&v1), sha256(&v2), sha256(&v3)];
     rename_in(dir.path(), "t.wasm", &v1);
-    let live = Live::start(&db, dir.path()).await;
+    let live = Live::start(&db, dir.path(), &[]).await;
     let stream = Stream::start(&db);
     let target = dir.path().join("t.wasm");
 
@@ -339,7 +275,7 @@ async fn bad_files_leave_the_last_good_version_serving() {
     let good = bytes_of("echo");
     let sha = sha256(&good);
     rename_in(dir.path(), "t.wasm", &good);
-    let live = Live::start(&db, dir.path()).await;
+    let live = Live::start(&db, dir.path(), &[]).await;
 
     for (n, (what, bytes, reason)) in bad_files().into_iter().enumerate() {
         rename_in(dir.path(), "t.wasm", &bytes);
@@ -416,7 +352,7 @@ async fn a_deleted_plugin_leaves_its_jobs_waiting_until_it_is_back() {
     let dir = tempfile::tempdir().unwrap();
     rename_in(dir.path(), "t.wasm", &bytes_of("echo"));
     rename_in(dir.path(), "marker.wasm", &bytes_of("echo"));
-    let live = Live::start(&db, dir.path()).await;
+    let live = Live::start(&db, dir.path(), &[]).await;
 
     std::fs::remove_file(dir.path().join("t.wasm")).unwrap();
     live.event(
@@ -457,13 +393,13 @@ async fn a_new_job_type_dropped_in_runs_its_queued_jobs() {
     for n in 0..3 {
         ids.push(enqueue(&db, "brand-new", &payload(n)).await);
     }
-    let live = Live::start(&db, dir.path()).await;
+    let live = Live::start(&db, dir.path(), &[]).await;
     marker_runs(&db, &live).await;
     assert_eq!(states(&db, &ids).await, HashSet::from(["available".into()]));
 
     // Copied in place (not renamed): created, written, closed.
     std::fs::copy(
-        test_plugins::path("review-reminder"),
+        test_plugins::path("review-reminder-rust"),
         dir.path().join("brand-new.wasm"),
     )
     .unwrap();

@@ -5,6 +5,7 @@ mod support;
 
 mod claim;
 mod cli;
+mod conformance;
 mod enqueue;
 mod hot_reload;
 mod leases;

@@ -83,7 +83,7 @@ fn job(job_type: &str, payload: Value) -> Job {
 
 #[tokio::test]
 async fn a_restart_with_a_warm_cache_compiles_nothing_and_stale_artifacts_go() {
-    let dir = plugin_dir(&["echo", "review-reminder", "flaky"], &[]);
+    let dir = plugin_dir(&["echo", "review-reminder-rust", "flaky"], &[]);
     let cache = tempfile::tempdir().unwrap();
 
     let cold = open(dir.path(), loader(Some(cache.path()))).await;
@@ -139,12 +139,12 @@ async fn a_restart_with_a_warm_cache_compiles_nothing_and_stale_artifacts_go() {
 #[tokio::test]
 async fn a_bad_manifest_names_its_key_and_keeps_the_plugin_out() {
     let dir = plugin_dir(
-        &["echo", "flaky", "sleep", "review-reminder"],
+        &["echo", "flaky", "sleep", "review-reminder-rust"],
         &[
             ("echo.toml", "timeout = \"soon\""),
             ("flaky.toml", "memroy = \"1MiB\""),
             ("sleep.toml", "memory = \"8GiB\""),
-            ("review-reminder.toml", "max_attempts = 3"),
+            ("review-reminder-rust.toml", "max_attempts = 3"),
             ("orphan.toml", "timeout = \"1s\""),
         ],
     );
@@ -155,7 +155,7 @@ async fn a_bad_manifest_names_its_key_and_keeps_the_plugin_out() {
         .iter()
         .map(|t| t.job_type.clone())
         .collect();
-    assert_eq!(types, ["review-reminder"]);
+    assert_eq!(types, ["review-reminder-rust"]);
     let statuses = plugins.registry().statuses();
     let error = |job_type: &str| {
         let status = statuses.iter().find(|s| s.job_type == job_type).unwrap();
@@ -209,10 +209,10 @@ async fn manifests_set_memory_attempts_and_tenants_and_errors_name_the_version()
     let db = TestDb::new().await;
     let queue = db.queue();
     let dir = plugin_dir(
-        &["poison", "review-reminder"],
+        &["poison", "review-reminder-rust"],
         &[
             ("poison.toml", "memory = \"16MiB\"\nmax_attempts = 2"),
-            ("review-reminder.toml", "tenants = [\"acme\"]"),
+            ("review-reminder-rust.toml", "tenants = [\"acme\"]"),
         ],
     );
     let plugins = open(dir.path(), loader(None)).await;
@@ -233,15 +233,15 @@ async fn manifests_set_memory_attempts_and_tenants_and_errors_name_the_version()
     }
 
     let payload = json!({"user": "ada", "pull_requests": []});
-    let allowed = enqueue(&queue, "review-reminder", "acme", payload.clone()).await;
-    let refused = enqueue(&queue, "review-reminder", "globex", payload).await;
+    let allowed = enqueue(&queue, "review-reminder-rust", "acme", payload.clone()).await;
+    let refused = enqueue(&queue, "review-reminder-rust", "globex", payload).await;
     settled(&queue, allowed, JobState::Completed).await;
     let job = settled(&queue, refused, JobState::Failed).await;
     assert_eq!(job.attempt, 1, "refused at once");
     assert!(
         job.errors[0]
             .error
-            .contains(r#"tenant "globex" may not run job type "review-reminder""#),
+            .contains(r#"tenant "globex" may not run job type "review-reminder-rust""#),
         "{}",
         job.errors[0].error
     );

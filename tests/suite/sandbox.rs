@@ -88,7 +88,7 @@ fn frozen(db: &TestDb) -> (ManualClock, Queue) {
 async fn plugins_complete_jobs_with_their_results() {
     let db = TestDb::new().await;
     let queue = db.queue();
-    let worker = start(&queue, &["echo", "review-reminder"], Limits::default());
+    let worker = start(&queue, &["echo", "review-reminder-rust"], Limits::default());
     let echo = enqueue(
         &queue,
         "echo",
@@ -97,7 +97,7 @@ async fn plugins_complete_jobs_with_their_results() {
     .await;
     let reminder = enqueue(
         &queue,
-        "review-reminder",
+        "review-reminder-rust",
         json!({"user": "ada", "pull_requests": [
             {"title": "Newer", "url": "https://x/2", "age_days": 1},
             {"title": "Oldest", "url": "https://x/1", "age_days": 9},
@@ -127,9 +127,13 @@ async fn plugins_complete_jobs_with_their_results() {
 async fn retry_then_success_and_fail_at_once() {
     let db = TestDb::new().await;
     let queue = db.queue();
-    let worker = start(&queue, &["flaky", "review-reminder"], Limits::default());
+    let worker = start(
+        &queue,
+        &["flaky", "review-reminder-rust"],
+        Limits::default(),
+    );
     let flaky = enqueue(&queue, "flaky", json!({"succeed_on_attempt": 3})).await;
-    let doomed = enqueue(&queue, "review-reminder", json!({"pull_requests": []})).await;
+    let doomed = enqueue(&queue, "review-reminder-rust", json!({"pull_requests": []})).await;
 
     let flaky = settled(&queue, flaky, JobState::Completed).await;
     assert_eq!(flaky.attempt, 3);

@@ -72,7 +72,7 @@ pub async fn demo(db: &Database, config: RunConfig) -> anyhow::Result<ExitCode> 
         })
         .await?;
     print_list(&jobs, &crate::retry::RetryPolicy::default());
-    print_reminder(&queue).await?;
+    print_reminders(&queue).await?;
     if db.is_private() {
         println!("\nThe private cluster stops now; its data stays for the next command.");
     } else {
@@ -155,20 +155,12 @@ async fn enqueue_jobs(queue: &Queue) -> anyhow::Result<()> {
 
     for (what, sql) in [
         (
-            "review-reminder for tenant acme",
-            r#"SELECT jobrunner.enqueue('review-reminder', '{"user": "ada", "pull_requests": [
-                 {"title": "Fix login redirect", "url": "https://git.example/pr/12", "age_days": 2},
-                 {"title": "Bump sqlx", "url": "https://git.example/pr/9", "age_days": 6},
-                 {"title": "Faster claims", "url": "https://git.example/pr/15", "age_days": 1}]}',
-                 tenant => 'acme')"#,
-        ),
-        (
             "flaky, asks for a retry twice, then succeeds",
             r#"SELECT jobrunner.enqueue('flaky', '{"succeed_on_attempt": 3}')"#,
         ),
         (
-            "review-reminder without pull_requests: a permanent fail",
-            r#"SELECT jobrunner.enqueue('review-reminder', '{"user": "bob"}')"#,
+            "review-reminder-python without pull_requests: a permanent fail",
+            r#"SELECT jobrunner.enqueue('review-reminder-python', '{"user": "bob"}')"#,
         ),
         (
             "poison: panics (a trap), retried once, then failed",
@@ -193,6 +185,17 @@ async fn enqueue_jobs(queue: &Queue) -> anyhow::Result<()> {
         println!("SQL:               {what} -> id {id}");
     }
 
+    for language in LANGUAGES {
+        let id: i64 = sqlx::query_scalar(
+            "SELECT jobrunner.enqueue('review-reminder-' || $1, $2, tenant => 'acme')",
+        )
+        .bind(language)
+        .bind(reminder_payload())
+        .fetch_one(queue.pool())
+        .await?;
+        println!("SQL:               the same review reminder in {language:<6} -> id {id}");
+    }
+
     let later =
         NewJob::new("echo", json!({ "scheduled": "3s later" })).delay(Duration::from_secs(3));
     let later = queue.enqueue(queue.pool(), &later).await?;
@@ -200,17 +203,39 @@ async fn enqueue_jobs(queue: &Queue) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Shows the reference job's result: what the guest computed.
-async fn print_reminder(queue: &Queue) -> anyhow::Result<()> {
-    let message: Option<String> = sqlx::query_scalar(
-        "SELECT result->>'message' FROM jobrunner.jobs
-          WHERE job_type = 'review-reminder' AND state = 'completed'",
+/// The languages the reference job is written in: `review-reminder-<language>`.
+const LANGUAGES: [&str; 4] = ["rust", "python", "js", "c"];
+
+fn reminder_payload() -> serde_json::Value {
+    json!({"user": "ada", "pull_requests": [
+        {"title": "Fix login redirect", "url": "https://git.example/pr/12", "age_days": 2},
+        {"title": "Bump sqlx", "url": "https://git.example/pr/9", "age_days": 6},
+        {"title": "Faster claims", "url": "https://git.example/pr/15", "age_days": 1}]})
+}
+
+/// Shows the reference job's results: the same reminder, computed by the plugin of each
+/// language.
+async fn print_reminders(queue: &Queue) -> anyhow::Result<()> {
+    let results: Vec<(String, Option<serde_json::Value>)> = sqlx::query_as(
+        "SELECT job_type, result FROM jobrunner.jobs
+          WHERE job_type LIKE 'review-reminder-%' AND tenant = 'acme' ORDER BY id",
     )
-    .fetch_optional(queue.pool())
-    .await?
-    .flatten();
-    if let Some(message) = message {
-        println!("\nThe review-reminder plugin's result message:\n{message}");
+    .fetch_all(queue.pool())
+    .await?;
+    let Some((_, Some(first))) = results.first() else {
+        return Ok(());
+    };
+    if results.iter().all(|(_, result)| result.as_ref() == Some(first)) {
+        let languages: Vec<&str> = results.iter().map(|(t, _)| t.as_str()).collect();
+        println!("
+The same result from {}:", languages.join(", "));
+        println!("{}", first["message"].as_str().unwrap_or_default());
+    } else {
+        println!("
+The reference job's results differ between languages:");
+        for (job_type, result) in &results {
+            println!("{job_type}: {}", result.as_ref().map_or("-".into(), |r| r.to_string()));
+        }
     }
     Ok(())
 }

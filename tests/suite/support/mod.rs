@@ -1,6 +1,7 @@
 //! Shared test fixtures: per-test databases, condition waits, runner processes.
 
 pub mod db;
+pub mod live;
 pub mod plugins;
 pub mod process;
 

@@ -10,14 +10,14 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
 /// `runner` with `args`, its environment cleared of anything that would pick a database, and
-/// the example plugins as its plugin directory.
+/// the Rust example plugins as its plugin directory.
 pub fn runner(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_runner"));
     command
         .args(args)
         .env_remove("DATABASE_URL")
         .env_remove("JOBRUNNER_CONFIG")
-        .env("JOBRUNNER_PLUGINS", test_plugins::dir())
+        .env("JOBRUNNER_PLUGINS", test_plugins::rust_dir())
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())

@@ -1,10 +1,7 @@
-//! `review-reminder`: the reference job. From the pull requests waiting for a user's review
-//! it builds a reminder listing them oldest first, logs it and returns it.
-//!
-//! Payload:
-//! `{"user": "ada", "pull_requests": [{"title": "Fix login", "url": "https://…", "age_days": 3}]}`.
-//! Result: `{"user": "ada", "count": 1, "message": "…"}`. A payload without `user` or
-//! `pull_requests` fails the job permanently.
+//! `review-reminder-rust`: the reference job in Rust (its contract, which every language's
+//! version follows: [`../../review-reminder.md`](../../review-reminder.md)). From the pull
+//! requests waiting for a user's review it builds a reminder listing them oldest first, logs
+//! it and returns it.
 
 use std::cmp::Reverse;
 
@@ -15,6 +12,8 @@ use serde::{Deserialize, Serialize};
 struct Request {
     user: String,
     pull_requests: Vec<PullRequest>,
+    /// Makes the job misbehave the way the contract describes, for conformance tests.
+    simulate: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -37,9 +36,24 @@ fn remind(job: Job<Request>) -> Result<Reminder, JobError> {
     let Request {
         user,
         mut pull_requests,
+        simulate,
     } = job.payload;
     if user.trim().is_empty() {
         return Err(JobError::fail("user is empty"));
+    }
+    match simulate.as_deref() {
+        None => {}
+        Some("outage") => {
+            return Err(JobError::retry(
+                "reminder service unavailable (simulated outage)",
+            ));
+        }
+        Some("crash") => panic!("simulated crash"),
+        Some(other) => {
+            return Err(JobError::fail(format!(
+                "invalid payload: simulate: unknown value {other:?}"
+            )));
+        }
     }
     // Oldest first; equal ages keep the order they came in.
     pull_requests.sort_by_key(|pr| Reverse(pr.age_days));
