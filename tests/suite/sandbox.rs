@@ -415,3 +415,25 @@ async fn without_a_free_sandbox_slot_a_job_is_requeued_without_counting_the_atte
     assert_eq!(job.attempt, 1);
     worker.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_job_gets_fresh_memory_even_in_a_reused_sandbox_slot() {
+    let db = TestDb::new().await;
+    let queue = db.queue();
+    // One slot: every job runs in the same pool slot, reset in between (partly in place, as
+    // the slot keeps pages resident).
+    let one_slot = SandboxConfig {
+        instances: 1,
+        ..SandboxConfig::default()
+    };
+    let policy = Policy::new(Limits::default(), config().retry);
+    let executor = executor(&["poison"], one_slot, policy);
+    let worker = Worker::new(queue.clone(), executor, config()).start();
+    for n in 0..3 {
+        let id = enqueue(&queue, "poison", json!({"do": "remember", "n": n})).await;
+        let job = settled(&queue, id, JobState::Completed).await;
+        let result = job.result.unwrap();
+        assert_eq!(result["left_by_earlier_jobs"], 0, "job {n}: {result}");
+    }
+    worker.shutdown().await;
+}

@@ -225,16 +225,27 @@ async fn print_reminders(queue: &Queue) -> anyhow::Result<()> {
     let Some((_, Some(first))) = results.first() else {
         return Ok(());
     };
-    if results.iter().all(|(_, result)| result.as_ref() == Some(first)) {
+    if results
+        .iter()
+        .all(|(_, result)| result.as_ref() == Some(first))
+    {
         let languages: Vec<&str> = results.iter().map(|(t, _)| t.as_str()).collect();
-        println!("
-The same result from {}:", languages.join(", "));
+        println!(
+            "
+The same result from {}:",
+            languages.join(", ")
+        );
         println!("{}", first["message"].as_str().unwrap_or_default());
     } else {
-        println!("
-The reference job's results differ between languages:");
+        println!(
+            "
+The reference job's results differ between languages:"
+        );
         for (job_type, result) in &results {
-            println!("{job_type}: {}", result.as_ref().map_or("-".into(), |r| r.to_string()));
+            println!(
+                "{job_type}: {}",
+                result.as_ref().map_or("-".into(), |r| r.to_string())
+            );
         }
     }
     Ok(())

@@ -14,10 +14,12 @@
 //! | `read-file` | reads `path` (default `/etc/passwd`) and lists `/` | finds nothing |
 //! | `read-env` | reads every environment variable and the arguments | finds nothing |
 //! | `socket` | connects to `addr` (default `127.0.0.1:5432`) | cannot connect |
+//! | `remember` | counts the bytes an earlier job left in a 4 MiB static buffer, then dirties every page of it | finds none: each job gets fresh memory |
 //!
 //! The probes succeed and report what they found, so a test can assert on it.
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use jobrunner_plugin_sdk::{Job, JobError, Level, handler, log};
@@ -56,7 +58,13 @@ enum Misbehaviour {
         #[serde(default = "postgres")]
         addr: String,
     },
+    Remember,
 }
+
+/// Zero in a fresh instance (it lives in the zero-initialized data of linear memory); larger
+/// than the part of a pool slot the runner keeps resident between jobs, so both ways of
+/// resetting a slot are covered.
+static MEMORY: [AtomicU8; 4 << 20] = [const { AtomicU8::new(0) }; 4 << 20];
 
 fn eight_mib() -> usize {
     8 << 20
@@ -129,6 +137,16 @@ fn misbehave(job: Job<Misbehaviour>) -> Result<Value, JobError> {
             Ok(_) => json!({ "found": true }),
             Err(e) => json!({ "found": false, "error": e.to_string() }),
         },
+        Misbehaviour::Remember => {
+            let left = MEMORY
+                .iter()
+                .filter(|b| b.load(Ordering::Relaxed) != 0)
+                .count();
+            for byte in MEMORY.iter().step_by(512) {
+                byte.store(0xA5, Ordering::Relaxed);
+            }
+            json!({ "left_by_earlier_jobs": left })
+        }
     })
 }
 
