@@ -16,6 +16,9 @@ die() {
     exit 1
 }
 
+# took STARTED WHAT: says how long WHAT took, from STARTED (a value of $SECONDS).
+took() { say "$2 took $((SECONDS - $1)) s"; }
+
 # quiet COMMAND...: runs COMMAND, showing its output only if it fails.
 quiet() {
     local output
@@ -75,9 +78,11 @@ apt_install() {
         sudo=(sudo -n)
     fi
     say "installing ${missing[*]} (apt, first build only)"
+    local started=$SECONDS
     quiet "${sudo[@]}" apt-get update -qq
     quiet "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    took "$started" "apt-get install"
 }
 
 # cargo_tool BINARY CRATE VERSION [CARGO INSTALL FLAGS...]: installs a Rust tool from crates.io
@@ -89,8 +94,10 @@ cargo_tool() {
     have="$("$tools/bin/$binary" --version 2>/dev/null | awk '{print $2}')" || true
     [[ "$have" == "$version" ]] && return 0
     say "installing $crate $version into $tools/bin (cargo install, first build only; minutes)"
+    local started=$SECONDS
     "${CARGO:-cargo}" install --quiet --locked --force --root "$tools" \
         --target-dir "$tools/cargo-target" "$crate@$version" "$@" >&2
+    took "$started" "cargo install $crate"
 }
 
 # fetch URL SHA256 DEST: downloads URL to DEST unless DEST is there, and checks its sha256.

@@ -100,18 +100,7 @@ async fn swap(dir: &Path, executor: &WasmExecutor, wasm: &[u8]) -> f64 {
 }
 
 fn job() -> Job {
-    let now = chrono::Utc::now();
-    Job {
-        id: 1,
-        job_type: "t".into(),
-        tenant: "default".into(),
-        payload: r#"{"user": "ada", "pull_requests": []}"#.into(),
-        priority: 0,
-        attempt: 1,
-        max_attempts: 25,
-        run_at: now,
-        created_at: now,
-    }
+    Job::standalone("t", r#"{"user": "ada", "pull_requests": []}"#)
 }
 
 fn ms(d: Duration) -> f64 {

@@ -96,6 +96,23 @@ pub struct Job {
 }
 
 impl Job {
+    /// A job outside any queue (id 0, tenant `default`, first attempt of the default
+    /// maximum), for running a plugin by hand: `runner call`, benchmarks and tests.
+    pub fn standalone(job_type: impl Into<String>, payload: impl Into<String>) -> Job {
+        let now = Utc::now();
+        Job {
+            id: 0,
+            job_type: job_type.into(),
+            tenant: "default".into(),
+            payload: payload.into(),
+            priority: 0,
+            attempt: 1,
+            max_attempts: crate::retry::DEFAULT_MAX_ATTEMPTS,
+            run_at: now,
+            created_at: now,
+        }
+    }
+
     /// Whether a failure of this attempt is the last one allowed.
     pub fn is_last_attempt(&self) -> bool {
         self.attempt >= self.max_attempts

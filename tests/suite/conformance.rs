@@ -150,81 +150,22 @@ async fn conforms(language: &str) {
     let jobs = settled(&queue, &cases.ids()).await;
     let job = |id: i64| jobs.iter().find(|j| j.id == id).unwrap();
 
-    // The same payload gives the same result in every language.
-    assert_completed(job(cases.reminder), &expected_reminder());
-    let one = "Hi bob, 1 pull request is waiting for your review:\n\
-               - Only (1 day) https://git.example/pr/1";
-    let one = json!({"user": "bob", "count": 1, "message": one});
-    assert_completed(job(cases.one), &one);
-    let none = "Hi cy, no pull requests are waiting for your review.";
-    assert_completed(
-        job(cases.none),
-        &json!({"user": "cy", "count": 0, "message": none}),
-    );
-
-    // A malformed payload fails at once, saying what is wrong.
+    same_payload_same_result(job(cases.reminder), job(cases.one), job(cases.none));
     for (id, word) in &cases.malformed {
-        let job = job(*id);
-        let payload = &job.payload;
-        assert_eq!((job.state, job.attempt), (JobState::Failed, 1), "{payload}");
-        let [error] = &job.errors[..] else {
-            panic!("one error expected for {payload}: {:?}", job.errors)
-        };
-        assert!(error.error.contains(word), "{payload}: {}", error.error);
-        if *word != "user is empty" {
-            assert!(
-                error.error.starts_with("invalid payload"),
-                "{}",
-                error.error
-            );
-        }
+        malformed_payload_fails_at_once(job(*id), word);
     }
-
-    // `retry` is retried with backoff until the attempts run out.
-    let outage = job(cases.outage);
-    assert_eq!((outage.state, outage.attempt), (JobState::Failed, 3));
-    assert_eq!(outage.errors.len(), 3);
-    for error in &outage.errors {
-        let expected = "reminder service unavailable (simulated outage)";
-        assert_eq!(error.error, expected);
-    }
-    let outcomes = outcome_lines(&live, cases.outage).await;
-    assert_eq!(outcomes, [(1, "retry"), (2, "retry"), (3, "failed")]);
-
-    // A crash (panic, uncaught exception, abort) traps: retried, with the reason kept.
-    let crash = job(cases.crash);
-    assert_eq!((crash.state, crash.attempt), (JobState::Failed, 2));
-    for error in &crash.errors {
-        assert!(error.error.starts_with("trap ("), "{}", error.error);
-        assert!(error.error.contains("simulated crash"), "{}", error.error);
-    }
-    let outcomes = outcome_lines(&live, cases.crash).await;
-    assert_eq!(outcomes, [(1, "retry"), (2, "failed")]);
-
-    // The guest's log line arrives attributed to its job by the host.
-    let message = expected_reminder()["message"].as_str().unwrap().to_owned();
-    let line = live
-        .event(&message, |e| e["target"] == "jobrunner::guest")
-        .await;
-    assert_eq!(line["job_id"], cases.reminder);
-    assert_eq!(line["job_type"], job_type);
-    assert_eq!(line["tenant"], "acme");
-    assert_eq!(line["attempt"], 1);
-    assert_eq!(line["level"], "INFO");
+    retry_runs_out_of_attempts(&live, job(cases.outage)).await;
+    crash_is_retried_with_its_reason(&live, job(cases.crash)).await;
+    guest_log_is_attributed_to_its_job(&live, job(cases.reminder)).await;
     live.stop().await;
 
     // A restart takes the compiled plugin from the cache, and the cached code runs.
     let again = Live::start(&db, dir.path(), &args).await;
     let loaded = again.event("plugin loaded", |_| true).await;
     assert_eq!(loaded["from"], "cache", "{loaded}");
+    let payload = json!({"user": "ada", "pull_requests": pull_requests()});
     let id = queue
-        .enqueue(
-            queue.pool(),
-            &NewJob::new(
-                &job_type,
-                json!({"user": "ada", "pull_requests": pull_requests()}),
-            ),
-        )
+        .enqueue(queue.pool(), &NewJob::new(&job_type, payload))
         .await
         .unwrap()
         .id;
@@ -233,6 +174,65 @@ async fn conforms(language: &str) {
     };
     assert_completed(job, &expected_reminder());
     again.stop().await;
+}
+
+fn same_payload_same_result(reminder: &JobRecord, one: &JobRecord, none: &JobRecord) {
+    assert_completed(reminder, &expected_reminder());
+    let message = "Hi bob, 1 pull request is waiting for your review:\n\
+                   - Only (1 day) https://git.example/pr/1";
+    assert_completed(one, &json!({"user": "bob", "count": 1, "message": message}));
+    let message = "Hi cy, no pull requests are waiting for your review.";
+    assert_completed(none, &json!({"user": "cy", "count": 0, "message": message}));
+}
+
+/// Failed on the first attempt, with one error that contains `word`.
+fn malformed_payload_fails_at_once(job: &JobRecord, word: &str) {
+    let payload = &job.payload;
+    assert_eq!((job.state, job.attempt), (JobState::Failed, 1), "{payload}");
+    let [error] = &job.errors[..] else {
+        panic!("one error expected for {payload}: {:?}", job.errors)
+    };
+    assert!(error.error.contains(word), "{payload}: {}", error.error);
+    if word != "user is empty" {
+        let error = &error.error;
+        assert!(error.starts_with("invalid payload"), "{payload}: {error}");
+    }
+}
+
+/// `retry` is retried with backoff until the attempts (3) run out.
+async fn retry_runs_out_of_attempts(live: &Live, job: &JobRecord) {
+    assert_eq!((job.state, job.attempt), (JobState::Failed, 3));
+    let errors: Vec<&str> = job.errors.iter().map(|e| e.error.as_str()).collect();
+    assert_eq!(
+        errors,
+        ["reminder service unavailable (simulated outage)"; 3]
+    );
+    let outcomes = outcome_lines(live, job.id).await;
+    assert_eq!(outcomes, [(1, "retry"), (2, "retry"), (3, "failed")]);
+}
+
+/// A crash (panic, uncaught exception, abort) traps: retried (2 attempts), the reason kept.
+async fn crash_is_retried_with_its_reason(live: &Live, job: &JobRecord) {
+    assert_eq!((job.state, job.attempt), (JobState::Failed, 2));
+    for error in &job.errors {
+        assert!(error.error.starts_with("trap ("), "{}", error.error);
+        assert!(error.error.contains("simulated crash"), "{}", error.error);
+    }
+    let outcomes = outcome_lines(live, job.id).await;
+    assert_eq!(outcomes, [(1, "retry"), (2, "failed")]);
+}
+
+/// The guest's log line arrives with its job's id, type, tenant and attempt, set by the host.
+async fn guest_log_is_attributed_to_its_job(live: &Live, job: &JobRecord) {
+    let message = expected_reminder()["message"].as_str().unwrap().to_owned();
+    let line = live
+        .event(&message, |e| e["target"] == "jobrunner::guest")
+        .await;
+    assert_eq!(line["job_id"], job.id);
+    assert_eq!(line["job_type"], job.job_type);
+    assert_eq!(line["tenant"], job.tenant);
+    assert_eq!(line["attempt"], 1);
+    assert_eq!(line["level"], "INFO");
 }
 
 /// A plugin directory holding only `job_type`'s plugin.

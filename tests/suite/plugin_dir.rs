@@ -67,17 +67,9 @@ fn executor(plugins: &PluginDir) -> WasmExecutor {
 }
 
 fn job(job_type: &str, payload: Value) -> Job {
-    let now = chrono::Utc::now();
     Job {
-        id: 1,
-        job_type: job_type.into(),
-        tenant: "default".into(),
-        payload: payload.to_string(),
-        priority: 0,
-        attempt: 1,
         max_attempts: 5,
-        run_at: now,
-        created_at: now,
+        ..Job::standalone(job_type, payload.to_string())
     }
 }
 

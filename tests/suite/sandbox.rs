@@ -270,15 +270,8 @@ async fn the_cpu_budget_stops_a_guest_within_one_tick() {
     let sandbox = Sandbox::new(config.clone()).unwrap();
     let plugin = sandbox.load(&test_plugins::path("poison")).unwrap();
     let job = runner::Job {
-        id: 1,
-        job_type: "poison".into(),
-        tenant: "default".into(),
-        payload: r#"{"do": "loop"}"#.into(),
-        priority: 0,
-        attempt: 1,
         max_attempts: 1,
-        run_at: chrono::Utc::now(),
-        created_at: chrono::Utc::now(),
+        ..runner::Job::standalone("poison", r#"{"do": "loop"}"#)
     };
     let started = Instant::now();
     let run = sandbox.run(&plugin, &job, &limits).await;

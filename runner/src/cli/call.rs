@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use chrono::Utc;
 
 use crate::config::{FileConfig, SandboxSettings};
 use crate::job::{InvalidJob, Job, validate_job_type};
@@ -57,17 +56,11 @@ impl CallArgs {
             None => job_type_of(&self.plugin)?,
         };
         let (sandbox, limits) = self.sandbox.or(file.sandbox.clone()).resolve()?;
-        let now = Utc::now();
         let job = Job {
-            id: 0,
-            job_type,
             tenant: self.tenant,
-            payload: self.payload,
-            priority: 0,
             attempt: self.attempt,
             max_attempts: self.max_attempts,
-            run_at: now,
-            created_at: now,
+            ..Job::standalone(job_type, self.payload)
         };
         Ok(Call {
             plugin: self.plugin,

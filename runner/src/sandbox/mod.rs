@@ -334,9 +334,9 @@ fn engine_config(sandbox: &SandboxConfig) -> wasmtime::Config {
         .max_memory_size(usize::try_from(sandbox.max_memory).unwrap_or(usize::MAX))
         // A fresh instance per job makes resetting a slot the cost that matters. With the
         // kernel's PAGEMAP_SCAN (Linux 6.7+) only the pages the last job touched are reset,
-        // in place; the rest of the slot is untouched. `runner bench`-style measurements
-        // (benches/languages.rs) showed 2-3x faster instantiate+call for small components
-        // and half the time for JavaScript.
+        // in place, instead of unmapped and faulted in again by the next job: in
+        // benches/sandbox.rs instantiate+call became 2-3x faster for small components and
+        // twice as fast for JavaScript.
         .linear_memory_keep_resident(sandbox.keep_resident)
         .table_keep_resident(TABLE_KEEP_RESIDENT)
         .pagemap_scan(Enabled::Auto);
