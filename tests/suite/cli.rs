@@ -253,7 +253,11 @@ async fn sigterm_drains_and_a_second_signal_exits_at_once() {
     .await;
     process.signal(Signal::SIGTERM);
     let status = process.exit(WAIT).await;
-    assert!(status.success(), "graceful shutdown exits 0: {status}");
+    assert!(
+        status.success(),
+        "graceful shutdown exits 0: {status}\nstderr:\n{}",
+        process.stderr().join("\n")
+    );
     assert!(
         process.stderr().iter().any(|l| l.contains("job completed")),
         "the running job finished"
