@@ -230,22 +230,13 @@ async fn print_reminders(queue: &Queue) -> anyhow::Result<()> {
         .all(|(_, result)| result.as_ref() == Some(first))
     {
         let languages: Vec<&str> = results.iter().map(|(t, _)| t.as_str()).collect();
-        println!(
-            "
-The same result from {}:",
-            languages.join(", ")
-        );
+        println!("\nThe same result from {}:", languages.join(", "));
         println!("{}", first["message"].as_str().unwrap_or_default());
     } else {
-        println!(
-            "
-The reference job's results differ between languages:"
-        );
+        println!("\nThe reference job's results differ between languages:");
         for (job_type, result) in &results {
-            println!(
-                "{job_type}: {}",
-                result.as_ref().map_or("-".into(), |r| r.to_string())
-            );
+            let result = result.as_ref().map_or("-".into(), |r| r.to_string());
+            println!("{job_type}: {result}");
         }
     }
     Ok(())
