@@ -111,10 +111,27 @@ fetch() {
     mv "$dest.part" "$dest"
 }
 
-# plugins_in DIR: the plugins of one language, one directory each, named by job type.
-plugins_in() {
-    local dir
-    for dir in "$1"/*/; do
-        [[ -d "$dir" ]] && basename "$dir"
+# build_plugins DIR OUT BUILD_DIR BUILD [INPUT...]: builds each plugin directory in DIR (one
+# per plugin, named by its job type) with `BUILD PLUGIN BUILT`, BUILT being where the
+# component goes under BUILD_DIR, and puts it in OUT as <plugin>.wasm. A plugin whose
+# sources, the WIT contract, the calling build script and the INPUTs (the toolchain's pins)
+# are unchanged since it was built is not built again.
+build_plugins() {
+    local dir="$1" out="$2" build_dir="$3" build="$4"
+    shift 4
+    local plugin
+    for plugin in "$dir"/*/; do
+        plugin="$(basename "$plugin")"
+        local built="$build_dir/$plugin.wasm"
+        local inputs=("$dir/$plugin" "$wit" "$0" "$@")
+        if ! fresh "$built.stamp" "$built" "${inputs[@]}"; then
+            say "building $plugin"
+            local started=$SECONDS
+            mkdir -p "$build_dir"
+            "$build" "$plugin" "$built"
+            record "$built.stamp" "${inputs[@]}"
+            took "$started" "$plugin"
+        fi
+        install_plugin "$built" "$out/$plugin.wasm"
     done
 }
