@@ -4,6 +4,7 @@
 //! tables, so the two can never drift apart: every setting has the same name in both
 //! (`--poll-interval 2s` and `poll_interval = "2s"`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use serde::Deserialize;
 
 use crate::retry::{Backoff, BackoffKind, RetryPolicy};
 use crate::sandbox::{Limits, SandboxConfig};
+use crate::tenants::{TenantSettings, Tenants};
 use crate::worker::{WorkerConfig, default_owner};
 
 /// Why the configuration cannot be used.
@@ -73,9 +75,24 @@ pub struct FileConfig {
     /// The `[sandbox]` table.
     #[serde(default)]
     pub sandbox: SandboxSettings,
+    /// The `[tenant_defaults]` table: the policy of tenants not listed under `[tenants]`.
+    pub tenant_defaults: Option<TenantSettings>,
+    /// The `[tenants.<name>]` tables: each tenant's own policy.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantSettings>,
 }
 
 impl FileConfig {
+    /// The tenant policy this file describes, checked against the runner's maxima; `None` if
+    /// it has neither `[tenant_defaults]` nor `[tenants]`.
+    pub fn tenants(&self, sandbox: &SandboxConfig) -> Result<Option<Tenants>, ConfigError> {
+        if self.tenant_defaults.is_none() && self.tenants.is_empty() {
+            return Ok(None);
+        }
+        let defaults = self.tenant_defaults.clone().unwrap_or_default();
+        Tenants::from_settings(&defaults, &self.tenants, sandbox).map(Some)
+    }
+
     /// Reads and parses `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -234,6 +251,14 @@ pub struct SandboxSettings {
     /// Most memory any attempt may get: the ceiling for plugin manifests [default: 4GiB]
     #[arg(long, value_parser = parse_size)]
     pub max_memory: Option<ByteSize>,
+    /// Longest wall-clock time a tenant's override may give an attempt [default: 1h]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub max_timeout: Option<Duration>,
+    /// Most Wasm execution time a tenant's override may give an attempt [default: 1h]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub max_cpu_budget: Option<Duration>,
     /// Largest payload handed to a guest; larger jobs fail [default: 1MiB]
     #[arg(long, value_parser = parse_size)]
     pub max_payload: Option<ByteSize>,
@@ -262,6 +287,8 @@ impl SandboxSettings {
             cpu_budget: self.cpu_budget.or(fallback.cpu_budget),
             memory: self.memory.or(fallback.memory),
             max_memory: self.max_memory.or(fallback.max_memory),
+            max_timeout: self.max_timeout.or(fallback.max_timeout),
+            max_cpu_budget: self.max_cpu_budget.or(fallback.max_cpu_budget),
             max_payload: self.max_payload.or(fallback.max_payload),
             max_result: self.max_result.or(fallback.max_result),
             max_output: self.max_output.or(fallback.max_output),
@@ -291,6 +318,8 @@ impl SandboxSettings {
         let config = SandboxConfig {
             instances: self.instances.unwrap_or(c.instances),
             max_memory: self.max_memory.map_or(c.max_memory, |m| m.as_u64()),
+            max_timeout: self.max_timeout.unwrap_or(c.max_timeout),
+            max_cpu_budget: self.max_cpu_budget.unwrap_or(c.max_cpu_budget),
             max_stack: size(self.max_stack, c.max_stack),
             keep_resident: size(self.keep_resident, c.keep_resident),
             epoch_tick: c.epoch_tick,
@@ -298,6 +327,14 @@ impl SandboxSettings {
         let positive = || "must be positive".to_string();
         check("timeout", !limits.timeout.is_zero(), positive)?;
         check("cpu_budget", !limits.cpu_budget.is_zero(), positive)?;
+        check("max_timeout", limits.timeout <= config.max_timeout, || {
+            "must be at least timeout".into()
+        })?;
+        check(
+            "max_cpu_budget",
+            limits.cpu_budget <= config.max_cpu_budget,
+            || "must be at least cpu_budget".into(),
+        )?;
         check(
             "max_memory",
             (1 << 20..=4 << 30).contains(&config.max_memory),

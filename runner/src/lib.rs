@@ -8,6 +8,7 @@
 //! - [`executor`] is the seam between the queue and whatever runs a job; [`WasmExecutor`] runs
 //!   each job in the [`sandbox`], a fresh WebAssembly component instance of the job type's
 //!   plugin, loaded from the [`plugins`] directory.
+//! - [`tenants`] is the tenant policy: what each tenant may run, and its share of the runners.
 //! - [`retry`] decides when a failed attempt runs again; [`clock`] is the one source of "now".
 //! - [`config`] merges flags, environment and the TOML file; [`cli`] is the `runner` binary;
 //!   [`private_pg`] starts a throwaway PostgreSQL when none is configured.
@@ -22,6 +23,7 @@ pub mod private_pg;
 pub mod queue;
 pub mod retry;
 pub mod sandbox;
+pub mod tenants;
 pub mod worker;
 
 pub use clock::{Clock, ManualClock, SystemClock};

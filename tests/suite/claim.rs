@@ -16,6 +16,7 @@ fn request<'a>(owner: &'a str, types: &'a [ClaimType], limit: usize) -> ClaimReq
         limit,
         lease: Duration::from_secs(30),
         default_max_attempts: 25,
+        after_tenant: None,
     }
 }
 
@@ -33,6 +34,7 @@ async fn a_future_job_is_not_claimed_until_its_time() {
             .claim(&request("r", &types, 10))
             .await
             .unwrap()
+            .jobs
             .is_empty()
     );
     clock.advance(Duration::from_secs(3599));
@@ -41,10 +43,11 @@ async fn a_future_job_is_not_claimed_until_its_time() {
             .claim(&request("r", &types, 10))
             .await
             .unwrap()
+            .jobs
             .is_empty()
     );
     clock.advance(Duration::from_secs(1));
-    let claimed = queue.claim(&request("r", &types, 10)).await.unwrap();
+    let claimed = queue.claim(&request("r", &types, 10)).await.unwrap().jobs;
 
     assert_eq!(claimed.len(), 1);
     assert_eq!(
@@ -74,7 +77,11 @@ async fn eight_claimers_claim_twenty_thousand_jobs_exactly_once() {
                 let (owner, types) = (format!("claimer-{n}"), vec![ClaimType::from("work")]);
                 let mut mine = Vec::new();
                 loop {
-                    let batch = queue.claim(&request(&owner, &types, 50)).await.unwrap();
+                    let batch = queue
+                        .claim(&request(&owner, &types, 50))
+                        .await
+                        .unwrap()
+                        .jobs;
                     if batch.is_empty() {
                         return mine;
                     }
@@ -118,7 +125,7 @@ async fn claims_follow_priority_then_run_at_and_only_known_types() {
     queue.enqueue_many(&db.pool, &jobs).await.unwrap();
 
     let types = vec![ClaimType::from("a")];
-    let claimed = queue.claim(&request("r", &types, 3)).await.unwrap();
+    let claimed = queue.claim(&request("r", &types, 3)).await.unwrap().jobs;
     let payloads: Vec<&str> = claimed.iter().map(|j| j.payload.as_str()).collect();
     assert_eq!(
         payloads,
@@ -128,7 +135,7 @@ async fn claims_follow_priority_then_run_at_and_only_known_types() {
             r#""new, priority 0""#
         ]
     );
-    let rest = queue.claim(&request("r", &types, 10)).await.unwrap();
+    let rest = queue.claim(&request("r", &types, 10)).await.unwrap().jobs;
     assert_eq!(
         rest.len(),
         1,

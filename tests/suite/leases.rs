@@ -32,8 +32,9 @@ async fn claim_one(queue: &Queue, owner: &str) -> runner::Job {
         limit: 1,
         lease: LEASE,
         default_max_attempts: 25,
+        after_tenant: None,
     };
-    let mut jobs = queue.claim(&request).await.unwrap();
+    let mut jobs = queue.claim(&request).await.unwrap().jobs;
     assert_eq!(jobs.len(), 1, "{owner} claims the job");
     jobs.pop().unwrap()
 }
@@ -181,6 +182,7 @@ async fn concurrent_rescuers_count_an_expired_lease_once() {
         limit: 200,
         lease: LEASE,
         default_max_attempts: 25,
+        after_tenant: None,
     };
     queue.claim(&request).await.unwrap();
     clock.advance(LEASE * 2);

@@ -13,4 +13,5 @@ mod plugin_cli;
 mod plugin_dir;
 mod retries;
 mod sandbox;
+mod tenants;
 mod worker;

@@ -7,6 +7,7 @@ mod enqueue;
 mod jobs;
 mod plugins;
 mod run;
+mod tenants;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,7 +29,7 @@ pub struct Cli {
     database_url: Option<String>,
 
     /// TOML config file (keys as in the flags; worker settings under [worker], sandbox
-    /// settings under [sandbox]).
+    /// settings under [sandbox], tenant policy under [tenant_defaults] and [tenants.NAME]).
     #[arg(long, env = "JOBRUNNER_CONFIG", global = true)]
     config: Option<PathBuf>,
 
@@ -59,6 +60,9 @@ enum Command {
     /// List the plugins each live runner serves: version (sha256), load time, source and
     /// status (ok, or failed with the reason).
     Plugins(plugins::PluginsArgs),
+    /// List tenants: their jobs by state, running now, and their limits (the published tenant
+    /// policy).
+    Tenants(tenants::TenantsArgs),
     /// List, show, retry and cancel jobs.
     Jobs {
         #[command(subcommand)]
@@ -102,6 +106,7 @@ enum Prepared {
     Enqueue(crate::job::NewJob),
     Jobs(jobs::JobsCommand, crate::retry::RetryPolicy),
     Plugins(plugins::PluginsArgs),
+    Tenants(tenants::TenantsArgs),
     Demo(run::RunConfig),
 }
 
@@ -113,6 +118,7 @@ impl Command {
             Command::Call(args) => Prepared::Call(args.resolve(file)?),
             Command::Enqueue(args) => Prepared::Enqueue(args.to_job()?),
             Command::Plugins(args) => Prepared::Plugins(args),
+            Command::Tenants(args) => Prepared::Tenants(args),
             Command::Jobs { command } => Prepared::Jobs(command, file.worker.retry_policy()?),
             Command::Demo(args) => Prepared::Demo(demo::with_demo_defaults(args).resolve(file)?),
         })
@@ -136,6 +142,7 @@ async fn dispatch(cli: Cli, file: FileConfig) -> anyhow::Result<ExitCode> {
         Prepared::Enqueue(job) => enqueue::enqueue(&db, job).await,
         Prepared::Jobs(command, policy) => jobs::jobs(&db, command, &policy).await,
         Prepared::Plugins(args) => plugins::plugins(&db, args).await,
+        Prepared::Tenants(args) => tenants::tenants(&db, args).await,
         Prepared::Demo(config) => demo::demo(&db, config).await,
         Prepared::Call(_) => unreachable!("handled before connecting"),
     };

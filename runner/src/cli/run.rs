@@ -6,13 +6,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::database::Database;
 use crate::config::{ConfigError, FileConfig, SandboxSettings, WorkerSettings};
 use crate::executor::WasmExecutor;
 use crate::plugins::{self, ArtifactCache, Loader, PluginDir, PluginDirError, Policy, Presence};
+use crate::queue::Queue;
 use crate::sandbox::{Limits, Sandbox, SandboxConfig};
+use crate::tenants::{self, SharedTenants, Tenants};
 use crate::worker::{Worker, WorkerConfig};
 
 /// Flags of `runner run` (and `runner demo`).
@@ -40,6 +43,7 @@ impl RunArgs {
             .or(file.plugins.clone())
             .unwrap_or_else(|| "plugins".into());
         Ok(RunConfig {
+            tenants: file.tenants(&sandbox)?,
             plugin_cache: self
                 .plugin_cache
                 .or(file.plugin_cache.clone())
@@ -65,6 +69,8 @@ pub struct RunConfig {
     pub sandbox: SandboxConfig,
     /// Every attempt's limits.
     pub limits: Limits,
+    /// The tenant policy to publish at start, if the config file has one.
+    pub tenants: Option<Tenants>,
 }
 
 /// Migrates, loads the plugins and watches their directory, then runs a worker until
@@ -77,6 +83,9 @@ pub async fn run(db: &Database, config: RunConfig) -> anyhow::Result<ExitCode> {
     let _watching = plugins::watch(Arc::clone(&dir))?;
     let queue = db.queue();
     queue.migrate().await?;
+    let tenants = apply_tenants(&queue, config.tenants.as_ref(), &config.worker.owner).await?;
+    let _following = AbortOnDrop(tenants::follow(queue.clone(), Arc::clone(&tenants)));
+    let executor = executor.with_tenants(tenants);
     let worker = config.worker;
     tracing::info!(
         owner = %worker.owner, concurrency = worker.concurrency,
@@ -110,6 +119,38 @@ pub async fn run(db: &Database, config: RunConfig) -> anyhow::Result<ExitCode> {
             db.stop_private_now();
             std::process::exit(130)
         }
+    }
+}
+
+/// Publishes this runner's tenant policy, if it has one, and returns the policy in force.
+async fn apply_tenants(
+    queue: &Queue,
+    mine: Option<&Tenants>,
+    owner: &str,
+) -> anyhow::Result<SharedTenants> {
+    if let Some(mine) = mine {
+        let replaced = queue
+            .publish_tenants(mine, owner)
+            .await
+            .context("cannot publish the tenant policy")?;
+        if replaced != Tenants::default() && replaced != *mine {
+            tracing::warn!("replaced a different tenant policy published by another runner");
+        }
+        tracing::info!(tenants = mine.rows().len() - 1, "tenant policy published");
+    }
+    let current = queue
+        .tenants()
+        .await
+        .context("cannot read the tenant policy")?;
+    Ok(Arc::new(ArcSwap::from_pointee(current)))
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

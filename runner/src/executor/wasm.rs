@@ -1,5 +1,5 @@
 //! [`WasmExecutor`]: every attempt in a fresh sandbox instance of the plugin version serving
-//! its job type, held to that version's limits.
+//! its job type, held to that version's limits with its tenant's overrides.
 
 use std::sync::Arc;
 
@@ -7,21 +7,57 @@ use serde_json::value::RawValue;
 
 use super::{Execution, Executor, JobError, JobResult};
 use crate::job::Job;
-use crate::plugins::Registry;
+use crate::plugins::{Policy, Registry};
 use crate::queue::ClaimType;
-use crate::sandbox::{Disposition, Run, Sandbox};
+use crate::sandbox::{Disposition, Limits, Run, Sandbox};
+use crate::tenants::SharedTenants;
 
 /// Runs jobs as WebAssembly components.
 #[derive(Debug)]
 pub struct WasmExecutor {
     sandbox: Arc<Sandbox>,
     plugins: Arc<Registry>,
+    tenants: SharedTenants,
 }
 
 impl WasmExecutor {
-    /// Runs the job types `plugins` serves, as they come and go.
+    /// Runs the job types `plugins` serves, as they come and go, with no tenant policy.
     pub fn new(sandbox: Arc<Sandbox>, plugins: Arc<Registry>) -> Self {
-        Self { sandbox, plugins }
+        Self {
+            sandbox,
+            plugins,
+            tenants: SharedTenants::default(),
+        }
+    }
+
+    /// Applies `tenants` (as it changes) to every job: the types each tenant may run and its
+    /// sandbox limit overrides.
+    pub fn with_tenants(self, tenants: SharedTenants) -> Self {
+        Self { tenants, ..self }
+    }
+
+    /// Why `job` may not run, if its tenant's policy or its type's manifest forbids it; else
+    /// the limits it runs under.
+    fn admit(&self, job: &Job, policy: &Policy) -> Result<Limits, JobError> {
+        if !policy.allows(&job.tenant) {
+            return Err(JobError::Fail(format!(
+                "tenant {:?} may not run job type {:?} (its manifest allows {:?})",
+                job.tenant,
+                job.job_type,
+                policy.tenants.as_deref().unwrap_or_default()
+            )));
+        }
+        let tenants = self.tenants.load();
+        let tenant = tenants.policy(&job.tenant);
+        if !tenant.allows(&job.job_type) {
+            return Err(JobError::Fail(format!(
+                "tenant {:?} may not run job type {:?} (its tenant policy allows {:?})",
+                job.tenant,
+                job.job_type,
+                tenant.job_types.as_deref().unwrap_or_default()
+            )));
+        }
+        Ok(tenant.limits(&policy.limits, self.sandbox.config()))
     }
 }
 
@@ -39,15 +75,9 @@ impl Executor for WasmExecutor {
             ))));
         };
         let policy = &version.policy;
-        let result = if policy.allows(&job.tenant) {
-            job_result(self.sandbox.run(&version.plugin, job, &policy.limits).await)
-        } else {
-            Err(JobError::Fail(format!(
-                "tenant {:?} may not run job type {:?} (its manifest allows {:?})",
-                job.tenant,
-                job.job_type,
-                policy.tenants.as_deref().unwrap_or_default()
-            )))
+        let result = match self.admit(job, policy) {
+            Ok(limits) => job_result(self.sandbox.run(&version.plugin, job, &limits).await),
+            Err(refused) => Err(refused),
         };
         Execution {
             result,

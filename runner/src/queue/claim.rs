@@ -1,5 +1,6 @@
-//! Claiming ripe jobs: one statement locks up to N of them with `FOR UPDATE SKIP LOCKED`,
-//! marks them running under a lease and returns them.
+//! Claiming ripe jobs: one call of `jobrunner.claim` shares a batch among the tenants with
+//! ripe jobs, locks their jobs with `FOR UPDATE SKIP LOCKED`, marks them running under a lease
+//! and returns them, with what the claimer needs to know for its next claim.
 
 use std::time::Duration;
 
@@ -44,173 +45,111 @@ pub struct ClaimRequest<'a> {
     pub lease: Duration,
     /// Max attempts for jobs that set none and whose type sets none.
     pub default_max_attempts: u32,
+    /// Where the scan for tenants with ripe jobs starts: the previous claim's
+    /// [`Claimed::next_tenant`], so that with more ripe tenants than a batch holds, successive
+    /// claims take turns among all of them.
+    pub after_tenant: Option<&'a str>,
 }
 
+/// What a claim returned, and what it says about the next one.
+#[derive(Debug, Clone, Default)]
+pub struct Claimed {
+    /// The claimed jobs, most urgent first within each tenant.
+    pub jobs: Vec<Job>,
+    /// Ripe jobs may be left that this claim's fair shares did not reach: claim again now if
+    /// slots are free.
+    pub more: bool,
+    /// A tenant with ripe jobs was held back by its rate: its next start is allowed this much
+    /// later.
+    pub rate_wait: Option<Duration>,
+    /// A tenant with ripe jobs was held back by its max_running: a completion may let it go.
+    pub held: bool,
+    /// Pass as the next request's `after_tenant`.
+    pub next_tenant: Option<String>,
+}
+
+/// A row of `jobrunner.claim`: a job, or (id NULL) the closing status row.
 #[derive(sqlx::FromRow)]
 struct ClaimedRow {
-    id: i64,
-    job_type: String,
-    tenant: String,
-    payload: String,
-    priority: i32,
-    attempt: i32,
-    max_attempts: i32,
-    run_at: DateTime<Utc>,
-    created_at: DateTime<Utc>,
+    id: Option<i64>,
+    job_type: Option<String>,
+    tenant: Option<String>,
+    payload: Option<String>,
+    priority: Option<i32>,
+    attempt: Option<i32>,
+    max_attempts: Option<i32>,
+    run_at: Option<DateTime<Utc>>,
+    created_at: Option<DateTime<Utc>>,
+    more: Option<bool>,
+    wait_ms: Option<i64>,
+    held: Option<bool>,
+    next_tenant: Option<String>,
 }
 
-impl From<ClaimedRow> for Job {
-    fn from(row: ClaimedRow) -> Self {
-        Job {
-            id: row.id,
-            job_type: row.job_type,
-            tenant: row.tenant,
-            payload: row.payload,
-            priority: row.priority,
-            attempt: count(row.attempt),
-            max_attempts: count(row.max_attempts),
-            run_at: row.run_at,
-            created_at: row.created_at,
-        }
+impl ClaimedRow {
+    fn into_job(self) -> Option<Job> {
+        Some(Job {
+            id: self.id?,
+            job_type: self.job_type?,
+            tenant: self.tenant?,
+            payload: self.payload?,
+            priority: self.priority?,
+            attempt: count(self.attempt?),
+            max_attempts: count(self.max_attempts?),
+            run_at: self.run_at?,
+            created_at: self.created_at?,
+        })
     }
 }
-
-/// A claim statement: `$ripe` defines the CTEs `types(job_type, max_attempts, cap)` and
-/// `ripe(id)`; the rest marks those jobs running. `$1` is now, `$2` the type names, `$3` the
-/// limit, `$4`/`$5` the lease, `$6` the types' max attempts, `$7` the default, `$8` the caps.
-macro_rules! claim_statement {
-    ($ripe:literal) => {
-        concat!(
-            $ripe,
-            "
-    UPDATE jobrunner.jobs AS j
-       SET state = 'running', attempt = j.attempt + 1, lease_owner = $4,
-           lease_expires_at = $5, updated_at = $1
-      FROM ripe, types AS t
-     WHERE j.id = ripe.id AND t.job_type = j.job_type
- RETURNING j.id, j.job_type, j.tenant, j.payload::text AS payload, j.priority, j.attempt,
-           coalesce(j.max_attempts, t.max_attempts, $7) AS max_attempts, j.run_at,
-           j.created_at"
-        )
-    };
-}
-
-/// Claims from types without a concurrency limit: the hot path, one index scan in claim
-/// order.
-const CLAIM_FREE: &str = claim_statement!(
-    "
-    WITH types AS (
-        SELECT * FROM unnest($2::text[], $6::int[], $8::int[]) AS t(job_type, max_attempts, cap)
-    ),
-    ripe AS (
-        SELECT id
-          FROM jobrunner.jobs
-         WHERE state = 'available' AND run_at <= $1 AND job_type = ANY($2)
-         ORDER BY priority, run_at, id
-         LIMIT $3
-           FOR UPDATE SKIP LOCKED
-    )"
-);
-
-/// Claims from types with a concurrency limit, each up to its room: its cap minus its jobs
-/// running on any runner. The caller holds the types' advisory locks, so two runners cannot
-/// both see the same room.
-const CLAIM_LIMITED: &str = claim_statement!(
-    "
-    WITH types AS (
-        SELECT * FROM unnest($2::text[], $6::int[], $8::int[]) AS t(job_type, max_attempts, cap)
-    ),
-    room AS (
-        SELECT t.job_type,
-               greatest(t.cap - (SELECT count(*) FROM jobrunner.jobs AS r
-                                  WHERE r.state = 'running' AND r.job_type = t.job_type), 0)
-                   AS room
-          FROM types AS t
-    ),
-    ripe AS (
-        SELECT picked.id
-          FROM room
-         CROSS JOIN LATERAL (
-               SELECT id
-                 FROM jobrunner.jobs
-                WHERE state = 'available' AND run_at <= $1 AND job_type = room.job_type
-                ORDER BY priority, run_at, id
-                LIMIT room.room
-                  FOR UPDATE SKIP LOCKED
-         ) AS picked
-         LIMIT $3
-    )"
-);
 
 impl Queue {
-    /// Claims up to `request.limit` ripe jobs, most urgent first (priority, run_at, id). Each
-    /// claimed job is running, leased to `request.owner`, and its attempt is counted. Jobs
-    /// locked by a concurrent claimer are skipped, never claimed twice. Types with a
-    /// concurrency limit are claimed first, each only up to its room.
-    pub async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Vec<Job>> {
+    /// Claims up to `request.limit` ripe jobs, shared fairly among the tenants that have
+    /// some (by their weights), most urgent first within each tenant (priority, run_at, id).
+    /// Each claimed job is running, leased to `request.owner`, and its attempt is counted.
+    /// Jobs locked by a concurrent claimer are skipped, never claimed twice. Tenants' policies
+    /// (max_running, rate) and types' concurrency limits hold across every runner sharing
+    /// the database. One round trip: see `jobrunner.claim` in the migrations.
+    pub async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claimed> {
         if request.limit == 0 || request.job_types.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Claimed::default());
         }
-        let (limited, free): (Vec<&ClaimType>, Vec<&ClaimType>) = request
-            .job_types
-            .iter()
-            .partition(|t| t.concurrency.is_some());
-        let mut jobs = Vec::new();
-        if !limited.is_empty() {
-            let mut tx = self.pool.begin().await?;
-            // In name order on every runner, so two claimers never wait on each other in a
-            // cycle.
-            let mut names: Vec<&str> = limited.iter().map(|t| t.job_type.as_str()).collect();
-            names.sort_unstable();
-            sqlx::query(
-                "SELECT pg_advisory_xact_lock(hashtextextended('jobrunner.concurrency:' || t, 0))
-                   FROM (SELECT t FROM unnest($1::text[]) AS t ORDER BY t) AS sorted",
-            )
-            .bind(&names)
-            .execute(&mut *tx)
-            .await?;
-            jobs = self
-                .claim_from(&mut *tx, CLAIM_LIMITED, request, &limited, request.limit)
-                .await?;
-            tx.commit().await?;
-        }
-        let room = request.limit - jobs.len().min(request.limit);
-        if room > 0 && !free.is_empty() {
-            let claimed = self
-                .claim_from(&self.pool, CLAIM_FREE, request, &free, room)
-                .await?;
-            jobs.extend(claimed);
-        }
-        // UPDATE ... RETURNING does not keep the CTE's order.
-        jobs.sort_by_key(|job| (job.priority, job.run_at, job.id));
-        Ok(jobs)
-    }
-
-    async fn claim_from<'e>(
-        &self,
-        db: impl sqlx::PgExecutor<'e>,
-        statement: &'static str,
-        request: &ClaimRequest<'_>,
-        types: &[&ClaimType],
-        limit: usize,
-    ) -> Result<Vec<Job>> {
         let now = self.now();
         let int = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+        let types = request.job_types;
         let names: Vec<&str> = types.iter().map(|t| t.job_type.as_str()).collect();
         let max_attempts: Vec<Option<i32>> =
             types.iter().map(|t| t.max_attempts.map(int)).collect();
         let caps: Vec<Option<i32>> = types.iter().map(|t| t.concurrency.map(int)).collect();
-        let rows: Vec<ClaimedRow> = sqlx::query_as(statement)
-            .bind(now)
-            .bind(names)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .bind(request.owner)
-            .bind(later(now, request.lease))
-            .bind(max_attempts)
-            .bind(int(request.default_max_attempts))
-            .bind(caps)
-            .fetch_all(db)
-            .await?;
-        Ok(rows.into_iter().map(Job::from).collect())
+        let rows: Vec<ClaimedRow> =
+            sqlx::query_as("SELECT * FROM jobrunner.claim($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+                .bind(now)
+                .bind(request.owner)
+                .bind(later(now, request.lease))
+                .bind(names)
+                .bind(max_attempts)
+                .bind(caps)
+                .bind(int(request.default_max_attempts))
+                .bind(i32::try_from(request.limit).unwrap_or(i32::MAX))
+                .bind(request.after_tenant)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut claimed = Claimed::default();
+        for row in rows {
+            if row.id.is_some() {
+                claimed.jobs.extend(row.into_job());
+            } else {
+                claimed.more = row.more.unwrap_or_default();
+                claimed.held = row.held.unwrap_or_default();
+                claimed.rate_wait = row
+                    .wait_ms
+                    .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or_default()));
+                claimed.next_tenant = row.next_tenant;
+            }
+        }
+        // UPDATE ... RETURNING keeps no order.
+        claimed
+            .jobs
+            .sort_by_key(|job| (job.priority, job.run_at, job.id));
+        Ok(claimed)
     }
 }

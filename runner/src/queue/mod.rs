@@ -1,7 +1,8 @@
 //! The job queue in PostgreSQL. Every SQL statement the runner issues lives under this module,
 //! one file per concern: [`migrate`](Queue::migrate), [`enqueue`](Queue::enqueue),
 //! [`claim`](Queue::claim), [`outcomes`](Queue::record_outcomes), [`leases`](Queue::rescue_expired)
-//! the runners' [announcements](Queue::announce_runner) and the operator's [`admin`] views.
+//! the runners' [announcements](Queue::announce_runner), the [tenant policy](Queue::publish_tenants)
+//! and the operator's [`admin`] views.
 //!
 //! Time always comes from the queue's [`Clock`] and is passed into the statements, never read
 //! with `now()` inside them, so tests can move it.
@@ -13,6 +14,7 @@ mod lease;
 mod migrate;
 mod outcome;
 mod runners;
+mod tenants;
 
 use std::sync::Arc;
 
@@ -22,11 +24,12 @@ use sqlx::PgPool;
 use crate::clock::{Clock, SystemClock};
 use crate::job::{InvalidJob, JobState};
 
-pub use claim::{ClaimRequest, ClaimType};
+pub use claim::{ClaimRequest, ClaimType, Claimed};
 pub use enqueue::Enqueued;
 pub use lease::Rescued;
 pub use outcome::{Outcome, Settlement};
 pub use runners::RunnerInfo;
+pub use tenants::TenantOverview;
 
 /// The LISTEN/NOTIFY channel on which the database announces new jobs.
 pub const WAKE_CHANNEL: &str = "jobrunner_jobs";

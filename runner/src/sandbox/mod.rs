@@ -59,6 +59,10 @@ pub struct SandboxConfig {
     pub instances: u32,
     /// The largest memory cap any job may be given, in bytes (the pool's slot size).
     pub max_memory: u64,
+    /// The longest wall-clock time a tenant's override may give an attempt.
+    pub max_timeout: Duration,
+    /// The most Wasm execution time a tenant's override may give an attempt.
+    pub max_cpu_budget: Duration,
     /// The Wasm stack per instance, in bytes; deeper recursion traps with `stack_overflow`.
     pub max_stack: usize,
     /// Bytes of each pool slot's linear memory kept resident between instances: the pages a
@@ -74,6 +78,8 @@ impl Default for SandboxConfig {
         Self {
             instances: 1000,
             max_memory: 4 << 30,
+            max_timeout: Duration::from_secs(3600),
+            max_cpu_budget: Duration::from_secs(3600),
             max_stack: 512 << 10,
             keep_resident: 2 << 20,
             epoch_tick: Duration::from_millis(10),

@@ -5,6 +5,7 @@
 //! once; a busy one writes hundreds per round trip.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +31,9 @@ pub(super) async fn run<E: Executor>(
         write(&shared, &batch, &give_up).await;
         for report in batch.drain(..) {
             shared.inflight.remove(report.ticket);
+        }
+        if shared.held_back.load(Ordering::Relaxed) {
+            shared.wake.notify_one();
         }
     }
 }

@@ -1,7 +1,11 @@
 //! The claim loop: whenever slots are free and ripe jobs may exist, claim a batch and start an
-//! attempt task for each job.
+//! attempt task for each job. A short batch means the queue looks drained, unless the claim
+//! says more is ripe (another tenant's share is left) or a tenant was held back by its limits,
+//! in which case the next look comes when its next token is due or a job completes.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::task::TaskTracker;
@@ -18,6 +22,7 @@ pub(super) async fn run<E: Executor>(
     tracker: TaskTracker,
 ) {
     let mut failures = 0;
+    let mut next_tenant: Option<String> = None;
     while let Some(mut slots) = free_slots(&shared).await {
         let limit = slots.num_permits();
         let job_types = shared.executor.job_types();
@@ -27,9 +32,10 @@ pub(super) async fn run<E: Executor>(
             limit,
             lease: shared.config.lease,
             default_max_attempts: shared.config.retry.max_attempts,
+            after_tenant: next_tenant.as_deref(),
         };
-        let jobs = match shared.queue.claim(&request).await {
-            Ok(jobs) => jobs,
+        let claimed = match shared.queue.claim(&request).await {
+            Ok(claimed) => claimed,
             Err(error) => {
                 drop(slots);
                 failures += 1;
@@ -42,8 +48,10 @@ pub(super) async fn run<E: Executor>(
             }
         };
         failures = 0;
-        let drained = jobs.len() < limit;
-        for job in jobs {
+        let drained = claimed.jobs.len() < limit && !claimed.more;
+        shared.held_back.store(claimed.held, Ordering::Relaxed);
+        next_tenant = claimed.next_tenant;
+        for job in claimed.jobs {
             let slot = slots
                 .split(1)
                 .expect("one slot was reserved per claimed job");
@@ -57,12 +65,17 @@ pub(super) async fn run<E: Executor>(
             ));
         }
         drop(slots);
-        if drained && !wait_for_work(&shared).await {
+        if drained && !wait_for_work(&shared, claimed.rate_wait).await {
             break;
         }
     }
     tracing::debug!("stopped claiming");
 }
+
+/// How long a busy runner waits for more slots before claiming: claims then come in batches
+/// instead of one job per freed slot, each paying a round trip and a scan per tenant. An idle
+/// runner claims at once.
+const GATHER: Duration = Duration::from_millis(1);
 
 /// Waits for at least one free slot and takes up to a batch of them; `None` once stopping.
 async fn free_slots<E>(shared: &Shared<E>) -> Option<OwnedSemaphorePermit> {
@@ -71,10 +84,17 @@ async fn free_slots<E>(shared: &Shared<E>) -> Option<OwnedSemaphorePermit> {
         _ = shared.stop.cancelled() => return None,
         permit = shared.slots.clone().acquire_owned() => permit.ok()?,
     };
+    let batch = shared.config.batch_size;
+    let capacity = shared.config.concurrency + shared.config.prefetch;
+    if shared.slots.available_permits() + 1 < batch.min(capacity) / 4
+        && sleep_or_stop(&shared.stop, GATHER).await
+    {
+        return None;
+    }
     let more = shared
         .slots
         .available_permits()
-        .min(shared.config.batch_size.saturating_sub(1));
+        .min(batch.saturating_sub(1));
     if more > 0
         && let Ok(extra) = shared.slots.clone().try_acquire_many_owned(more as u32)
     {
@@ -83,13 +103,17 @@ async fn free_slots<E>(shared: &Shared<E>) -> Option<OwnedSemaphorePermit> {
     Some(slots)
 }
 
-/// The queue looked empty: sleep until a notification, the poll interval, or stop. Returns
-/// false on stop.
-async fn wait_for_work<E>(shared: &Shared<E>) -> bool {
+/// The queue looked empty: sleep until a notification (or a completion, while a tenant is held
+/// back by its max_running), the poll interval or a rate-limited tenant's next token, or stop.
+/// Returns false on stop.
+async fn wait_for_work<E>(shared: &Shared<E>, rate_wait: Option<Duration>) -> bool {
+    let nap = rate_wait.map_or(shared.config.poll_interval, |wait| {
+        wait.min(shared.config.poll_interval)
+    });
     tokio::select! {
         biased;
         _ = shared.stop.cancelled() => false,
         _ = shared.wake.notified() => true,
-        _ = tokio::time::sleep(shared.config.poll_interval) => true,
+        _ = tokio::time::sleep(nap) => true,
     }
 }

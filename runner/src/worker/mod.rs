@@ -23,6 +23,7 @@ mod maintenance;
 mod wakeup;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
@@ -111,6 +112,9 @@ struct Shared<E> {
     /// A notification arrived (or the listener reconnected, or the executor's job types
     /// changed): look for ripe jobs now.
     wake: Arc<Notify>,
+    /// The last claim left a tenant's ripe jobs behind because of its max_running: every
+    /// recorded outcome may make room, so the completer wakes the fetcher.
+    held_back: AtomicBool,
     /// Stop claiming; requeue what has not started.
     stop: CancellationToken,
     /// Interrupt running jobs and requeue them (the shutdown deadline passed).
@@ -144,6 +148,7 @@ impl<E: Executor> Worker<E> {
             exec: Arc::new(Semaphore::new(config.concurrency.max(1))),
             inflight: Arc::default(),
             wake: Arc::default(),
+            held_back: AtomicBool::new(false),
             stop: CancellationToken::new(),
             abort: CancellationToken::new(),
             config,

@@ -5,7 +5,7 @@
 //! | --- | --- | --- |
 //! | `trap` | panics (message on stderr, then `unreachable`) | retry, trap kind + backtrace |
 //! | `loop` | spins forever | stopped by the CPU budget, retry |
-//! | `memory` | allocates 1 MiB blocks until it cannot | "memory limit", retry |
+//! | `memory` | allocates 1 MiB blocks until it cannot, or `mib` of them and succeeds | "memory limit", retry |
 //! | `stack` | recurses without end | stack overflow trap, retry |
 //! | `huge-output` | returns a result of `bytes` bytes (default 8 MiB) | refused, failed |
 //! | `print` | writes `bytes` bytes to stdout and stderr, then succeeds | output captured, capped |
@@ -31,7 +31,9 @@ use serde_json::{Value, json};
 enum Misbehaviour {
     Trap,
     Loop,
-    Memory,
+    Memory {
+        mib: Option<usize>,
+    },
     Stack,
     HugeOutput {
         #[serde(default = "eight_mib")]
@@ -93,11 +95,12 @@ fn misbehave(job: Job<Misbehaviour>) -> Result<Value, JobError> {
                 n = black_box(n.wrapping_add(1));
             }
         }
-        Misbehaviour::Memory => {
+        Misbehaviour::Memory { mib } => {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
-            loop {
+            while mib.is_none_or(|mib| hoard.len() < mib) {
                 hoard.push(black_box(vec![1u8; 1 << 20]));
             }
+            json!({ "allocated_mib": hoard.len() })
         }
         Misbehaviour::Stack => json!({ "depth": recurse(black_box(0)) }),
         Misbehaviour::HugeOutput { bytes } => json!({ "data": "x".repeat(bytes) }),

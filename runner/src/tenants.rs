@@ -1,0 +1,422 @@
+//! Tenant policy: what each tenant may run and how much of the runners it may take.
+//!
+//! Operators write it in the config file; a runner whose file has one publishes it to the
+//! database at start ([`Queue::publish_tenants`]), where enqueue and claim enforce it for every
+//! runner and client: the job types a tenant may use, its running jobs across all runners, its
+//! start rate and its share of each claim. Runners read it back every few seconds
+//! ([`follow`]) for the parts they apply themselves: the sandbox limit overrides (capped by the
+//! runner's own maxima) and refusing a job whose type the tenant may not run.
+//!
+//! ```toml
+//! [tenant_defaults]          # every tenant not listed below
+//! max_running = 50
+//!
+//! [tenants.acme]             # unset keys come from [tenant_defaults]
+//! max_running = 3            # jobs running at once, on all runners together
+//! rate = 10.0                # jobs started per second, on all runners together
+//! burst = 2                  # starts allowed at once after a pause [default: rate / 10, at least 1]
+//! weight = 4                 # share of each claim against other tenants' [default: 1]
+//! job_types = ["send-email"] # the types acme may enqueue and run [default: all]
+//! memory = "256MiB"          # sandbox overrides, at most the runner's max_memory,
+//! cpu_budget = "10s"         #   max_cpu_budget and max_timeout
+//! timeout = "30s"
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+use crate::config::ConfigError;
+use crate::queue::Queue;
+use crate::sandbox::{Limits, SandboxConfig};
+
+/// The name under which the defaults are stored: not a valid tenant for the jobs table's
+/// purposes, since no operator would name a tenant `*`.
+pub const DEFAULTS: &str = "*";
+
+/// How often a runner reloads the published policy.
+pub const REFRESH: Duration = Duration::from_secs(5);
+
+/// One `[tenants.<name>]` (or `[tenant_defaults]`) table of the config file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSettings {
+    /// Jobs running at once, on all runners together.
+    pub max_running: Option<u32>,
+    /// Jobs started per second, on all runners together.
+    pub rate: Option<f64>,
+    /// Starts allowed at once after a pause.
+    pub burst: Option<f64>,
+    /// Share of each claim.
+    pub weight: Option<u32>,
+    /// Job types the tenant may enqueue and run.
+    pub job_types: Option<Vec<String>>,
+    /// Linear memory per attempt.
+    pub memory: Option<ByteSize>,
+    /// Wasm execution time per attempt.
+    #[serde(default, with = "humantime_serde")]
+    pub cpu_budget: Option<Duration>,
+    /// Wall-clock time per attempt.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+}
+
+impl TenantSettings {
+    fn or(&self, fallback: &TenantSettings) -> TenantSettings {
+        TenantSettings {
+            max_running: self.max_running.or(fallback.max_running),
+            rate: self.rate.or(fallback.rate),
+            burst: self.burst.or(fallback.burst),
+            weight: self.weight.or(fallback.weight),
+            job_types: self
+                .job_types
+                .clone()
+                .or_else(|| fallback.job_types.clone()),
+            memory: self.memory.or(fallback.memory),
+            cpu_budget: self.cpu_budget.or(fallback.cpu_budget),
+            timeout: self.timeout.or(fallback.timeout),
+        }
+    }
+}
+
+/// One tenant's policy, checked, with the defaults filled in.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct TenantPolicy {
+    /// The tenant, or [`DEFAULTS`].
+    pub tenant: String,
+    /// Jobs running at once, on all runners together; `None`: no limit.
+    pub max_running: Option<i32>,
+    /// Jobs started per second; `None`: no limit.
+    pub rate: Option<f64>,
+    /// Starts allowed at once (the token bucket's size), when `rate` is set.
+    pub burst: Option<f64>,
+    /// Share of each claim against the other tenants with ripe jobs.
+    pub weight: i32,
+    /// Job types the tenant may enqueue and run; `None`: all.
+    pub job_types: Option<Vec<String>>,
+    /// Linear memory per attempt, in bytes; `None`: the job type's.
+    pub memory: Option<i64>,
+    /// Wasm execution time per attempt, in milliseconds; `None`: the job type's.
+    pub cpu_budget_ms: Option<i64>,
+    /// Wall-clock time per attempt, in milliseconds; `None`: the job type's.
+    pub timeout_ms: Option<i64>,
+}
+
+impl TenantPolicy {
+    /// No limits: the policy of every tenant while none is published.
+    pub fn unlimited(tenant: &str) -> Self {
+        Self {
+            tenant: tenant.to_owned(),
+            max_running: None,
+            rate: None,
+            burst: None,
+            weight: 1,
+            job_types: None,
+            memory: None,
+            cpu_budget_ms: None,
+            timeout_ms: None,
+        }
+    }
+
+    fn resolve(
+        tenant: &str,
+        s: &TenantSettings,
+        sandbox: &SandboxConfig,
+    ) -> Result<Self, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            key: "tenants",
+            reason: format!("tenant {tenant:?}: {reason}"),
+        };
+        let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        if let Some(rate) = s.rate
+            && !(rate.is_finite() && rate > 0.0)
+        {
+            return Err(invalid(format!("rate must be positive, not {rate}")));
+        }
+        if let Some(burst) = s.burst
+            && !(burst.is_finite() && burst >= 1.0)
+        {
+            return Err(invalid(format!("burst must be at least 1, not {burst}")));
+        }
+        if s.max_running == Some(0) {
+            return Err(invalid("max_running must be at least 1".into()));
+        }
+        let weight = s.weight.unwrap_or(1);
+        if !(1..=1000).contains(&weight) {
+            return Err(invalid(format!("weight must be 1 to 1000, not {weight}")));
+        }
+        check_max(
+            tenant,
+            "memory",
+            s.memory.map(|m| m.as_u64()),
+            sandbox.max_memory,
+            |b| ByteSize(b).to_string(),
+        )?;
+        let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+        let fmt_ms = |ms: u64| humantime::format_duration(Duration::from_millis(ms)).to_string();
+        check_max(
+            tenant,
+            "cpu_budget",
+            ms(s.cpu_budget),
+            millis(sandbox.max_cpu_budget) as u64,
+            fmt_ms,
+        )?;
+        check_max(
+            tenant,
+            "timeout",
+            ms(s.timeout),
+            millis(sandbox.max_timeout) as u64,
+            fmt_ms,
+        )?;
+        Ok(Self {
+            tenant: tenant.to_owned(),
+            max_running: s.max_running.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+            burst: s
+                .rate
+                .map(|rate| s.burst.unwrap_or((rate / 10.0).ceil().max(1.0))),
+            rate: s.rate,
+            weight: weight as i32,
+            job_types: s.job_types.clone(),
+            memory: s.memory.map(|m| m.as_u64() as i64),
+            cpu_budget_ms: s.cpu_budget.map(millis),
+            timeout_ms: s.timeout.map(millis),
+        })
+    }
+
+    /// Whether the tenant may enqueue and run `job_type`.
+    pub fn allows(&self, job_type: &str) -> bool {
+        self.job_types
+            .as_ref()
+            .is_none_or(|types| types.iter().any(|t| t == job_type))
+    }
+
+    /// `base` (the job type's limits) with this tenant's overrides, capped by the runner's
+    /// maxima: a policy published by another runner may allow more than this one does.
+    pub fn limits(&self, base: &Limits, sandbox: &SandboxConfig) -> Limits {
+        let duration = |ms: Option<i64>, base: Duration, max: Duration| {
+            ms.map_or(base, |ms| Duration::from_millis(ms.max(1) as u64))
+                .min(max)
+        };
+        Limits {
+            memory: self
+                .memory
+                .map_or(base.memory, |m| m as u64)
+                .min(sandbox.max_memory),
+            cpu_budget: duration(self.cpu_budget_ms, base.cpu_budget, sandbox.max_cpu_budget),
+            timeout: duration(self.timeout_ms, base.timeout, sandbox.max_timeout),
+            ..base.clone()
+        }
+    }
+}
+
+fn check_max(
+    tenant: &str,
+    key: &str,
+    value: Option<u64>,
+    max: u64,
+    show: impl Fn(u64) -> String,
+) -> Result<(), ConfigError> {
+    match value {
+        Some(0) => Err(ConfigError::Invalid {
+            key: "tenants",
+            reason: format!("tenant {tenant:?}: {key} must be positive"),
+        }),
+        Some(value) if value > max => Err(ConfigError::Invalid {
+            key: "tenants",
+            reason: format!(
+                "tenant {tenant:?}: {key} {} is above this runner's max_{key} {}",
+                show(value),
+                show(max)
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Every tenant's policy: the named ones and the defaults for the rest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tenants {
+    named: HashMap<String, TenantPolicy>,
+    defaults: TenantPolicy,
+}
+
+impl Default for Tenants {
+    fn default() -> Self {
+        Self {
+            named: HashMap::new(),
+            defaults: TenantPolicy::unlimited(DEFAULTS),
+        }
+    }
+}
+
+impl Tenants {
+    /// The policy the config file's `[tenant_defaults]` and `[tenants.*]` tables describe,
+    /// checked against the runner's maxima.
+    pub fn from_settings(
+        defaults: &TenantSettings,
+        named: &BTreeMap<String, TenantSettings>,
+        sandbox: &SandboxConfig,
+    ) -> Result<Self, ConfigError> {
+        let mut tenants = Tenants {
+            named: HashMap::new(),
+            defaults: TenantPolicy::resolve(DEFAULTS, defaults, sandbox)?,
+        };
+        for (tenant, settings) in named {
+            if tenant.is_empty() || tenant == DEFAULTS {
+                return Err(ConfigError::Invalid {
+                    key: "tenants",
+                    reason: format!("{tenant:?} cannot name a tenant"),
+                });
+            }
+            let policy = TenantPolicy::resolve(tenant, &settings.or(defaults), sandbox)?;
+            tenants.named.insert(tenant.clone(), policy);
+        }
+        Ok(tenants)
+    }
+
+    /// The policies as stored, one per row, the defaults among them.
+    pub fn from_rows(rows: Vec<TenantPolicy>) -> Self {
+        let mut tenants = Tenants::default();
+        for row in rows {
+            if row.tenant == DEFAULTS {
+                tenants.defaults = row;
+            } else {
+                tenants.named.insert(row.tenant.clone(), row);
+            }
+        }
+        tenants
+    }
+
+    /// Every row to store: the defaults, then the named tenants by name.
+    pub fn rows(&self) -> Vec<&TenantPolicy> {
+        let mut named: Vec<&TenantPolicy> = self.named.values().collect();
+        named.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        std::iter::once(&self.defaults).chain(named).collect()
+    }
+
+    /// The policy that applies to `tenant`.
+    pub fn policy(&self, tenant: &str) -> &TenantPolicy {
+        self.named.get(tenant).unwrap_or(&self.defaults)
+    }
+}
+
+/// The policy a runner applies, swapped whole when a newer one is read.
+pub type SharedTenants = Arc<ArcSwap<Tenants>>;
+
+/// Reloads the published policy into `tenants` every [`REFRESH`], until the task is aborted.
+pub fn follow(queue: Queue, tenants: SharedTenants) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut refresh = tokio::time::interval(REFRESH);
+        loop {
+            refresh.tick().await;
+            match queue.tenants().await {
+                Ok(latest) if **tenants.load() != latest => {
+                    tracing::info!("tenant policy changed; applying it");
+                    tenants.store(Arc::new(latest));
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "cannot read the tenant policy; retrying"),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FileConfig;
+
+    fn tenants(toml: &str) -> Result<Tenants, ConfigError> {
+        let file: FileConfig = toml::from_str(toml).expect("valid TOML");
+        Ok(file.tenants(&SandboxConfig::default())?.expect("a policy"))
+    }
+
+    #[test]
+    fn named_tenants_fall_back_to_the_defaults_key_by_key() {
+        let t = tenants(
+            r#"
+            [tenant_defaults]
+            max_running = 10
+            job_types = ["echo"]
+            [tenants.acme]
+            rate = 20.0
+            weight = 3
+            memory = "256MiB"
+            "#,
+        )
+        .unwrap();
+        let acme = t.policy("acme");
+        assert_eq!(acme.max_running, Some(10));
+        assert_eq!((acme.rate, acme.burst), (Some(20.0), Some(2.0)));
+        assert_eq!(acme.weight, 3);
+        assert_eq!(acme.memory, Some(256 << 20));
+        assert!(acme.allows("echo") && !acme.allows("poison"));
+        let other = t.policy("globex");
+        assert_eq!((other.tenant.as_str(), other.rate), (DEFAULTS, None));
+        assert_eq!(t.rows().len(), 2);
+        assert_eq!(
+            Tenants::from_rows(t.rows().into_iter().cloned().collect()),
+            t
+        );
+    }
+
+    #[test]
+    fn bad_policies_name_the_tenant_and_the_key() {
+        for (toml, expected) in [
+            ("[tenants.a]\nrate = -1.0", "rate must be positive"),
+            (
+                "[tenants.a]\nburst = 0.5\nrate = 1.0",
+                "burst must be at least 1",
+            ),
+            ("[tenants.a]\nweight = 0", "weight must be 1 to 1000"),
+            (
+                "[tenants.a]\nmax_running = 0",
+                "max_running must be at least 1",
+            ),
+            (
+                "[tenants.a]\nmemory = \"8GiB\"",
+                "above this runner's max_memory",
+            ),
+            (
+                "[tenants.a]\ntimeout = \"2h\"",
+                "above this runner's max_timeout",
+            ),
+            ("[tenants.\"*\"]\nweight = 2", "cannot name a tenant"),
+        ] {
+            let error = tenants(toml).unwrap_err().to_string();
+            assert!(error.contains(expected), "{toml}: {error}");
+        }
+        let unknown = toml::from_str::<FileConfig>("[tenants.a]\nmax_runing = 3").unwrap_err();
+        assert!(unknown.to_string().contains("max_runing"));
+    }
+
+    #[test]
+    fn overrides_are_capped_by_the_runners_maxima() {
+        let policy = TenantPolicy {
+            memory: Some(8 << 30),
+            timeout_ms: Some(7_200_000),
+            cpu_budget_ms: Some(500),
+            ..TenantPolicy::unlimited("big")
+        };
+        let sandbox = SandboxConfig {
+            max_memory: 1 << 30,
+            ..SandboxConfig::default()
+        };
+        let limits = policy.limits(&Limits::default(), &sandbox);
+        assert_eq!(limits.memory, 1 << 30);
+        assert_eq!(limits.timeout, sandbox.max_timeout);
+        assert_eq!(limits.cpu_budget, Duration::from_millis(500));
+        assert_eq!(limits.max_payload, Limits::default().max_payload);
+    }
+
+    #[test]
+    fn no_tenant_tables_means_no_policy_to_publish() {
+        let file: FileConfig = toml::from_str("[worker]\nconcurrency = 3").unwrap();
+        assert!(file.tenants(&SandboxConfig::default()).unwrap().is_none());
+    }
+}
