@@ -163,6 +163,8 @@ DECLARE
     bursts     double precision[];
     rooms      integer[];
     tokens     double precision[];
+    cap_rooms  integer[];
+    share      integer;
     refilled   double precision;
     quotas     integer[];
     got        integer[];
@@ -250,6 +252,7 @@ BEGIN
 
     -- 3. Locks and room.
     rooms := array_fill(lim, ARRAY[n]);
+    cap_rooms := rooms;
     tokens := array_fill(NULL::double precision, ARRAY[n]);
     IF limited THEN
         PERFORM pg_advisory_xact_lock(hashtextextended('jobrunner.tenant:' || s.t, 0))
@@ -262,8 +265,8 @@ BEGIN
             rooms[i] := greatest(0, caps[i] - (SELECT count(*) FROM jobrunner.jobs AS j
                                                 WHERE j.state = 'running'
                                                   AND j.tenant = scanned[i]));
-            held := held OR rooms[i] = 0;
         END IF;
+        cap_rooms[i] := rooms[i];
         IF rates[i] IS NOT NULL THEN
             SELECT least(bursts[i], b.tokens + rates[i] * greatest(0,
                          extract(epoch FROM at - b.refilled_at)))
@@ -287,9 +290,11 @@ BEGIN
     excess := -lim;
     FOR i IN 1..n LOOP
         -- Taking turns (more ripe tenants than lim): one job each, the tail of the turn too.
-        quotas[i] := least(rooms[i], CASE WHEN n >= lim OR scan_from IS NOT NULL THEN 1
-                                          ELSE greatest(1, floor(lim * weights[i] / total_w))
-                                     END);
+        share := CASE WHEN n >= lim OR scan_from IS NOT NULL THEN 1
+                      ELSE greatest(1, floor(lim * weights[i] / total_w)) END;
+        quotas[i] := least(rooms[i], share);
+        -- max_running keeps the tenant below its share: a completion anywhere makes room.
+        held := held OR cap_rooms[i] < share;
         excess := excess + quotas[i];
     END LOOP;
     -- Raising small shares to one job can overshoot: the biggest shares give way.

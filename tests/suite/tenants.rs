@@ -67,13 +67,18 @@ async fn running(queue: &Queue, tenant: &str) -> i64 {
     .unwrap()
 }
 
-fn two_runners(queue: &Queue, handlers: &Handlers, concurrency: usize) -> Vec<WorkerHandle> {
+fn two_runners(
+    queue: &Queue,
+    handlers: &Handlers,
+    concurrency: usize,
+    poll_interval: Duration,
+) -> Vec<WorkerHandle> {
     (0..2)
         .map(|_| {
             let config = WorkerConfig {
                 concurrency,
                 batch_size: concurrency,
-                poll_interval: Duration::from_millis(50),
+                poll_interval,
                 ..WorkerConfig::default()
             };
             Worker::new(queue.clone(), handlers.clone(), config).start()
@@ -96,7 +101,7 @@ async fn a_small_tenant_finishes_long_before_a_big_backlog_drains() {
     let backlog = 50_000;
     enqueue(&queue, "noop", "a", backlog).await;
     let noop = Handlers::new().on("noop", |_| async { Ok(None) });
-    let workers = two_runners(&queue, &noop, 50);
+    let workers = two_runners(&queue, &noop, 50, Duration::from_millis(50));
     eventually("a's backlog to be worked", WAIT, || async {
         (left(&queue, "a").await < backlog as i64).then_some(())
     })
@@ -126,7 +131,8 @@ async fn max_running_holds_across_two_runners() {
         tokio::time::sleep(Duration::from_millis(40)).await;
         Ok(None)
     });
-    let workers = two_runners(&queue, &slow, 20);
+    // No polling: a runner held back by max_running must claim again when a job completes.
+    let workers = two_runners(&queue, &slow, 20, Duration::from_secs(3600));
 
     let (mut most_capped, mut most_free) = (0, 0);
     let deadline = Instant::now() + WAIT;
@@ -163,7 +169,7 @@ async fn a_rate_limit_holds_over_ten_seconds() {
             async { Ok(None) }
         }
     });
-    let workers = two_runners(&queue, &stamp, 10);
+    let workers = two_runners(&queue, &stamp, 10, Duration::from_millis(50));
     let window = Duration::from_secs(10);
     let first = eventually("the first start", WAIT, || async {
         starts.lock().unwrap().first().copied()

@@ -11,11 +11,13 @@ use sqlx::postgres::PgPoolOptions;
 
 use super::database::Database;
 use super::jobs::print_list;
-use super::run::{RunArgs, RunConfig, Signals, load_plugins};
-use crate::config::{SandboxSettings, WorkerSettings};
+use super::run::{RunArgs, RunConfig, Signals, apply_tenants, load_plugins};
+use super::tenants::print_tenants;
+use crate::config::{FileConfig, SandboxSettings, WorkerSettings};
 use crate::job::NewJob;
 use crate::queue::Queue;
 use crate::queue::admin::JobFilter;
+use crate::tenants::SharedTenants;
 use crate::worker::Worker;
 
 /// The database the demo creates afresh on every run.
@@ -53,10 +55,14 @@ pub async fn demo(db: &Database, config: RunConfig) -> anyhow::Result<ExitCode> 
     let url = demo_url(db.options());
     println!("== 1. Fresh database {DEMO_DATABASE}, schema `jobrunner` migrated");
 
-    println!("\n== 2. Enqueue jobs through every door");
+    println!("\n== 2. Tenants: a policy, a refusal, and a backlog");
+    let tenants = tenant_policy(&queue, &config).await?;
+    let executor = executor.with_tenants(tenants);
+
+    println!("\n== 3. Enqueue jobs through every door");
     enqueue_jobs(&queue).await?;
 
-    println!("\n== 3. A runner works the queue (one log line per attempt, on stderr)");
+    println!("\n== 4. A runner works the queue (one log line per attempt, on stderr)");
     let worker = Worker::new(queue.clone(), executor, config.worker).start();
     let finished = tokio::select! {
         result = wait_until_settled(&pool) => { result?; true }
@@ -64,15 +70,17 @@ pub async fn demo(db: &Database, config: RunConfig) -> anyhow::Result<ExitCode> 
     };
     worker.shutdown().await;
 
-    println!("\n== 4. Where every job ended up");
-    let jobs = queue
+    println!("\n== 5. Where every job ended up (the backlog aside)");
+    let mut jobs = queue
         .list_jobs(&JobFilter {
             limit: 100,
             ..JobFilter::default()
         })
         .await?;
+    jobs.retain(|job| job.tenant != BACKLOG_TENANT);
     print_list(&jobs, &crate::retry::RetryPolicy::default());
     print_reminders(&queue).await?;
+    print_fairness(&queue).await?;
     if db.is_private() {
         println!("\nThe private cluster stops now; its data stays for the next command.");
     } else {
@@ -84,6 +92,63 @@ pub async fn demo(db: &Database, config: RunConfig) -> anyhow::Result<ExitCode> 
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The tenant whose backlog the others' jobs overtake.
+const BACKLOG_TENANT: &str = "bulk";
+
+/// Jobs in that backlog.
+const BACKLOG: usize = 2000;
+
+/// The demo's tenant policy, as it would appear in a config file.
+const TENANT_POLICY: &str = r#"
+[tenant_defaults]
+max_running = 20
+[tenants.acme]
+weight = 2
+memory = "96MiB"
+[tenants.bulk]
+job_types = ["echo"]
+"#;
+
+/// Publishes the demo's tenant policy, shows enqueue refusing a type the policy forbids, and
+/// enqueues one tenant's backlog ahead of everything else.
+async fn tenant_policy(queue: &Queue, config: &RunConfig) -> anyhow::Result<SharedTenants> {
+    let file: FileConfig = toml::from_str(TENANT_POLICY).context("the demo's tenant policy")?;
+    let policy = file.tenants(&config.sandbox)?;
+    let tenants = apply_tenants(queue, policy.as_ref(), &config.worker.owner).await?;
+    println!("Policy: {}", TENANT_POLICY.trim().replace('\n', "  "));
+    let refused = NewJob::new("poison", json!({ "do": "trap" })).tenant(BACKLOG_TENANT);
+    if let Err(error) = queue.enqueue(queue.pool(), &refused).await {
+        println!("Refused:           {error}");
+    }
+    let backlog: Vec<NewJob> = (0..BACKLOG)
+        .map(|i| NewJob::new("echo", json!({ "n": i })).tenant(BACKLOG_TENANT))
+        .collect();
+    queue.enqueue_many(queue.pool(), &backlog).await?;
+    println!(
+        "Backlog:           {BACKLOG} echo jobs for tenant {BACKLOG_TENANT}, ahead of every job \
+         below"
+    );
+    Ok(tenants)
+}
+
+/// How acme's reminders fared behind the backlog, and every tenant's counts.
+async fn print_fairness(queue: &Queue) -> anyhow::Result<()> {
+    let overtaken: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobrunner.jobs
+          WHERE tenant = $1
+            AND updated_at > (SELECT max(updated_at) FROM jobrunner.jobs WHERE tenant = 'acme')",
+    )
+    .bind(BACKLOG_TENANT)
+    .fetch_one(queue.pool())
+    .await?;
+    println!(
+        "\nFair claiming: acme's reminders were done while {overtaken} of {BACKLOG_TENANT}'s \
+         {BACKLOG} jobs, enqueued before them, still waited.\n"
+    );
+    print_tenants(&queue.tenant_overview().await?);
+    Ok(())
 }
 
 /// A URL for the demo database, to paste into other commands (password left out).

@@ -123,7 +123,7 @@ pub async fn run(db: &Database, config: RunConfig) -> anyhow::Result<ExitCode> {
 }
 
 /// Publishes this runner's tenant policy, if it has one, and returns the policy in force.
-async fn apply_tenants(
+pub(super) async fn apply_tenants(
     queue: &Queue,
     mine: Option<&Tenants>,
     owner: &str,

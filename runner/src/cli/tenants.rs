@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 
 use super::database::Database;
+use crate::queue::TenantOverview;
 use crate::tenants::TenantPolicy;
 
 /// Flags of `runner tenants`.
@@ -25,6 +26,12 @@ pub async fn tenants(db: &Database, args: TenantsArgs) -> anyhow::Result<ExitCod
         println!("{}", serde_json::to_string_pretty(&tenants)?);
         return Ok(ExitCode::SUCCESS);
     }
+    print_tenants(&tenants);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints one row per tenant: its jobs per state and its limits.
+pub(super) fn print_tenants(tenants: &[TenantOverview]) {
     let header = [
         "TENANT",
         "AVAILABLE",
@@ -66,7 +73,6 @@ pub async fn tenants(db: &Database, args: TenantsArgs) -> anyhow::Result<ExitCod
     } else {
         super::print_table(header, &rows);
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn sandbox_overrides(p: &TenantPolicy) -> String {

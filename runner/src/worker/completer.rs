@@ -32,7 +32,10 @@ pub(super) async fn run<E: Executor>(
         for report in batch.drain(..) {
             shared.inflight.remove(report.ticket);
         }
-        if shared.held_back.load(Ordering::Relaxed) {
+        // Paired with the fetcher's store then load, so a claim held back by max_running
+        // either sees this batch's count or is woken by it.
+        shared.completions.fetch_add(1, Ordering::SeqCst);
+        if shared.held_back.load(Ordering::SeqCst) {
             shared.wake.notify_one();
         }
     }

@@ -34,6 +34,7 @@ pub(super) async fn run<E: Executor>(
             default_max_attempts: shared.config.retry.max_attempts,
             after_tenant: next_tenant.as_deref(),
         };
+        let completions = shared.completions.load(Ordering::SeqCst);
         let claimed = match shared.queue.claim(&request).await {
             Ok(claimed) => claimed,
             Err(error) => {
@@ -48,8 +49,12 @@ pub(super) async fn run<E: Executor>(
             }
         };
         failures = 0;
-        let drained = claimed.jobs.len() < limit && !claimed.more;
-        shared.held_back.store(claimed.held, Ordering::Relaxed);
+        // Held back by max_running, the completer wakes us once a job completes. One that
+        // completed while this claim ran came too early to wake us: look again now.
+        shared.held_back.store(claimed.held, Ordering::SeqCst);
+        let completed_meanwhile = shared.completions.load(Ordering::SeqCst) != completions;
+        let drained =
+            claimed.jobs.len() < limit && !claimed.more && !(claimed.held && completed_meanwhile);
         next_tenant = claimed.next_tenant;
         for job in claimed.jobs {
             let slot = slots

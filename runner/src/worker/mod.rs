@@ -23,7 +23,7 @@ mod maintenance;
 mod wakeup;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
@@ -115,6 +115,9 @@ struct Shared<E> {
     /// The last claim left a tenant's ripe jobs behind because of its max_running: every
     /// recorded outcome may make room, so the completer wakes the fetcher.
     held_back: AtomicBool,
+    /// Outcome batches written so far: a claim that was held back checks whether one landed
+    /// while it ran.
+    completions: AtomicU64,
     /// Stop claiming; requeue what has not started.
     stop: CancellationToken,
     /// Interrupt running jobs and requeue them (the shutdown deadline passed).
@@ -149,6 +152,7 @@ impl<E: Executor> Worker<E> {
             inflight: Arc::default(),
             wake: Arc::default(),
             held_back: AtomicBool::new(false),
+            completions: AtomicU64::new(0),
             stop: CancellationToken::new(),
             abort: CancellationToken::new(),
             config,
