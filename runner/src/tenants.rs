@@ -150,28 +150,19 @@ impl TenantPolicy {
         if !(1..=1000).contains(&weight) {
             return Err(invalid(format!("weight must be 1 to 1000, not {weight}")));
         }
-        check_max(
-            tenant,
-            "memory",
-            s.memory.map(|m| m.as_u64()),
-            sandbox.max_memory,
-            |b| ByteSize(b).to_string(),
-        )?;
-        let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
-        let fmt_ms = |ms: u64| humantime::format_duration(Duration::from_millis(ms)).to_string();
-        check_max(
+        let human = |d: Option<Duration>| d.map(humantime::Duration::from);
+        check_override(tenant, "memory", s.memory, ByteSize(sandbox.max_memory))?;
+        check_override(
             tenant,
             "cpu_budget",
-            ms(s.cpu_budget),
-            millis(sandbox.max_cpu_budget) as u64,
-            fmt_ms,
+            human(s.cpu_budget),
+            sandbox.max_cpu_budget.into(),
         )?;
-        check_max(
+        check_override(
             tenant,
             "timeout",
-            ms(s.timeout),
-            millis(sandbox.max_timeout) as u64,
-            fmt_ms,
+            human(s.timeout),
+            sandbox.max_timeout.into(),
         )?;
         Ok(Self {
             tenant: tenant.to_owned(),
@@ -214,28 +205,22 @@ impl TenantPolicy {
     }
 }
 
-fn check_max(
-    tenant: &str,
-    key: &str,
-    value: Option<u64>,
-    max: u64,
-    show: impl Fn(u64) -> String,
-) -> Result<(), ConfigError> {
-    match value {
-        Some(0) => Err(ConfigError::Invalid {
-            key: "tenants",
-            reason: format!("tenant {tenant:?}: {key} must be positive"),
-        }),
-        Some(value) if value > max => Err(ConfigError::Invalid {
-            key: "tenants",
-            reason: format!(
-                "tenant {tenant:?}: {key} {} is above this runner's max_{key} {}",
-                show(value),
-                show(max)
-            ),
-        }),
-        _ => Ok(()),
-    }
+/// Refuses an override of zero, or one above the runner's `max_<key>`.
+fn check_override<T>(tenant: &str, key: &str, value: Option<T>, max: T) -> Result<(), ConfigError>
+where
+    T: PartialOrd + Default + std::fmt::Display,
+{
+    let reason = match value {
+        Some(value) if value == T::default() => format!("{key} must be positive"),
+        Some(value) if value > max => {
+            format!("{key} {value} is above this runner's max_{key} {max}")
+        }
+        _ => return Ok(()),
+    };
+    Err(ConfigError::Invalid {
+        key: "tenants",
+        reason: format!("tenant {tenant:?}: {reason}"),
+    })
 }
 
 /// Every tenant's policy: the named ones and the defaults for the rest.

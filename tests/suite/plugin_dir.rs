@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use runner::plugins::{ArtifactCache, Loader, PluginDir, Policy};
-use runner::queue::admin::JobRecord;
 use runner::retry::Backoff;
 use runner::{
     Executor, Job, JobState, Limits, NewJob, Queue, RetryPolicy, Sandbox, SandboxConfig, Unique,
@@ -16,7 +15,7 @@ use runner::{
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::support::{TestDb, eventually};
+use crate::support::{TestDb, eventually, settled};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -186,14 +185,6 @@ async fn enqueue(queue: &Queue, job_type: &str, tenant: &str, payload: Value) ->
         .tenant(tenant)
         .unique(Unique::Off);
     queue.enqueue(queue.pool(), &job).await.unwrap().id
-}
-
-async fn settled(queue: &Queue, id: i64, state: JobState) -> JobRecord {
-    eventually(&format!("job {id} to be {state}"), WAIT, || async {
-        let job = queue.job(id).await.unwrap();
-        (job.state == state).then_some(job)
-    })
-    .await
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use crate::support::live::Live;
 use crate::support::process::run_cli;
-use crate::support::{TestDb, eventually, plugins};
+use crate::support::{TestDb, eventually, plugins, settled};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -412,14 +412,6 @@ async fn wasm_worker(queue: &Queue, job_types: &[&str], limits: Limits) -> Worke
         ..WorkerConfig::default()
     };
     Worker::new(queue.clone(), executor, config).start()
-}
-
-async fn settled(queue: &Queue, id: i64, state: JobState) -> runner::queue::admin::JobRecord {
-    eventually(&format!("job {id} to be {state}"), WAIT, || async {
-        let job = queue.job(id).await.unwrap();
-        (job.state == state).then_some(job)
-    })
-    .await
 }
 
 /// Through the binary: a runner publishes its config's policy, enqueue refuses what it

@@ -8,6 +8,9 @@ pub mod process;
 use std::future::Future;
 use std::time::Duration;
 
+use runner::queue::admin::JobRecord;
+use runner::{JobState, Queue};
+
 pub use db::TestDb;
 
 /// Polls `check` until it yields a value, failing the test with `what` after `deadline`.
@@ -37,4 +40,17 @@ pub async fn state_of(db: &TestDb, id: i64) -> String {
         .fetch_one(&db.pool)
         .await
         .expect("job exists")
+}
+
+/// Waits up to a minute for job `id` to be in `state`, and returns it.
+pub async fn settled(queue: &Queue, id: i64, state: JobState) -> JobRecord {
+    eventually(
+        &format!("job {id} to be {state}"),
+        Duration::from_secs(60),
+        || async {
+            let job = queue.job(id).await.unwrap();
+            (job.state == state).then_some(job)
+        },
+    )
+    .await
 }
