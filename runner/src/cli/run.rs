@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio_util::task::AbortOnDropHandle;
 
 use super::database::Database;
 use crate::config::{ConfigError, FileConfig, SandboxSettings, WorkerSettings};
@@ -84,7 +85,7 @@ pub async fn run(db: &Database, config: RunConfig) -> anyhow::Result<ExitCode> {
     let queue = db.queue();
     queue.migrate().await?;
     let tenants = apply_tenants(&queue, config.tenants.as_ref(), &config.worker.owner).await?;
-    let _following = AbortOnDrop(tenants::follow(queue.clone(), Arc::clone(&tenants)));
+    let _following = AbortOnDropHandle::new(tenants::follow(queue.clone(), Arc::clone(&tenants)));
     let executor = executor.with_tenants(tenants);
     let worker = config.worker;
     tracing::info!(
@@ -143,15 +144,6 @@ pub(super) async fn apply_tenants(
         .await
         .context("cannot read the tenant policy")?;
     Ok(Arc::new(ArcSwap::from_pointee(current)))
-}
-
-/// Aborts a background task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Builds the sandbox and loads every plugin in the configured directory (from the artifact
