@@ -110,13 +110,14 @@ impl FileConfig {
 #[derive(Debug, Clone, Default, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
-    /// Jobs running at once [default: 50]
+    /// Jobs running at once [default: 100]
     #[arg(long)]
     pub concurrency: Option<usize>,
-    /// Jobs claimed ahead of free executors, to hide claim latency for short jobs [default: 0]
+    /// Most jobs claimed ahead of free executors, to hide claim latency for short jobs; the
+    /// runner uses what its executors will start within 5 ms at recent job times [default: 2000]
     #[arg(long)]
     pub prefetch: Option<usize>,
-    /// Most jobs claimed per statement [default: 100]
+    /// Most jobs claimed per statement [default: 500]
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// How often an idle runner polls when no notification arrives [default: 1s]

@@ -242,15 +242,12 @@ async fn sigterm_drains_and_a_second_signal_exits_at_once() {
     let url = db.url();
     let (_, id, _) = run_cli(&url, &["enqueue", "sleep", "--payload", r#"{"ms": 600}"#]).await;
     let mut command = runner(&["run"]);
-    command.env("DATABASE_URL", &url);
+    command
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "info,jobrunner::attempt=debug");
     let mut process = Process::spawn(command);
-    eventually("the job to start", WAIT, || async {
-        let running: i64 = db
-            .scalar("SELECT count(*) FROM jobrunner.jobs WHERE state = 'running'")
-            .await;
-        (running == 1).then_some(())
-    })
-    .await;
+    // Started, not just claimed: a claimed job that has not started goes back at once.
+    process.wait_for_output("job started", WAIT).await;
     process.signal(Signal::SIGTERM);
     let status = process.exit(WAIT).await;
     assert!(
@@ -267,15 +264,11 @@ async fn sigterm_drains_and_a_second_signal_exits_at_once() {
 
     run_cli(&url, &["enqueue", "sleep", "--payload", r#"{"ms": 60000}"#]).await;
     let mut command = runner(&["run"]);
-    command.env("DATABASE_URL", &url);
+    command
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "info,jobrunner::attempt=debug");
     let mut process = Process::spawn(command);
-    eventually("the long job to start", WAIT, || async {
-        let running: i64 = db
-            .scalar("SELECT count(*) FROM jobrunner.jobs WHERE state = 'running'")
-            .await;
-        (running == 1).then_some(())
-    })
-    .await;
+    process.wait_for_output("job started", WAIT).await;
     process.signal(Signal::SIGTERM);
     process.wait_for_output("shutting down", WAIT).await;
     let second = Instant::now();

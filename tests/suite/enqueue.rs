@@ -279,3 +279,36 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
         .await;
     assert!(applied >= 1);
 }
+
+#[tokio::test]
+async fn a_bulk_enqueue_without_unique_keys_returns_each_jobs_id_in_order() {
+    let db = TestDb::new().await;
+    let queue = db.queue();
+    let jobs: Vec<NewJob> = (0..2000)
+        .map(|n| NewJob::new("bulk", json!({ "n": n })).unique(Unique::Off))
+        .collect();
+    let enqueued = queue.enqueue_many(&db.pool, &jobs).await.unwrap();
+    assert_eq!(enqueued.len(), jobs.len());
+    let stored: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT id, (payload->>'n')::bigint FROM jobrunner.jobs WHERE job_type = 'bulk'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let n_of: std::collections::HashMap<i64, i64> = stored.into_iter().collect();
+    for (n, job) in enqueued.iter().enumerate() {
+        assert!(job.inserted);
+        assert_eq!(n_of[&job.id], n as i64, "job {n} got the id of another job");
+    }
+
+    // Deduplicated by payload (the other path): a second enqueue finds every job pending.
+    let keyed: Vec<NewJob> = (0..2000)
+        .map(|n| NewJob::new("keyed", json!({ "n": n })))
+        .collect();
+    let first = queue.enqueue_many(&db.pool, &keyed).await.unwrap();
+    let second = queue.enqueue_many(&db.pool, &keyed).await.unwrap();
+    assert!(first.iter().all(|e| e.inserted));
+    assert!(second.iter().all(|e| !e.inserted));
+    let ids = |e: &[runner::queue::Enqueued]| e.iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(ids(&first), ids(&second));
+}

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod bench;
 mod claim;
 mod cli;
 mod conformance;

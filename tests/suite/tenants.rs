@@ -501,3 +501,35 @@ async fn runner_tenants_shows_counts_and_limits_from_the_published_policy() {
     assert_eq!(listed.lines().filter(|l| l.contains("echo")).count(), 1);
     live.stop().await;
 }
+
+#[tokio::test]
+async fn limits_published_after_a_fast_claim_hold_at_once() {
+    let db = TestDb::new().await;
+    let queue = db.queue();
+    enqueue(&queue, "t", "capped", 10).await;
+    let types = [ClaimType::from("t")];
+    // No limits yet: the claim takes the fast path.
+    assert_eq!(
+        queue
+            .claim(&request(&types, 1, None))
+            .await
+            .unwrap()
+            .jobs
+            .len(),
+        1
+    );
+
+    publish(&queue, "[tenants.capped]\nmax_running = 2").await;
+    let claimed = queue.claim(&request(&types, 10, None)).await.unwrap();
+    assert_eq!(
+        claimed.jobs.len(),
+        1,
+        "one running already: room for one more"
+    );
+    assert!(claimed.held);
+    let again = db.queue().claim(&request(&types, 10, None)).await.unwrap();
+    assert!(
+        again.jobs.is_empty(),
+        "a new queue handle sees the limit too"
+    );
+}

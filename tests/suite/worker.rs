@@ -104,14 +104,16 @@ async fn the_listener_recovers_when_its_connection_is_killed() {
 
 /// Handlers whose `gated` jobs announce their start, then wait for a gate permit.
 fn gated(started: mpsc::UnboundedSender<i64>, gate: Arc<Semaphore>) -> Handlers {
-    Handlers::new().on("gated", move |job| {
-        let (started, gate) = (started.clone(), gate.clone());
-        async move {
-            let _ = started.send(job.id);
-            let _permit = gate.acquire().await.unwrap();
-            Ok(None)
-        }
-    })
+    Handlers::new()
+        .on("gated", move |job| {
+            let (started, gate) = (started.clone(), gate.clone());
+            async move {
+                let _ = started.send(job.id);
+                let _permit = gate.acquire().await.unwrap();
+                Ok(None)
+            }
+        })
+        .on("quick", |_| async { Ok(None) })
 }
 
 #[tokio::test]
@@ -125,6 +127,14 @@ async fn shutdown_requeues_unstarted_jobs_and_lets_running_ones_finish() {
         ..notify_only()
     };
     let worker = Worker::new(db.queue(), gated(tx, gate.clone()), config).start();
+    // A runner prefetches only while jobs are short: show it short ones first.
+    let quick: Vec<NewJob> = (0..200).map(|i| NewJob::new("quick", json!(i))).collect();
+    db.queue().enqueue_many(&db.pool, &quick).await.unwrap();
+    eventually("the quick jobs to finish", WAIT, || async {
+        let left: i64 = db.scalar("SELECT count(*) FROM jobrunner.jobs").await;
+        (left == 0).then_some(())
+    })
+    .await;
     let jobs: Vec<NewJob> = (0..5).map(|i| NewJob::new("gated", json!(i))).collect();
     db.queue().enqueue_many(&db.pool, &jobs).await.unwrap();
 
@@ -259,4 +269,36 @@ async fn a_runner_that_loses_its_lease_abandons_the_attempt() {
         (record.state, record.lease_owner.as_deref()),
         (JobState::Running, Some("other"))
     );
+}
+
+#[tokio::test]
+async fn a_runner_does_not_hoard_long_jobs_it_cannot_start() {
+    let db = TestDb::new().await;
+    let jobs: Vec<NewJob> = (0..10).map(|i| NewJob::new("gated", json!(i))).collect();
+    db.queue().enqueue_many(&db.pool, &jobs).await.unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let config = WorkerConfig {
+        concurrency: 2,
+        prefetch: 100,
+        batch_size: 50,
+        ..WorkerConfig::default()
+    };
+    let (a_tx, mut a_started) = mpsc::unbounded_channel();
+    let a = Worker::new(db.queue(), gated(a_tx, gate.clone()), config.clone()).start();
+    for _ in 0..2 {
+        tokio::time::timeout(WAIT, a_started.recv()).await.unwrap();
+    }
+    // A runs two jobs that do not finish. Had it claimed the eight others to wait for its
+    // executors, B would find nothing to run.
+    let (b_tx, mut b_started) = mpsc::unbounded_channel();
+    let b = Worker::new(db.queue(), gated(b_tx, gate.clone()), config).start();
+    for _ in 0..2 {
+        tokio::time::timeout(WAIT, b_started.recv())
+            .await
+            .expect("the second runner finds jobs the first one cannot start yet");
+    }
+    assert_eq!(a.in_flight(), 2);
+    gate.add_permits(10);
+    a.shutdown().await;
+    b.shutdown().await;
 }

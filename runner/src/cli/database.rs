@@ -76,6 +76,31 @@ impl Database {
         &self.options
     }
 
+    /// Drops database `name` on the same server if it exists, creates it empty, and connects
+    /// to it with a pool of `connections`.
+    pub async fn fresh_database(&self, name: &str, connections: u32) -> anyhow::Result<PgPool> {
+        self.drop_database(name).await?;
+        self.admin(&format!("CREATE DATABASE {name}")).await?;
+        Ok(PgPoolOptions::new()
+            .max_connections(connections)
+            .connect_with(self.options.clone().database(name))
+            .await?)
+    }
+
+    /// Drops database `name` on the same server, closing its connections.
+    pub async fn drop_database(&self, name: &str) -> anyhow::Result<()> {
+        self.admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await
+    }
+
+    async fn admin(&self, statement: &str) -> anyhow::Result<()> {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&self.pool)
+            .await
+            .with_context(|| format!("{statement} failed"))?;
+        Ok(())
+    }
+
     /// Closes the pool and stops the private cluster if we started it.
     pub async fn close(self) {
         self.pool.close().await;

@@ -7,7 +7,6 @@ use anyhow::Context;
 use serde_json::json;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
-use sqlx::postgres::PgPoolOptions;
 
 use super::database::Database;
 use super::jobs::print_list;
@@ -49,7 +48,10 @@ pub fn with_demo_defaults(args: RunArgs) -> RunArgs {
 pub async fn demo(db: &Database, config: RunConfig) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::new()?;
     let (_dir, executor) = load_plugins(&config).await?;
-    let pool = fresh_database(db).await?;
+    let pool = db
+        .fresh_database(DEMO_DATABASE, 10)
+        .await
+        .with_context(|| format!("the demo needs to (re)create database {DEMO_DATABASE}"))?;
     let queue = Queue::new(pool.clone());
     queue.migrate().await?;
     let url = demo_url(db.options());
@@ -160,28 +162,6 @@ fn demo_url(options: &PgConnectOptions) -> String {
         options.get_username(),
         options.get_port()
     )
-}
-
-/// Drops and recreates the demo database on the same server, and connects to it.
-async fn fresh_database(db: &Database) -> anyhow::Result<PgPool> {
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(db.options().clone())
-        .await?;
-    for statement in [
-        format!("DROP DATABASE IF EXISTS {DEMO_DATABASE} WITH (FORCE)"),
-        format!("CREATE DATABASE {DEMO_DATABASE}"),
-    ] {
-        sqlx::query(sqlx::AssertSqlSafe(statement))
-            .execute(&admin)
-            .await
-            .with_context(|| format!("the demo needs to (re)create database {DEMO_DATABASE}"))?;
-    }
-    admin.close().await;
-    Ok(PgPoolOptions::new()
-        .max_connections(10)
-        .connect_with(db.options().clone().database(DEMO_DATABASE))
-        .await?)
 }
 
 async fn enqueue_jobs(queue: &Queue) -> anyhow::Result<()> {

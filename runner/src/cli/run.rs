@@ -58,7 +58,7 @@ impl RunArgs {
 }
 
 /// Everything `runner run` needs, checked.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RunConfig {
     /// The plugin directory.
     pub plugins: PathBuf,

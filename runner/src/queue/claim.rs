@@ -2,7 +2,9 @@
 //! ripe jobs, locks their jobs with `FOR UPDATE SKIP LOCKED`, marks them running under a lease
 //! and returns them, with what the claimer needs to know for its next claim.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
@@ -68,9 +70,9 @@ pub struct Claimed {
     pub next_tenant: Option<String>,
 }
 
-/// A row of `jobrunner.claim`: a job, or (id NULL) the closing status row.
+/// The job columns of a claim's rows; all NULL in its closing status row.
 #[derive(sqlx::FromRow)]
-struct ClaimedRow {
+struct JobColumns {
     id: Option<i64>,
     job_type: Option<String>,
     tenant: Option<String>,
@@ -80,13 +82,9 @@ struct ClaimedRow {
     max_attempts: Option<i32>,
     run_at: Option<DateTime<Utc>>,
     created_at: Option<DateTime<Utc>>,
-    more: Option<bool>,
-    wait_ms: Option<i64>,
-    held: Option<bool>,
-    next_tenant: Option<String>,
 }
 
-impl ClaimedRow {
+impl JobColumns {
     fn into_job(self) -> Option<Job> {
         Some(Job {
             id: self.id?,
@@ -102,19 +100,162 @@ impl ClaimedRow {
     }
 }
 
+/// A row of `jobrunner.claim`: a job, or (id NULL) the closing status row.
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    #[sqlx(flatten)]
+    job: JobColumns,
+    more: Option<bool>,
+    wait_ms: Option<i64>,
+    held: Option<bool>,
+    next_tenant: Option<String>,
+}
+
+/// A row of `jobrunner.claim_unlimited`: a job, or (id NULL) the closing status row.
+#[derive(sqlx::FromRow)]
+struct FastRow {
+    #[sqlx(flatten)]
+    job: JobColumns,
+    tenants: Option<i32>,
+    last_tenant: Option<String>,
+    limited: Option<bool>,
+}
+
+/// What `jobrunner.claim_unlimited` returned: the jobs, and what its walk saw.
+#[derive(Debug, Default)]
+struct FastClaim {
+    jobs: Vec<Job>,
+    /// Ripe tenants seen, at most the claim's limit.
+    tenants: usize,
+    /// The last of them.
+    last_tenant: Option<String>,
+}
+
+impl FastClaim {
+    /// The claim as `jobrunner.claim` would report it: claim again at once if ripe tenants
+    /// may be left unseen (or were skipped by starting after `after_tenant`), or if a tenant
+    /// used up its share and may have more.
+    fn into_claimed(mut self, limit: usize, after_tenant: Option<&str>) -> Claimed {
+        let share = if self.tenants >= limit || after_tenant.is_some() {
+            1
+        } else {
+            limit / self.tenants.max(1)
+        };
+        let mut per_tenant: HashMap<&str, usize> = HashMap::new();
+        for job in &self.jobs {
+            *per_tenant.entry(job.tenant.as_str()).or_default() += 1;
+        }
+        let share_used = per_tenant.values().any(|&got| got == share && got < limit);
+        let next_tenant = self.last_tenant.filter(|_| self.tenants >= limit);
+        let unseen = next_tenant.is_some() || after_tenant.is_some();
+        self.jobs
+            .sort_by_key(|job| (job.priority, job.run_at, job.id));
+        Claimed {
+            more: (unseen && !self.jobs.is_empty()) || share_used,
+            next_tenant,
+            jobs: self.jobs,
+            ..Claimed::default()
+        }
+    }
+}
+
+/// How long a runner that found tenant limits in the policy uses the full claim before it
+/// looks again whether the fast one would do.
+const LIMITS_RECHECK: Duration = Duration::from_secs(5);
+
+/// Which claim the queue uses: the full one while the published policy has tenant limits.
+#[derive(Debug, Default)]
+pub(super) struct ClaimPath {
+    full_until: Mutex<Option<Instant>>,
+}
+
+impl ClaimPath {
+    fn fast_allowed(&self) -> bool {
+        let full_until = self.full_until.lock().expect("claim path lock");
+        full_until.is_none_or(|until| Instant::now() >= until)
+    }
+
+    fn found_limits(&self) {
+        *self.full_until.lock().expect("claim path lock") = Some(Instant::now() + LIMITS_RECHECK);
+    }
+}
+
 impl Queue {
     /// Claims up to `request.limit` ripe jobs, shared fairly among the tenants that have
     /// some (by their weights), most urgent first within each tenant (priority, run_at, id).
     /// Each claimed job is running, leased to `request.owner`, and its attempt is counted.
     /// Jobs locked by a concurrent claimer are skipped, never claimed twice. Tenants' policies
     /// (max_running, rate) and types' concurrency limits hold across every runner sharing
-    /// the database. One round trip: see `jobrunner.claim` in the migrations.
+    /// the database. One round trip: see `jobrunner.claim` in the migrations, and
+    /// `jobrunner.claim_unlimited` for claims that no limit applies to.
     pub async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claimed> {
         if request.limit == 0 || request.job_types.is_empty() {
             return Ok(Claimed::default());
         }
+        let capped = request.job_types.iter().any(|t| t.concurrency.is_some());
+        if !capped && self.claim_path.fast_allowed() {
+            if let Some(claimed) = self.claim_fast(request).await? {
+                return Ok(claimed);
+            }
+            self.claim_path.found_limits();
+        }
+        self.claim_full(request).await
+    }
+
+    /// `jobrunner.claim_unlimited`; `None` if tenant limits apply (nothing was claimed).
+    async fn claim_fast(&self, request: &ClaimRequest<'_>) -> Result<Option<Claimed>> {
+        let Some(walk) = self.claim_unlimited(request, request.after_tenant).await? else {
+            return Ok(None);
+        };
+        if walk.tenants > 0 || request.after_tenant.is_none() {
+            return Ok(Some(walk.into_claimed(request.limit, request.after_tenant)));
+        }
+        // The turn through the tenants after `after_tenant` is over: the next starts from the
+        // first tenant.
+        let walk = self.claim_unlimited(request, None).await?;
+        Ok(walk.map(|walk| walk.into_claimed(request.limit, None)))
+    }
+
+    async fn claim_unlimited(
+        &self,
+        request: &ClaimRequest<'_>,
+        after_tenant: Option<&str>,
+    ) -> Result<Option<FastClaim>> {
         let now = self.now();
-        let int = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+        let types = request.job_types;
+        let names: Vec<&str> = types.iter().map(|t| t.job_type.as_str()).collect();
+        let max_attempts: Vec<Option<i32>> =
+            types.iter().map(|t| t.max_attempts.map(int)).collect();
+        let rows: Vec<FastRow> = sqlx::query_as(
+            "SELECT * FROM jobrunner.claim_unlimited($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(now)
+        .bind(request.owner)
+        .bind(later(now, request.lease))
+        .bind(names)
+        .bind(max_attempts)
+        .bind(int(request.default_max_attempts))
+        .bind(i32::try_from(request.limit).unwrap_or(i32::MAX))
+        .bind(after_tenant.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claim = FastClaim::default();
+        for row in rows {
+            if row.job.id.is_some() {
+                claim.jobs.extend(row.job.into_job());
+            } else if row.limited == Some(true) {
+                return Ok(None);
+            } else {
+                claim.tenants = count(row.tenants.unwrap_or_default()) as usize;
+                claim.last_tenant = row.last_tenant;
+            }
+        }
+        Ok(Some(claim))
+    }
+
+    /// The full claim, `jobrunner.claim`: tenant limits, weights and type caps.
+    async fn claim_full(&self, request: &ClaimRequest<'_>) -> Result<Claimed> {
+        let now = self.now();
         let types = request.job_types;
         let names: Vec<&str> = types.iter().map(|t| t.job_type.as_str()).collect();
         let max_attempts: Vec<Option<i32>> =
@@ -135,8 +276,8 @@ impl Queue {
                 .await?;
         let mut claimed = Claimed::default();
         for row in rows {
-            if row.id.is_some() {
-                claimed.jobs.extend(row.into_job());
+            if row.job.id.is_some() {
+                claimed.jobs.extend(row.job.into_job());
             } else {
                 claimed.more = row.more.unwrap_or_default();
                 claimed.held = row.held.unwrap_or_default();
@@ -152,4 +293,8 @@ impl Queue {
             .sort_by_key(|job| (job.priority, job.run_at, job.id));
         Ok(claimed)
     }
+}
+
+fn int(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }

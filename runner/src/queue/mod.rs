@@ -105,6 +105,7 @@ pub type Result<T, E = QueueError> = std::result::Result<T, E>;
 pub struct Queue {
     pool: PgPool,
     clock: Arc<dyn Clock>,
+    claim_path: Arc<claim::ClaimPath>,
 }
 
 impl Queue {
@@ -115,7 +116,11 @@ impl Queue {
 
     /// A queue on `pool` using `clock` for every timestamp it reads or writes.
     pub fn with_clock(pool: PgPool, clock: Arc<dyn Clock>) -> Self {
-        Self { pool, clock }
+        Self {
+            pool,
+            clock,
+            claim_path: Arc::default(),
+        }
     }
 
     /// The connection pool.

@@ -46,11 +46,17 @@ pub(super) async fn run<E: Executor>(
             Duration::ZERO,
         ),
         Some(_running) => {
+            tracing::debug!(
+                target: "jobrunner::attempt", job_id = job.id, job_type = %job.job_type,
+                tenant = %job.tenant, attempt = job.attempt, "job started"
+            );
             let started = Instant::now();
             let Some((outcome, plugin_sha256)) = execute(&shared, &job, ticket).await else {
                 return;
             };
-            (outcome, plugin_sha256, started.elapsed())
+            let took = started.elapsed();
+            shared.prefetch.record(took);
+            (outcome, plugin_sha256, took)
         }
     };
     let report = Report {
@@ -70,6 +76,7 @@ pub(super) async fn run<E: Executor>(
         tracing::error!(job_id = job.id, "outcome lost: the completer is gone");
     }
     drop(slot);
+    shared.slot_freed.notify_one();
 }
 
 /// Runs the executor until it finishes, the shutdown deadline interrupts it, or the lease is

@@ -52,6 +52,9 @@ async fn write<E: Executor>(shared: &Shared<E>, batch: &[Report], give_up: &Canc
             .await
         {
             Ok(applied) => {
+                if shared.recorded.receiver_count() > 0 {
+                    let _ = shared.recorded.send(applied.as_slice().into());
+                }
                 let applied: std::collections::HashSet<i64> = applied.into_iter().collect();
                 for report in batch {
                     log_outcome(

@@ -15,6 +15,10 @@ use super::{Shared, retry_delay, sleep_or_stop};
 use crate::executor::Executor;
 use crate::queue::ClaimRequest;
 
+/// Claim loops per worker. A claim of a full batch takes milliseconds; with two loops one
+/// claims while the other's jobs start, and a busy runner drained a quarter faster.
+pub(super) const CLAIMERS: usize = 2;
+
 /// Claims until `shared.stop` fires. Claimed jobs run as tasks on `tracker`.
 pub(super) async fn run<E: Executor>(
     shared: Arc<Shared<E>>,
@@ -82,30 +86,47 @@ pub(super) async fn run<E: Executor>(
 /// runner claims at once.
 const GATHER: Duration = Duration::from_millis(1);
 
-/// Waits for at least one free slot and takes up to a batch of them; `None` once stopping.
+/// Waits for at least one free slot within the prefetch allowance and takes up to a batch of
+/// them; `None` once stopping.
 async fn free_slots<E>(shared: &Shared<E>) -> Option<OwnedSemaphorePermit> {
-    let mut slots = tokio::select! {
-        biased;
-        _ = shared.stop.cancelled() => return None,
-        permit = shared.slots.clone().acquire_owned() => permit.ok()?,
-    };
-    let batch = shared.config.batch_size;
-    let capacity = shared.config.concurrency + shared.config.prefetch;
-    if shared.slots.available_permits() + 1 < batch.min(capacity) / 4
-        && sleep_or_stop(&shared.stop, GATHER).await
-    {
-        return None;
+    let config = &shared.config;
+    let capacity = config.concurrency.max(1) + config.prefetch;
+    loop {
+        let mut slots = tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => return None,
+            permit = shared.slots.clone().acquire_owned() => permit.ok()?,
+        };
+        let allowed = config.concurrency.max(1) + shared.prefetch.allowance();
+        let held = capacity - shared.slots.available_permits();
+        if held > allowed {
+            // Claimed jobs already wait for executors as long as they should.
+            drop(slots);
+            tokio::select! {
+                biased;
+                _ = shared.stop.cancelled() => return None,
+                _ = shared.slot_freed.notified() => continue,
+            }
+        }
+        let free = |shared: &Shared<E>| {
+            let held = capacity - shared.slots.available_permits();
+            allowed
+                .saturating_sub(held)
+                .min(config.batch_size.saturating_sub(1))
+        };
+        if free(shared) + 1 < config.batch_size.min(allowed) / 4
+            && sleep_or_stop(&shared.stop, GATHER).await
+        {
+            return None;
+        }
+        let more = free(shared);
+        if more > 0
+            && let Ok(extra) = shared.slots.clone().try_acquire_many_owned(more as u32)
+        {
+            slots.merge(extra);
+        }
+        return Some(slots);
     }
-    let more = shared
-        .slots
-        .available_permits()
-        .min(batch.saturating_sub(1));
-    if more > 0
-        && let Ok(extra) = shared.slots.clone().try_acquire_many_owned(more as u32)
-    {
-        slots.merge(extra);
-    }
-    Some(slots)
 }
 
 /// The queue looked empty: sleep until a notification (or a completion, while a tenant is held

@@ -20,13 +20,14 @@ mod completer;
 mod fetcher;
 mod inflight;
 mod maintenance;
+mod prefetch;
 mod wakeup;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -45,7 +46,9 @@ pub struct WorkerConfig {
     pub owner: String,
     /// Jobs running at once.
     pub concurrency: usize,
-    /// Jobs claimed beyond `concurrency`, waiting locally for a free executor.
+    /// Most jobs claimed beyond `concurrency`, waiting locally for a free executor. The worker
+    /// uses as many as its executors are expected to start within a few milliseconds, judged
+    /// from recent job times: all of them for microsecond jobs, none for long ones.
     pub prefetch: usize,
     /// Most jobs claimed in one statement.
     pub batch_size: usize,
@@ -67,9 +70,9 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             owner: default_owner(),
-            concurrency: 50,
-            prefetch: 0,
-            batch_size: 100,
+            concurrency: 100,
+            prefetch: 2000,
+            batch_size: 500,
             poll_interval: Duration::from_secs(1),
             // A killed runner's jobs are back within lease + rescue interval + backoff + poll:
             // 5 + 1 + 1 + 1 seconds, inside the 10 s the design promises.
@@ -109,6 +112,10 @@ struct Shared<E> {
     slots: Arc<Semaphore>,
     /// Running jobs: concurrency permits.
     exec: Arc<Semaphore>,
+    /// How many of the prefetch slots may be used now.
+    prefetch: prefetch::Prefetch,
+    /// A job gave back its slot.
+    slot_freed: Notify,
     /// A notification arrived (or the listener reconnected, or the executor's job types
     /// changed): look for ripe jobs now.
     wake: Arc<Notify>,
@@ -118,11 +125,16 @@ struct Shared<E> {
     /// Outcome batches written so far: a claim that was held back checks whether one landed
     /// while it ran.
     completions: AtomicU64,
+    /// The ids of each batch of outcomes just committed, for whoever subscribed.
+    recorded: broadcast::Sender<Arc<[i64]>>,
     /// Stop claiming; requeue what has not started.
     stop: CancellationToken,
     /// Interrupt running jobs and requeue them (the shutdown deadline passed).
     abort: CancellationToken,
 }
+
+/// Committed outcome batches kept for a slow [`WorkerHandle::subscribe_recorded`] receiver.
+pub const RECORDED_BACKLOG: usize = 1024;
 
 /// A worker, ready to start.
 pub struct Worker<E> {
@@ -149,10 +161,13 @@ impl<E: Executor> Worker<E> {
             executor: self.executor,
             slots: Arc::new(Semaphore::new(config.concurrency.max(1) + config.prefetch)),
             exec: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            prefetch: prefetch::Prefetch::new(config.concurrency.max(1), config.prefetch),
+            slot_freed: Notify::new(),
             inflight: Arc::default(),
             wake: Arc::default(),
             held_back: AtomicBool::new(false),
             completions: AtomicU64::new(0),
+            recorded: broadcast::Sender::new(RECORDED_BACKLOG),
             stop: CancellationToken::new(),
             abort: CancellationToken::new(),
             config,
@@ -165,7 +180,16 @@ impl<E: Executor> Worker<E> {
         let flush_deadline = CancellationToken::new();
         let heartbeat_stop = CancellationToken::new();
 
-        let fetcher = tokio::spawn(fetcher::run(shared.clone(), report_tx, tracker.clone()));
+        let fetchers = (0..fetcher::CLAIMERS)
+            .map(|_| {
+                tokio::spawn(fetcher::run(
+                    shared.clone(),
+                    report_tx.clone(),
+                    tracker.clone(),
+                ))
+            })
+            .collect();
+        drop(report_tx);
         let completer = tokio::spawn(completer::run(
             shared.clone(),
             report_rx,
@@ -188,9 +212,10 @@ impl<E: Executor> Worker<E> {
             },
             shutdown_timeout: shared.config.shutdown_timeout,
             wake: Waker(Arc::clone(&shared.wake)),
+            recorded: shared.recorded.clone(),
             inflight: shared.inflight.clone(),
             tracker,
-            fetcher,
+            fetchers,
             completer,
             flush_deadline,
             heartbeat,
@@ -222,9 +247,10 @@ pub struct WorkerHandle {
     control: Control,
     shutdown_timeout: Duration,
     wake: Waker,
+    recorded: broadcast::Sender<Arc<[i64]>>,
     inflight: Arc<InFlight>,
     tracker: TaskTracker,
-    fetcher: JoinHandle<()>,
+    fetchers: Vec<JoinHandle<()>>,
     completer: JoinHandle<()>,
     flush_deadline: CancellationToken,
     heartbeat: JoinHandle<()>,
@@ -246,6 +272,13 @@ impl WorkerHandle {
         self.wake.clone()
     }
 
+    /// The ids of the jobs whose outcome this worker records from now on, one message per
+    /// committed batch (fenced-off outcomes left out). A receiver that falls more than
+    /// [`RECORDED_BACKLOG`] batches behind loses the oldest.
+    pub fn subscribe_recorded(&self) -> broadcast::Receiver<Arc<[i64]>> {
+        self.recorded.subscribe()
+    }
+
     /// Jobs claimed by this worker whose outcome is not yet recorded.
     pub fn in_flight(&self) -> usize {
         self.inflight.len()
@@ -259,7 +292,9 @@ impl WorkerHandle {
     pub async fn shutdown(self) {
         let timeout = self.shutdown_timeout;
         self.control.stop.cancel();
-        let _ = self.fetcher.await;
+        for fetcher in self.fetchers {
+            let _ = fetcher.await;
+        }
         self.tracker.close();
         if tokio::time::timeout(timeout, self.tracker.wait())
             .await

@@ -1,0 +1,99 @@
+//! Phase 3: on an idle queue, one job at a time, from the enqueue's commit to the sandbox call
+//! (start) and to the outcome's commit (done).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+
+use super::stats::Percentiles;
+use super::{Bench, payload};
+use crate::executor::{Execution, Executor, WasmExecutor};
+use crate::job::{Job, NewJob, Unique};
+use crate::queue::{ClaimType, Queue};
+use crate::worker::{Worker, WorkerConfig};
+
+/// Unmeasured jobs first: connections, caches and the instance pool warm up.
+const WARM_UP: usize = 20;
+
+/// How long one sample may take before the benchmark gives up.
+const SAMPLE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A [`WasmExecutor`] that says when each job reaches it.
+struct Probe {
+    inner: WasmExecutor,
+    started: mpsc::UnboundedSender<(i64, Instant)>,
+}
+
+impl Executor for Probe {
+    fn job_types(&self) -> Arc<[ClaimType]> {
+        self.inner.job_types()
+    }
+
+    async fn execute(&self, job: &Job) -> Execution {
+        let _ = self.started.send((job.id, Instant::now()));
+        self.inner.execute(job).await
+    }
+}
+
+/// Times `bench.latency_samples` jobs; returns the start and done percentiles.
+pub(super) async fn run(
+    bench: &Bench,
+    queue: &Queue,
+    executor: WasmExecutor,
+    config: &WorkerConfig,
+) -> anyhow::Result<(Percentiles, Percentiles)> {
+    // What an idle queue looks like once (auto)vacuum has been by: the drain's dead rows and
+    // index entries gone.
+    sqlx::query("VACUUM jobrunner.jobs")
+        .execute(queue.pool())
+        .await
+        .context("cannot vacuum the jobs table")?;
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let probe = Probe {
+        inner: executor,
+        started: started_tx,
+    };
+    let worker = Worker::new(queue.clone(), probe, config.clone()).start();
+    let mut recorded = worker.subscribe_recorded();
+    worker.listening().await;
+    let (mut starts, mut dones) = (Vec::new(), Vec::new());
+    for n in 0..WARM_UP + bench.latency_samples {
+        let job = NewJob::new(&bench.job_type, payload(n)).unique(Unique::Off);
+        let id = queue.enqueue(queue.pool(), &job).await?.id;
+        let committed = Instant::now();
+        let sample = async {
+            let start = loop {
+                match started.recv().await {
+                    Some((started_id, at)) if started_id == id => break at,
+                    Some(_) => continue,
+                    None => anyhow::bail!("the worker stopped"),
+                }
+            };
+            loop {
+                let ids = recorded.recv().await.context("the worker stopped")?;
+                if ids.contains(&id) {
+                    return Ok((start, Instant::now()));
+                }
+            }
+        };
+        let (start, done) = tokio::time::timeout(SAMPLE_DEADLINE, sample)
+            .await
+            .with_context(|| format!("job {id} did not finish within {SAMPLE_DEADLINE:?}"))??;
+        if n >= WARM_UP {
+            starts.push(start.saturating_duration_since(committed));
+            dones.push(done.saturating_duration_since(committed));
+        }
+    }
+    worker.shutdown().await;
+    let (start, done) = (Percentiles::of(starts), Percentiles::of(dones));
+    println!(
+        "3. latency  {} sequential jobs on the idle (vacuumed) queue, from the enqueue's commit\n   \
+         to the sandbox call:     {}\n   to the outcome's commit: {}",
+        bench.latency_samples,
+        start.display_ms(),
+        done.display_ms()
+    );
+    Ok((start, done))
+}
