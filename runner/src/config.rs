@@ -140,6 +140,10 @@ pub struct WorkerSettings {
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, with = "humantime_serde")]
     pub shutdown_timeout: Option<Duration>,
+    /// Vacuum the jobs table once it holds this many dead row versions, one runner at a time;
+    /// 0 leaves it to autovacuum [default: 50000]
+    #[arg(long)]
+    pub vacuum_dead_rows: Option<u64>,
     /// Attempts for jobs that set none [default: 25]
     #[arg(long)]
     pub max_attempts: Option<u32>,
@@ -168,6 +172,7 @@ impl WorkerSettings {
             rescue_interval: self.rescue_interval.or(fallback.rescue_interval),
             keep_completed: self.keep_completed.or(fallback.keep_completed),
             shutdown_timeout: self.shutdown_timeout.or(fallback.shutdown_timeout),
+            vacuum_dead_rows: self.vacuum_dead_rows.or(fallback.vacuum_dead_rows),
             max_attempts: self.max_attempts.or(fallback.max_attempts),
             backoff: self.backoff.or(fallback.backoff),
             backoff_base: self.backoff_base.or(fallback.backoff_base),
@@ -212,6 +217,11 @@ impl WorkerSettings {
             rescue_interval: self.rescue_interval.unwrap_or(d.rescue_interval),
             keep_completed: self.keep_completed.or(d.keep_completed),
             shutdown_timeout: self.shutdown_timeout.unwrap_or(d.shutdown_timeout),
+            vacuum_dead_rows: match self.vacuum_dead_rows {
+                Some(0) => None,
+                Some(rows) => Some(rows),
+                None => d.vacuum_dead_rows,
+            },
             retry: self.retry_policy()?,
         };
         check("concurrency", config.concurrency >= 1, || {

@@ -302,3 +302,34 @@ async fn a_runner_does_not_hoard_long_jobs_it_cannot_start() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_runner_vacuums_the_jobs_table_once_dead_rows_pile_up() {
+    let db = TestDb::new().await;
+    let jobs: Vec<NewJob> = (0..2000)
+        .map(|i| NewJob::new("quick", json!(i)).unique(Unique::Off))
+        .collect();
+    db.queue().enqueue_many(&db.pool, &jobs).await.unwrap();
+    let quick = Handlers::new().on("quick", |_| async { Ok(None) });
+    let config = WorkerConfig {
+        vacuum_dead_rows: Some(500),
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(db.queue(), quick, config).start();
+    // Autovacuum is off on the test server, and would not look this soon anyway.
+    eventually(
+        "the runner to vacuum the jobs table",
+        Duration::from_secs(30),
+        || async {
+            let vacuums: i64 = db
+                .scalar(
+                    "SELECT vacuum_count FROM pg_stat_user_tables
+                  WHERE relid = 'jobrunner.jobs'::regclass",
+                )
+                .await;
+            (vacuums > 0).then_some(())
+        },
+    )
+    .await;
+    worker.shutdown().await;
+}

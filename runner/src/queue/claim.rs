@@ -222,10 +222,7 @@ impl Queue {
         after_tenant: Option<&str>,
     ) -> Result<Option<FastClaim>> {
         let now = self.now();
-        let types = request.job_types;
-        let names: Vec<&str> = types.iter().map(|t| t.job_type.as_str()).collect();
-        let max_attempts: Vec<Option<i32>> =
-            types.iter().map(|t| t.max_attempts.map(int)).collect();
+        let (names, max_attempts) = type_columns(request.job_types);
         let rows: Vec<FastRow> = sqlx::query_as(
             "SELECT * FROM jobrunner.claim_unlimited($1, $2, $3, $4, $5, $6, $7, $8)",
         )
@@ -256,11 +253,12 @@ impl Queue {
     /// The full claim, `jobrunner.claim`: tenant limits, weights and type caps.
     async fn claim_full(&self, request: &ClaimRequest<'_>) -> Result<Claimed> {
         let now = self.now();
-        let types = request.job_types;
-        let names: Vec<&str> = types.iter().map(|t| t.job_type.as_str()).collect();
-        let max_attempts: Vec<Option<i32>> =
-            types.iter().map(|t| t.max_attempts.map(int)).collect();
-        let caps: Vec<Option<i32>> = types.iter().map(|t| t.concurrency.map(int)).collect();
+        let (names, max_attempts) = type_columns(request.job_types);
+        let caps: Vec<Option<i32>> = request
+            .job_types
+            .iter()
+            .map(|t| t.concurrency.map(int))
+            .collect();
         let rows: Vec<ClaimedRow> =
             sqlx::query_as("SELECT * FROM jobrunner.claim($1, $2, $3, $4, $5, $6, $7, $8, $9)")
                 .bind(now)
@@ -293,6 +291,13 @@ impl Queue {
             .sort_by_key(|job| (job.priority, job.run_at, job.id));
         Ok(claimed)
     }
+}
+
+/// The job types' names and max attempts, as the claim functions take them.
+fn type_columns(types: &[ClaimType]) -> (Vec<&str>, Vec<Option<i32>>) {
+    let names = types.iter().map(|t| t.job_type.as_str()).collect();
+    let max_attempts = types.iter().map(|t| t.max_attempts.map(int)).collect();
+    (names, max_attempts)
 }
 
 fn int(n: u32) -> i32 {

@@ -1,8 +1,8 @@
 //! The job queue in PostgreSQL. Every SQL statement the runner issues lives under this module,
 //! one file per concern: [`migrate`](Queue::migrate), [`enqueue`](Queue::enqueue),
 //! [`claim`](Queue::claim), [`outcomes`](Queue::record_outcomes), [`leases`](Queue::rescue_expired)
-//! the runners' [announcements](Queue::announce_runner), the [tenant policy](Queue::publish_tenants)
-//! and the operator's [`admin`] views.
+//! the runners' [announcements](Queue::announce_runner), the [tenant policy](Queue::publish_tenants),
+//! [vacuuming](Queue::vacuum_if_needed) and the operator's [`admin`] views.
 //!
 //! Time always comes from the queue's [`Clock`] and is passed into the statements, never read
 //! with `now()` inside them, so tests can move it.
@@ -15,6 +15,7 @@ mod migrate;
 mod outcome;
 mod runners;
 mod tenants;
+mod vacuum;
 
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ pub use lease::Rescued;
 pub use outcome::{Outcome, Settlement};
 pub use runners::RunnerInfo;
 pub use tenants::TenantOverview;
+pub use vacuum::Vacuum;
 
 /// The LISTEN/NOTIFY channel on which the database announces new jobs.
 pub const WAKE_CHANNEL: &str = "jobrunner_jobs";

@@ -1,5 +1,5 @@
 //! Background chores every runner does: extend its own leases, rescue other runners' expired
-//! leases, and prune retained completed jobs.
+//! leases, prune retained completed jobs, and vacuum the jobs table.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,11 +9,14 @@ use tokio_util::sync::CancellationToken;
 use super::{Shared, sleep_or_stop};
 use crate::executor::Executor;
 use crate::job::JobState;
+use crate::queue::Vacuum;
 
 /// Most expired leases taken back per rescue round.
 const RESCUE_BATCH: usize = 1000;
 /// Most completed jobs deleted per statement.
 const PRUNE_BATCH: u32 = 1000;
+/// How often the vacuum chore looks at the jobs table's dead row versions.
+const VACUUM_CHECK: Duration = Duration::from_secs(2);
 
 /// Extends the leases of claimed jobs every heartbeat interval, until `stop` (which fires only
 /// after every outcome is written, so no lease lapses during a shutdown).
@@ -93,6 +96,39 @@ pub(super) async fn prune<E: Executor>(shared: Arc<Shared<E>>) {
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Vacuums the jobs table whenever it holds `vacuum_dead_rows` dead row versions. While an
+/// old snapshot keeps vacuum from removing them, it looks less and less often (up to once a
+/// minute). Stops for good, saying why, if the runner's role may not vacuum the table.
+pub(super) async fn vacuum<E: Executor>(shared: Arc<Shared<E>>) {
+    let Some(threshold) = shared.config.vacuum_dead_rows else {
+        return;
+    };
+    let mut wait = VACUUM_CHECK;
+    while !sleep_or_stop(&shared.stop, wait).await {
+        let started = Instant::now();
+        match shared.queue.vacuum_if_needed(threshold).await {
+            Ok(Vacuum::Done { dead, left }) => {
+                let took_ms = started.elapsed().as_secs_f64() * 1e3;
+                tracing::debug!(dead, left, took_ms, "vacuumed the jobs table");
+                let stuck = u64::try_from(left).unwrap_or_default() >= threshold;
+                wait = if stuck {
+                    (wait * 2).min(Duration::from_secs(60))
+                } else {
+                    VACUUM_CHECK
+                };
+            }
+            Ok(Vacuum::NotNeeded) => wait = VACUUM_CHECK,
+            Ok(Vacuum::NotOwner) => {
+                tracing::info!(
+                    "this role does not own the jobs table: leaving vacuum to autovacuum"
+                );
+                return;
+            }
+            Err(error) => tracing::warn!(%error, "vacuuming the jobs table failed"),
         }
     }
 }

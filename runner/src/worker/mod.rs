@@ -7,6 +7,7 @@
 //!              heartbeat ──┴── extends the leases of everything claimed and not yet recorded
 //!              rescuer   ───── returns other runners' expired leases
 //!              pruner    ───── deletes retained completed jobs when they age out
+//!              vacuum    ───── vacuums the jobs table when dead row versions pile up
 //! ```
 //!
 //! A job holds a *slot* from claim until its outcome is queued for writing, and an *exec* permit
@@ -62,6 +63,9 @@ pub struct WorkerConfig {
     pub keep_completed: Option<Duration>,
     /// How long shutdown waits for running jobs before interrupting and requeueing them.
     pub shutdown_timeout: Duration,
+    /// Vacuum the jobs table once it holds this many dead row versions (one runner at a
+    /// time); `None`: leave it to autovacuum.
+    pub vacuum_dead_rows: Option<u64>,
     /// Attempts and backoff.
     pub retry: RetryPolicy,
 }
@@ -80,6 +84,7 @@ impl Default for WorkerConfig {
             rescue_interval: Duration::from_secs(1),
             keep_completed: None,
             shutdown_timeout: Duration::from_secs(30),
+            vacuum_dead_rows: Some(50_000),
             retry: RetryPolicy::default(),
         }
     }
@@ -202,6 +207,7 @@ impl<E: Executor> Worker<E> {
         let background = vec![
             tokio::spawn(maintenance::rescue(shared.clone())),
             tokio::spawn(maintenance::prune(shared.clone())),
+            tokio::spawn(maintenance::vacuum(shared.clone())),
             tokio::spawn(wakeup::listen(shared.clone(), listening_tx)),
         ];
         WorkerHandle {
