@@ -39,7 +39,7 @@ fn bench_database() -> String {
 }
 
 /// Jobs per enqueue statement.
-const ENQUEUE_CHUNK: usize = 25_000;
+const ENQUEUE_CHUNK: usize = 10_000;
 
 /// Flags of `runner bench`.
 #[derive(Debug, clap::Args)]
