@@ -22,9 +22,10 @@ pub(super) async fn run(
     executor: impl Fn() -> WasmExecutor,
     config: &WorkerConfig,
 ) -> anyhow::Result<f64> {
-    let snapshot = match bench.hold_snapshot {
-        true => Some(hold_snapshot(queue).await?),
-        false => None,
+    let snapshot = if bench.hold_snapshot {
+        Some(hold_snapshot(queue).await?)
+    } else {
+        None
     };
     let rss_before = rss_kib();
     let started = Instant::now();
