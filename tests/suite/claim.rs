@@ -17,6 +17,7 @@ fn request<'a>(owner: &'a str, types: &'a [ClaimType], limit: usize) -> ClaimReq
         lease: Duration::from_secs(30),
         default_max_attempts: 25,
         after_tenant: None,
+        floors: None,
     }
 }
 

@@ -33,6 +33,7 @@ async fn claim_one(queue: &Queue, owner: &str) -> runner::Job {
         lease: LEASE,
         default_max_attempts: 25,
         after_tenant: None,
+        floors: None,
     };
     let mut jobs = queue.claim(&request).await.unwrap().jobs;
     assert_eq!(jobs.len(), 1, "{owner} claims the job");
@@ -183,6 +184,7 @@ async fn concurrent_rescuers_count_an_expired_lease_once() {
         lease: LEASE,
         default_max_attempts: 25,
         after_tenant: None,
+        floors: None,
     };
     queue.claim(&request).await.unwrap();
     clock.advance(LEASE * 2);

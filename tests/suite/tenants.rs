@@ -195,6 +195,7 @@ fn request<'a>(types: &'a [ClaimType], limit: usize, after: Option<&'a str>) -> 
         lease: Duration::from_secs(30),
         default_max_attempts: 25,
         after_tenant: after,
+        floors: None,
     }
 }
 

@@ -333,3 +333,95 @@ async fn a_runner_vacuums_the_jobs_table_once_dead_rows_pile_up() {
     .await;
     worker.shutdown().await;
 }
+
+/// Waits for `n` jobs to start and returns their ids.
+async fn starts(started: &mut mpsc::UnboundedReceiver<(i64, Instant)>, n: usize) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let (id, _) = tokio::time::timeout(WAIT, started.recv())
+            .await
+            .expect("a job to start")
+            .unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
+// Claims start each tenant at its floor: below it the runner's last claim found nothing
+// available (queue::Floors). The next two tests make jobs available below a floor; if the
+// runner did not hear of them it would find them only when it next forgets its floors, a
+// minute later.
+
+#[tokio::test]
+async fn a_job_committed_after_later_jobs_ran_still_runs_at_once() {
+    let db = TestDb::new().await;
+    let (tx, mut started) = mpsc::unbounded_channel();
+    let worker = Worker::new(db.queue(), reporting(tx), WorkerConfig::default()).start();
+    worker.listening().await;
+
+    // A transaction that enqueues, then takes its time: its job's run_at (the transaction's
+    // start) and id come before those of jobs enqueued meanwhile.
+    let mut slow = db.pool.begin().await.unwrap();
+    let late = db
+        .queue()
+        .enqueue(&mut *slow, &NewJob::new("started", json!("late")))
+        .await
+        .unwrap()
+        .id;
+    let jobs: Vec<NewJob> = (0..50)
+        .map(|i| NewJob::new("started", json!(i)).unique(Unique::Off))
+        .collect();
+    db.queue().enqueue_many(&db.pool, &jobs).await.unwrap();
+    let ran = starts(&mut started, 50).await;
+    assert!(ran.iter().all(|&id| id > late));
+
+    slow.commit().await.unwrap();
+    let ran = starts(&mut started, 1).await;
+    assert_eq!(ran, [late], "the late job runs once committed");
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_urgent_job_retried_behind_a_claimed_backlog_runs_again_at_once() {
+    let db = TestDb::new().await;
+    let (tx, mut started) = mpsc::unbounded_channel();
+    let urgent = {
+        let report = tx.clone();
+        reporting(tx).on("fails-once", move |job| {
+            let tx = report.clone();
+            async move {
+                if job.attempt == 1 {
+                    return Err(runner::JobError::Retry("not yet".into()));
+                }
+                let _ = tx.send((job.id, Instant::now()));
+                Ok(None)
+            }
+        })
+    };
+    let config = WorkerConfig {
+        poll_interval: Duration::from_millis(20),
+        retry: runner::retry::RetryPolicy {
+            max_attempts: 3,
+            backoff: runner::retry::Backoff {
+                kind: runner::retry::BackoffKind::Exponential,
+                base: Duration::from_millis(200),
+                cap: Duration::from_millis(200),
+            },
+        },
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(db.queue(), urgent, config).start();
+    worker.listening().await;
+
+    // The urgent job fails at once; by the time its retry is due the backlog's claims have
+    // set the floor at priority 0, above the retry's key (priority -1).
+    let mut jobs: Vec<NewJob> = (0..50)
+        .map(|i| NewJob::new("started", json!(i)).unique(Unique::Off))
+        .collect();
+    jobs.push(NewJob::new("fails-once", json!({})).priority(-1));
+    let ids = db.queue().enqueue_many(&db.pool, &jobs).await.unwrap();
+    let retried = ids.last().unwrap().id;
+    let ran = starts(&mut started, 51).await;
+    assert!(ran.contains(&retried), "the retry ran");
+    worker.shutdown().await;
+}

@@ -173,8 +173,10 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     };
     match format {
         LogFormat::Text => {
+            // Colours only for a person: escape codes garble files and pipes, and cost time.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
             let (writer, guard) = buffered(Box::new(std::io::stderr()));
-            builder.with_writer(writer).init();
+            builder.with_ansi(ansi).with_writer(writer).init();
             guard
         }
         LogFormat::Json => {

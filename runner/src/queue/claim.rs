@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
+use super::floors::{Floors, Key};
 use super::{Queue, Result, count};
 use crate::clock::later;
 use crate::job::Job;
@@ -51,6 +52,10 @@ pub struct ClaimRequest<'a> {
     /// [`Claimed::next_tenant`], so that with more ripe tenants than a batch holds, successive
     /// claims take turns among all of them.
     pub after_tenant: Option<&'a str>,
+    /// Where each tenant's claimable jobs start, as far as this claimer knows, and where it
+    /// records what the claim finds. Only for a claimer that hears the wake-up channel's
+    /// announcements (see [`Floors`]); `None` starts every tenant from the beginning.
+    pub floors: Option<&'a Floors>,
 }
 
 /// What a claim returned, and what it says about the next one.
@@ -119,6 +124,19 @@ struct FastRow {
     tenants: Option<i32>,
     last_tenant: Option<String>,
     limited: Option<bool>,
+    floor_id: Option<i64>,
+}
+
+impl FastRow {
+    /// The floor a floor row carries.
+    fn floor(&self) -> Option<(String, Key)> {
+        let key = Key {
+            priority: self.job.priority?,
+            run_at: self.job.run_at?,
+            id: self.floor_id?,
+        };
+        Some((self.job.tenant.clone()?, key))
+    }
 }
 
 /// What `jobrunner.claim_unlimited` returned: the jobs, and what its walk saw.
@@ -223,8 +241,10 @@ impl Queue {
     ) -> Result<Option<FastClaim>> {
         let now = self.now();
         let (names, max_attempts) = type_columns(request.job_types);
+        let floors = request.floors.map(Floors::args).unwrap_or_default();
         let rows: Vec<FastRow> = sqlx::query_as(
-            "SELECT * FROM jobrunner.claim_unlimited($1, $2, $3, $4, $5, $6, $7, $8)",
+            "SELECT * FROM jobrunner.claim_unlimited($1, $2, $3, $4, $5, $6, $7, $8,
+                                                     $9, $10, $11, $12)",
         )
         .bind(now)
         .bind(request.owner)
@@ -234,18 +254,28 @@ impl Queue {
         .bind(int(request.default_max_attempts))
         .bind(i32::try_from(request.limit).unwrap_or(i32::MAX))
         .bind(after_tenant.unwrap_or(""))
+        .bind(&floors.tenants)
+        .bind(&floors.priorities)
+        .bind(&floors.run_ats)
+        .bind(&floors.ids)
         .fetch_all(&self.pool)
         .await?;
         let mut claim = FastClaim::default();
+        let mut found = Vec::new();
         for row in rows {
             if row.job.id.is_some() {
                 claim.jobs.extend(row.job.into_job());
+            } else if let Some(floor) = row.floor() {
+                found.push(floor);
             } else if row.limited == Some(true) {
                 return Ok(None);
             } else {
                 claim.tenants = count(row.tenants.unwrap_or_default()) as usize;
                 claim.last_tenant = row.last_tenant;
             }
+        }
+        if let Some(known) = request.floors {
+            known.found(floors.heard, found);
         }
         Ok(Some(claim))
     }

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{Queue, Result, count};
+use super::floors::Key;
+use super::{Queue, Result, announce_jobs, count};
 use crate::clock::later;
 use crate::job::JobState;
 use crate::retry::RetryPolicy;
@@ -29,6 +30,29 @@ pub struct Rescued {
     pub owner: String,
     /// `Available` (will run again) or `Failed` (no attempts left).
     pub state: JobState,
+}
+
+/// A row the rescuer updated.
+#[derive(sqlx::FromRow)]
+struct RescuedRow {
+    id: i64,
+    job_type: String,
+    tenant: String,
+    attempt: i32,
+    owner: String,
+    state: String,
+    priority: i32,
+    run_at: DateTime<Utc>,
+}
+
+impl RescuedRow {
+    fn available(&self) -> Option<Key> {
+        (self.state == "available").then_some(Key {
+            priority: self.priority,
+            run_at: self.run_at,
+            id: self.id,
+        })
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -103,7 +127,7 @@ impl Queue {
                     .next_run(count(row.attempt), count(row.max_attempts), now)
             })
             .collect();
-        let rows: Vec<(i64, String, String, i32, String, String)> = sqlx::query_as(
+        let rows: Vec<RescuedRow> = sqlx::query_as(
             "UPDATE jobrunner.jobs AS j
                 SET state = (CASE WHEN t.run_at IS NULL THEN 'failed'
                                   ELSE 'available' END)::jobrunner.job_state,
@@ -119,7 +143,8 @@ impl Queue {
                     AS t(id, attempt, owner, run_at)
               WHERE j.id = t.id AND j.attempt = t.attempt AND j.lease_owner = t.owner
                 AND j.state = 'running' AND j.lease_expires_at < $5
-          RETURNING j.id, j.job_type, j.tenant, j.attempt, t.owner, j.state::text",
+          RETURNING j.id, j.job_type, j.tenant, j.attempt, t.owner, j.state::text AS state,
+                    j.priority, j.run_at",
         )
         .bind(expired.iter().map(|r| r.id).collect::<Vec<_>>())
         .bind(expired.iter().map(|r| r.attempt).collect::<Vec<_>>())
@@ -133,18 +158,18 @@ impl Queue {
         .bind(now)
         .fetch_all(&self.pool)
         .await?;
+        // Rescued jobs due now start at once, not at the next poll, and floors come down.
+        announce_jobs(&self.pool, rows.iter().filter_map(RescuedRow::available)).await?;
         Ok(rows
             .into_iter()
-            .map(
-                |(job_id, job_type, tenant, attempt, owner, state)| Rescued {
-                    job_id,
-                    job_type,
-                    tenant,
-                    attempt: count(attempt),
-                    owner,
-                    state: state.parse().unwrap_or(JobState::Available),
-                },
-            )
+            .map(|row| Rescued {
+                job_id: row.id,
+                job_type: row.job_type,
+                tenant: row.tenant,
+                attempt: count(row.attempt),
+                owner: row.owner,
+                state: row.state.parse().unwrap_or(JobState::Available),
+            })
             .collect())
     }
 }

@@ -10,6 +10,7 @@
 pub mod admin;
 mod claim;
 mod enqueue;
+mod floors;
 mod lease;
 mod migrate;
 mod outcome;
@@ -27,6 +28,7 @@ use crate::job::{InvalidJob, JobState};
 
 pub use claim::{ClaimRequest, ClaimType, Claimed};
 pub use enqueue::Enqueued;
+pub use floors::Floors;
 pub use lease::Rescued;
 pub use outcome::{Outcome, Settlement};
 pub use runners::RunnerInfo;
@@ -136,11 +138,31 @@ impl Queue {
     }
 }
 
-/// Sends the wake-up that new jobs send, for jobs that became ripe another way (requeued,
-/// retried by an operator). Inside a transaction it is delivered on commit.
+/// Sends the wake-up that new jobs send, for jobs that became ripe another way (retried by an
+/// operator). Inside a transaction it is delivered on commit. Its empty payload also tells
+/// runners to forget their claim floors.
 async fn wake_runners<'e>(db: impl sqlx::PgExecutor<'e>) -> Result<()> {
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(WAKE_CHANNEL)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Announces jobs that became available again (retried after a failure, requeued, rescued) by
+/// the key of each, once committed, as new jobs announce themselves: idle runners wake, and
+/// claim floors above them come down (see [`Floors`]).
+async fn announce_jobs<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    keys: impl IntoIterator<Item = floors::Key>,
+) -> Result<()> {
+    let Some(low) = floors::Key::lower_bound(keys) else {
+        return Ok(());
+    };
+    sqlx::query("SELECT jobrunner.announce_jobs($1, $2, $3)")
+        .bind(low.priority)
+        .bind(low.run_at)
+        .bind(low.id)
         .execute(db)
         .await?;
     Ok(())

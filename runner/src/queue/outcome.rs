@@ -5,7 +5,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 
-use super::{Queue, Result, clip_error, wake_runners};
+use super::floors::Key;
+use super::{Queue, Result, announce_jobs, clip_error};
 
 /// What became of one attempt.
 #[derive(Debug, Clone)]
@@ -72,6 +73,25 @@ pub struct Settlement {
     pub plugin_sha256: Option<Arc<str>>,
 }
 
+/// A row an outcome applied to; the job's key if it is available again.
+#[derive(sqlx::FromRow)]
+struct Applied {
+    id: i64,
+    available: bool,
+    priority: i32,
+    run_at: DateTime<Utc>,
+}
+
+impl Applied {
+    fn available(&self) -> Option<Key> {
+        self.available.then_some(Key {
+            priority: self.priority,
+            run_at: self.run_at,
+            id: self.id,
+        })
+    }
+}
+
 impl Queue {
     /// Records `settlements` made by runner `owner` in one statement and returns the ids whose
     /// outcome was applied. A missing id means the fence held: the lease expired and the job
@@ -85,9 +105,7 @@ impl Queue {
         let (mut ids, mut attempts, mut labels) = (Vec::new(), Vec::new(), Vec::new());
         let (mut run_ats, mut errors, mut results) = (Vec::new(), Vec::new(), Vec::new());
         let mut plugins = Vec::new();
-        let mut any_requeued = false;
         for s in settlements {
-            any_requeued |= matches!(s.outcome, Outcome::Requeued { .. });
             ids.push(s.job_id);
             attempts.push(i32::try_from(s.attempt).unwrap_or(i32::MAX));
             labels.push(s.outcome.label());
@@ -109,7 +127,7 @@ impl Queue {
             return Ok(Vec::new());
         }
         let now = self.now();
-        let applied: Vec<i64> = sqlx::query_scalar(
+        let applied: Vec<Applied> = sqlx::query_as(
             "WITH input AS (
                  SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[],
                                       $5::text[], $6::text[], $10::text[])
@@ -121,7 +139,7 @@ impl Queue {
                   WHERE i.outcome = 'completed' AND NOT $9
                     AND j.id = i.id AND j.attempt = i.attempt
                     AND j.state = 'running' AND j.lease_owner = $7
-              RETURNING j.id
+              RETURNING j.id, false AS available, j.priority, j.run_at
              ),
              updated AS (
                  UPDATE jobrunner.jobs AS j
@@ -149,9 +167,9 @@ impl Queue {
                   WHERE (i.outcome <> 'completed' OR $9)
                     AND j.id = i.id AND j.attempt = i.attempt
                     AND j.state = 'running' AND j.lease_owner = $7
-              RETURNING j.id
+              RETURNING j.id, j.state = 'available' AS available, j.priority, j.run_at
              )
-             SELECT id FROM deleted UNION ALL SELECT id FROM updated",
+             SELECT * FROM deleted UNION ALL SELECT * FROM updated",
         )
         .bind(ids)
         .bind(attempts)
@@ -166,10 +184,9 @@ impl Queue {
         .fetch_all(&self.pool)
         .await?;
 
-        // Requeued jobs may be ripe at once: tell idle runners rather than wait for their poll.
-        if any_requeued {
-            wake_runners(&self.pool).await?;
-        }
-        Ok(applied)
+        // Retried and requeued jobs: idle runners start them when due, and claim floors above
+        // them come down.
+        announce_jobs(&self.pool, applied.iter().filter_map(Applied::available)).await?;
+        Ok(applied.into_iter().map(|row| row.id).collect())
     }
 }

@@ -37,6 +37,7 @@ pub(super) async fn run<E: Executor>(
             lease: shared.config.lease,
             default_max_attempts: shared.config.retry.max_attempts,
             after_tenant: next_tenant.as_deref(),
+            floors: Some(&shared.floors),
         };
         let completions = shared.completions.load(Ordering::SeqCst);
         let claimed = match shared.queue.claim(&request).await {

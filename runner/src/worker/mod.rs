@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::executor::Executor;
-use crate::queue::Queue;
+use crate::queue::{Floors, Queue};
 use crate::retry::RetryPolicy;
 
 use attempt::Report;
@@ -124,6 +124,8 @@ struct Shared<E> {
     /// A notification arrived (or the listener reconnected, or the executor's job types
     /// changed): look for ripe jobs now.
     wake: Arc<Notify>,
+    /// Where the claims start in each tenant's jobs; the listener keeps them honest.
+    floors: Floors,
     /// The last claim left a tenant's ripe jobs behind because of its max_running: every
     /// recorded outcome may make room, so the completer wakes the fetcher.
     held_back: AtomicBool,
@@ -170,6 +172,7 @@ impl<E: Executor> Worker<E> {
             slot_freed: Notify::new(),
             inflight: Arc::default(),
             wake: Arc::default(),
+            floors: Floors::default(),
             held_back: AtomicBool::new(false),
             completions: AtomicU64::new(0),
             recorded: broadcast::Sender::new(RECORDED_BACKLOG),
