@@ -6,8 +6,9 @@
 //! below it. Jobs appear below a floor only through writes that announce their keys on the
 //! wake-up channel ([`WAKE_CHANNEL`](super::WAKE_CHANNEL)); whoever listens feeds each
 //! notification to [`Floors::hear`]. Floors are used only while that listener says it is
-//! subscribed ([`Floors::listening`]): otherwise announcements would be missed. As a backstop for writes that announce nothing (an
-//! operator's SQL), every floor is forgotten once a minute.
+//! subscribed ([`Floors::listening`]): otherwise announcements would be missed. As a backstop
+//! for writes that announce nothing (an operator's SQL), every floor is forgotten once a
+//! minute.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -65,7 +66,7 @@ struct Inner {
 
 /// The floors a claim starts from, in the arrays the claim function takes.
 #[derive(Debug, Default)]
-pub struct FloorArgs {
+pub(super) struct FloorArgs {
     /// What had been heard when the claim started.
     pub(super) heard: u64,
     pub(super) tenants: Vec<String>,

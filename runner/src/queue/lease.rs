@@ -159,7 +159,7 @@ impl Queue {
         .fetch_all(&self.pool)
         .await?;
         // Rescued jobs due now start at once, not at the next poll, and floors come down.
-        announce_jobs(&self.pool, rows.iter().filter_map(RescuedRow::available)).await?;
+        announce_jobs(&self.pool, rows.iter().filter_map(RescuedRow::available)).await;
         Ok(rows
             .into_iter()
             .map(|row| Rescued {

@@ -151,21 +151,25 @@ async fn wake_runners<'e>(db: impl sqlx::PgExecutor<'e>) -> Result<()> {
 
 /// Announces jobs that became available again (retried after a failure, requeued, rescued) by
 /// the key of each, once committed, as new jobs announce themselves: idle runners wake, and
-/// claim floors above them come down (see [`Floors`]).
+/// claim floors above them come down (see [`Floors`]). The jobs are safe either way, so a
+/// failure is only logged: runners then find them at their next poll, or once they forget
+/// their floors.
 async fn announce_jobs<'e>(
     db: impl sqlx::PgExecutor<'e>,
     keys: impl IntoIterator<Item = floors::Key>,
-) -> Result<()> {
+) {
     let Some(low) = floors::Key::lower_bound(keys) else {
-        return Ok(());
+        return;
     };
-    sqlx::query("SELECT jobrunner.announce_jobs($1, $2, $3)")
+    let sent = sqlx::query("SELECT jobrunner.announce_jobs($1, $2, $3)")
         .bind(low.priority)
         .bind(low.run_at)
         .bind(low.id)
         .execute(db)
-        .await?;
-    Ok(())
+        .await;
+    if let Err(error) = sent {
+        tracing::warn!(%error, "could not announce jobs made available again");
+    }
 }
 
 /// Database integers that the schema keeps non-negative, as Rust counts.

@@ -186,7 +186,7 @@ impl Queue {
 
         // Retried and requeued jobs: idle runners start them when due, and claim floors above
         // them come down.
-        announce_jobs(&self.pool, applied.iter().filter_map(Applied::available)).await?;
+        announce_jobs(&self.pool, applied.iter().filter_map(Applied::available)).await;
         Ok(applied.into_iter().map(|row| row.id).collect())
     }
 }
