@@ -86,8 +86,10 @@ $$;
 -- Besides the jobs and the status row it returns one floor row per tenant it claimed from
 -- (id NULL, tenant, priority, run_at, floor_id): the first available entry at or above the
 -- tenant's old floor that this claim did not take, or if none, the last one it took.
-DROP FUNCTION jobrunner.claim_unlimited(timestamptz, text, timestamptz, text[], integer[],
-                                        integer, integer, text);
+-- Merging the floors into the walk and finding the new ones cost up to two index probes per
+-- tenant: a claim of one job from each of 500 tenants took 14.5 ms instead of 11.3. Runners
+-- use 0004's claim_unlimited (kept, without floors) for such wide claims, and this one for
+-- claims from a few tenants, where the probes cost nothing next to the jobs.
 CREATE FUNCTION jobrunner.claim_unlimited(
     at               timestamptz,
     claimer          text,
@@ -138,7 +140,7 @@ BEGIN
     ),
     -- The tenants with ripe jobs, in order after after_tenant, up to lim of them (hit). Each
     -- step looks for the next tenant between the previous one and the next known tenant
-    -- (nk = ts[k]), from the start of its entries; else in the known tenant, from its floor;
+    -- (nk, ts[k]), from the start of its entries; else in the known tenant, from its floor;
     -- a known tenant with nothing ripe is a miss, and the walk goes on after it. The first
     -- row is a seed, and a miss.
     walk(t, p, r, i, hit, hits, k, fp, fr, fi) AS (
@@ -150,23 +152,29 @@ BEGIN
                             WHERE q.max_running IS NOT NULL OR q.rate IS NOT NULL
                                OR q.weight <> 1)
         UNION ALL
-        SELECT coalesce(u1.tenant, u2.tenant, kn.ts[w.k]),
+        SELECT coalesce(u1.tenant, u2.tenant, nk.t),
                coalesce(u1.priority, u2.priority, kj.priority),
                coalesce(u1.run_at, u2.run_at, kj.run_at),
                coalesce(u1.id, u2.id, kj.id),
                coalesce(u1.id, u2.id, kj.id) IS NOT NULL,
                w.hits + (coalesce(u1.id, u2.id, kj.id) IS NOT NULL)::integer,
                w.k + (u1.id IS NULL AND u2.id IS NULL)::integer,
-               CASE WHEN u1.id IS NULL AND u2.id IS NULL THEN kn.ps[w.k] END,
-               CASE WHEN u1.id IS NULL AND u2.id IS NULL THEN kn.rs[w.k] END,
-               CASE WHEN u1.id IS NULL AND u2.id IS NULL THEN kn.iz[w.k] END
+               CASE WHEN u1.id IS NULL AND u2.id IS NULL THEN nk.p END,
+               CASE WHEN u1.id IS NULL AND u2.id IS NULL THEN nk.r END,
+               CASE WHEN u1.id IS NULL AND u2.id IS NULL THEN nk.i END
           FROM walk AS w
          CROSS JOIN known AS kn
+          -- The next known tenant and its floor, looked up once per step (OFFSET 0 keeps the
+          -- planner from inlining the lookups: finding a text array's k-th element walks the
+          -- array).
+         CROSS JOIN LATERAL (SELECT kn.ts[w.k] AS t, kn.ps[w.k] AS p, kn.rs[w.k] AS r,
+                                    kn.iz[w.k] AS i
+                             OFFSET 0) AS nk
           -- No known tenant is left: any tenant after the previous one.
           LEFT JOIN LATERAL (
                SELECT j.tenant, j.priority, j.run_at, j.id
                  FROM jobrunner.jobs AS j
-                WHERE kn.ts[w.k] IS NULL
+                WHERE nk.t IS NULL
                   AND j.state = 'available' AND j.tenant > w.t AND j.run_at <= at
                   AND j.job_type = ANY(types)
                 ORDER BY j.tenant, j.priority, j.run_at, j.id
@@ -175,8 +183,8 @@ BEGIN
           LEFT JOIN LATERAL (
                SELECT j.tenant, j.priority, j.run_at, j.id
                  FROM jobrunner.jobs AS j
-                WHERE kn.ts[w.k] IS NOT NULL
-                  AND j.state = 'available' AND j.tenant > w.t AND j.tenant < kn.ts[w.k]
+                WHERE nk.t IS NOT NULL
+                  AND j.state = 'available' AND j.tenant > w.t AND j.tenant < nk.t
                   AND j.run_at <= at AND j.job_type = ANY(types)
                 ORDER BY j.tenant, j.priority, j.run_at, j.id
                 LIMIT 1) AS u2 ON true
@@ -184,14 +192,14 @@ BEGIN
           LEFT JOIN LATERAL (
                SELECT j.priority, j.run_at, j.id
                  FROM jobrunner.jobs AS j
-                WHERE u1.id IS NULL AND u2.id IS NULL AND kn.ts[w.k] IS NOT NULL
-                  AND j.state = 'available' AND j.tenant = kn.ts[w.k]
-                  AND (j.priority, j.run_at, j.id) >= (kn.ps[w.k], kn.rs[w.k], kn.iz[w.k])
+                WHERE u1.id IS NULL AND u2.id IS NULL AND nk.t IS NOT NULL
+                  AND j.state = 'available' AND j.tenant = nk.t
+                  AND (j.priority, j.run_at, j.id) >= (nk.p, nk.r, nk.i)
                   AND j.run_at <= at AND j.job_type = ANY(types)
                 ORDER BY j.priority, j.run_at, j.id
                 LIMIT 1) AS kj ON true
          WHERE w.hits < lim
-           AND (u1.id IS NOT NULL OR u2.id IS NOT NULL OR kn.ts[w.k] IS NOT NULL)
+           AND (u1.id IS NOT NULL OR u2.id IS NOT NULL OR nk.t IS NOT NULL)
     ),
     hit AS (SELECT * FROM walk AS w WHERE w.hit),
     seen AS (SELECT count(*)::integer AS n, max(h.t) AS last FROM hit AS h),

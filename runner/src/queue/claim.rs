@@ -124,6 +124,8 @@ struct FastRow {
     tenants: Option<i32>,
     last_tenant: Option<String>,
     limited: Option<bool>,
+    /// Only the claim with floors returns this column.
+    #[sqlx(default)]
     floor_id: Option<i64>,
 }
 
@@ -242,24 +244,29 @@ impl Queue {
         let now = self.now();
         let (names, max_attempts) = type_columns(request.job_types);
         let floors = request.floors.map(Floors::args).unwrap_or_default();
-        let rows: Vec<FastRow> = sqlx::query_as(
+        let sql = if floors.used {
             "SELECT * FROM jobrunner.claim_unlimited($1, $2, $3, $4, $5, $6, $7, $8,
-                                                     $9, $10, $11, $12)",
-        )
-        .bind(now)
-        .bind(request.owner)
-        .bind(later(now, request.lease))
-        .bind(names)
-        .bind(max_attempts)
-        .bind(int(request.default_max_attempts))
-        .bind(i32::try_from(request.limit).unwrap_or(i32::MAX))
-        .bind(after_tenant.unwrap_or(""))
-        .bind(&floors.tenants)
-        .bind(&floors.priorities)
-        .bind(&floors.run_ats)
-        .bind(&floors.ids)
-        .fetch_all(&self.pool)
-        .await?;
+                                                     $9, $10, $11, $12)"
+        } else {
+            "SELECT * FROM jobrunner.claim_unlimited($1, $2, $3, $4, $5, $6, $7, $8)"
+        };
+        let mut query = sqlx::query_as::<_, FastRow>(sql)
+            .bind(now)
+            .bind(request.owner)
+            .bind(later(now, request.lease))
+            .bind(names)
+            .bind(max_attempts)
+            .bind(int(request.default_max_attempts))
+            .bind(i32::try_from(request.limit).unwrap_or(i32::MAX))
+            .bind(after_tenant.unwrap_or(""));
+        if floors.used {
+            query = query
+                .bind(&floors.tenants)
+                .bind(&floors.priorities)
+                .bind(&floors.run_ats)
+                .bind(&floors.ids);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         let mut claim = FastClaim::default();
         let mut found = Vec::new();
         for row in rows {
@@ -275,7 +282,7 @@ impl Queue {
             }
         }
         if let Some(known) = request.floors {
-            known.found(floors.heard, found);
+            known.found(&floors, found);
         }
         Ok(Some(claim))
     }

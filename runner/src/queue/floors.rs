@@ -22,6 +22,13 @@ const FORGET_EVERY: Duration = Duration::from_secs(60);
 /// At most this many tenants' floors are kept (and sent with every claim).
 const MAX_FLOORS: usize = 256;
 
+/// Floors cost a claim up to two index probes per tenant it claims from: nothing next to the
+/// jobs of a claim from a few tenants, a quarter of a claim of one job from each of hundreds.
+/// While claims reach more than `NARROW` tenants, claims go without floors, and every
+/// `WIDE_RETRY`th claim uses them to see whether claims have narrowed.
+const NARROW: usize = 16;
+const WIDE_RETRY: u32 = 8;
+
 /// A position in a tenant's part of the claim index: jobs are claimed in this order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Key {
@@ -62,6 +69,10 @@ struct Inner {
     /// The last `heard` that forgot every floor.
     forgot: u64,
     forgot_at: Instant,
+    /// The last claim with floors claimed from more than `NARROW` tenants.
+    wide: bool,
+    /// Claims without floors since.
+    without: u32,
 }
 
 /// The floors a claim starts from, in the arrays the claim function takes.
@@ -69,6 +80,9 @@ struct Inner {
 pub(super) struct FloorArgs {
     /// What had been heard when the claim started.
     pub(super) heard: u64,
+    /// The claim starts from these floors and finds new ones; else it starts every tenant
+    /// from the beginning, and the other fields are empty.
+    pub(super) used: bool,
     pub(super) tenants: Vec<String>,
     pub(super) priorities: Vec<i32>,
     pub(super) run_ats: Vec<DateTime<Utc>>,
@@ -85,6 +99,8 @@ impl Default for Floors {
                 announced: 0,
                 forgot: 0,
                 forgot_at: Instant::now(),
+                wide: false,
+                without: 0,
             }),
         }
     }
@@ -136,6 +152,12 @@ impl Floors {
         if !inner.listening {
             return args;
         }
+        args.used = !inner.wide || inner.without + 1 >= WIDE_RETRY;
+        if !args.used {
+            inner.without += 1;
+            return args;
+        }
+        inner.without = 0;
         for (tenant, key) in &inner.keys {
             args.tenants.push(tenant.clone());
             args.priorities.push(key.priority);
@@ -145,10 +167,16 @@ impl Floors {
         args
     }
 
-    /// Records the floors a claim that started at `started` found. What was heard since it
-    /// started may concern jobs its snapshot did not see: those floors only go down.
-    pub(super) fn found(&self, started: u64, found: Vec<(String, Key)>) {
+    /// Records the floors found by a claim that started when `args` were taken. What was
+    /// heard since it started may concern jobs its snapshot did not see: those floors only go
+    /// down.
+    pub(super) fn found(&self, args: &FloorArgs, found: Vec<(String, Key)>) {
+        let started = args.heard;
         let mut inner = self.lock();
+        if !args.used {
+            return;
+        }
+        inner.wide = found.len() > NARROW;
         if !inner.listening || inner.forgot > started {
             return;
         }
@@ -211,7 +239,7 @@ mod tests {
     #[test]
     fn hears_the_payload_postgres_sends() {
         let floors = listening();
-        floors.found(floors.args().heard, vec![("a".into(), key(100))]);
+        floors.found(&floors.args(), vec![("a".into(), key(100))]);
         // `SELECT json_build_array(0, now(), 7)::text`
         floors.hear(r#"[0, "2023-11-14T22:13:19.5+00:00", 7]"#);
         assert_eq!(floor(&floors, "a"), Some(7));
@@ -220,8 +248,8 @@ mod tests {
     #[test]
     fn a_claim_sets_the_floor_and_an_announcement_lowers_it() {
         let floors = listening();
-        let started = floors.args().heard;
-        floors.found(started, vec![("a".into(), key(100))]);
+        let started = floors.args();
+        floors.found(&started, vec![("a".into(), key(100))]);
         assert_eq!(floor(&floors, "a"), Some(100));
 
         floors.hear(&announce(40));
@@ -237,46 +265,79 @@ mod tests {
     #[test]
     fn what_is_heard_during_a_claim_outlives_the_claims_floor() {
         let floors = listening();
-        floors.found(floors.args().heard, vec![("a".into(), key(100))]);
-        let started = floors.args().heard;
+        floors.found(&floors.args(), vec![("a".into(), key(100))]);
+        let started = floors.args();
         // A job committed after the claim's snapshot, announced before the claim returned.
         floors.hear(&announce(50));
-        floors.found(started, vec![("a".into(), key(300))]);
+        floors.found(&started, vec![("a".into(), key(300))]);
         assert_eq!(floor(&floors, "a"), Some(50));
 
         // The next claim saw that job: its floor stands.
-        floors.found(floors.args().heard, vec![("a".into(), key(400))]);
+        floors.found(&floors.args(), vec![("a".into(), key(400))]);
         assert_eq!(floor(&floors, "a"), Some(400));
     }
 
     #[test]
     fn an_empty_payload_forgets_every_floor_and_claims_already_running() {
         let floors = listening();
-        floors.found(floors.args().heard, vec![("a".into(), key(100))]);
-        let started = floors.args().heard;
+        floors.found(&floors.args(), vec![("a".into(), key(100))]);
+        let started = floors.args();
         floors.hear("");
         assert_eq!(floor(&floors, "a"), None);
-        floors.found(started, vec![("a".into(), key(300))]);
+        floors.found(&started, vec![("a".into(), key(300))]);
         assert_eq!(floor(&floors, "a"), None);
     }
 
     #[test]
     fn a_tenant_heard_of_during_its_first_claim_keeps_no_floor() {
         let floors = listening();
-        let started = floors.args().heard;
+        let started = floors.args();
         floors.hear(&announce(5));
-        floors.found(started, vec![("b".into(), key(300))]);
+        floors.found(&started, vec![("b".into(), key(300))]);
         assert_eq!(floor(&floors, "b"), None);
+    }
+
+    #[test]
+    fn claims_from_many_tenants_use_floors_now_and_then() {
+        let floors = listening();
+        let many: Vec<(String, Key)> = (0..100).map(|t| (format!("t{t}"), key(t))).collect();
+        let args = floors.args();
+        assert!(args.used, "the first claim uses floors");
+        floors.found(&args, many.clone());
+        let used: Vec<bool> = (0..2 * WIDE_RETRY)
+            .map(|_| {
+                let args = floors.args();
+                let found = if args.used { many.clone() } else { Vec::new() };
+                floors.found(&args, found);
+                args.used
+            })
+            .collect();
+        assert_eq!(used.iter().filter(|&&used| used).count(), 2);
+
+        // Once a claim with floors claims from few tenants, every claim uses them.
+        loop {
+            let args = floors.args();
+            let found = if args.used {
+                many[..3].to_vec()
+            } else {
+                Vec::new()
+            };
+            floors.found(&args, found);
+            if args.used {
+                break;
+            }
+        }
+        assert!(floors.args().used);
     }
 
     #[test]
     fn a_claimer_that_does_not_listen_uses_no_floors() {
         let floors = Floors::default();
-        floors.found(floors.args().heard, vec![("a".into(), key(100))]);
+        floors.found(&floors.args(), vec![("a".into(), key(100))]);
         assert!(floors.args().tenants.is_empty());
 
         floors.listening(true);
-        floors.found(floors.args().heard, vec![("a".into(), key(100))]);
+        floors.found(&floors.args(), vec![("a".into(), key(100))]);
         floors.listening(false);
         assert!(
             floors.args().tenants.is_empty(),
