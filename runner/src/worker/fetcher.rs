@@ -43,7 +43,7 @@ pub(super) async fn run<E: Executor>(
         let claimed = match shared.queue.claim(&request).await {
             Ok(claimed) => claimed,
             Err(error) => {
-                drop(slots);
+                give_back(&shared, slots);
                 failures += 1;
                 let delay = retry_delay(failures);
                 tracing::warn!(%error, retry_in = ?delay, "claiming jobs failed");
@@ -74,12 +74,22 @@ pub(super) async fn run<E: Executor>(
                 reports.clone(),
             ));
         }
-        drop(slots);
+        give_back(&shared, slots);
         if drained && !wait_for_work(&shared, claimed.rate_wait).await {
             break;
         }
     }
     tracing::debug!("stopped claiming");
+}
+
+/// Returns the slots a claim reserved and did not fill. The other claim loop may be waiting
+/// for them: while this claim ran, they counted against its prefetch allowance.
+fn give_back<E>(shared: &Shared<E>, slots: OwnedSemaphorePermit) {
+    let unused = slots.num_permits();
+    drop(slots);
+    if unused > 0 {
+        shared.slot_freed.notify_one();
+    }
 }
 
 /// How long a busy runner waits for more slots before claiming: claims then come in batches
