@@ -140,8 +140,8 @@ pub struct WorkerSettings {
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, with = "humantime_serde")]
     pub shutdown_timeout: Option<Duration>,
-    /// Vacuum the jobs table once it holds this many dead row versions, one runner at a time;
-    /// 0 leaves it to autovacuum [default: 50000]
+    /// Vacuum the jobs table once it holds this many dead row versions, and they make up a
+    /// fifth of it, one runner at a time; 0 leaves it to autovacuum [default: 50000]
     #[arg(long)]
     pub vacuum_dead_rows: Option<u64>,
     /// Attempts for jobs that set none [default: 25]

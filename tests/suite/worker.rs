@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use runner::queue::Vacuum;
 use runner::{Handlers, JobState, NewJob, Unique, Worker, WorkerConfig};
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
@@ -332,6 +333,46 @@ async fn a_runner_vacuums_the_jobs_table_once_dead_rows_pile_up() {
     )
     .await;
     worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_jobs_table_is_vacuumed_only_once_a_fifth_of_it_is_dead() {
+    let db = TestDb::new().await;
+    let jobs: Vec<NewJob> = (0..8000)
+        .map(|i| NewJob::new("quick", json!(i)).unique(Unique::Off))
+        .collect();
+    db.queue().enqueue_many(&db.pool, &jobs).await.unwrap();
+    let delete_and_count = |n: i64, dead: i64| {
+        let db = &db;
+        async move {
+            sqlx::query("DELETE FROM jobrunner.jobs WHERE id IN (SELECT id FROM jobrunner.jobs ORDER BY id LIMIT $1)")
+                .bind(n)
+                .execute(&db.pool)
+                .await
+                .unwrap();
+            // The server's statistics lag the deletes by a second or so.
+            eventually("the statistics to count the dead rows", Duration::from_secs(30), || async {
+                let counted: i64 = db
+                    .scalar("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'jobrunner.jobs'::regclass")
+                    .await;
+                (counted >= dead).then_some(())
+            })
+            .await;
+        }
+    };
+
+    // 1,000 dead of 8,000: over the threshold, but an eighth of the table.
+    delete_and_count(1000, 1000).await;
+    assert_eq!(
+        db.queue().vacuum_if_needed(500).await.unwrap(),
+        Vacuum::NotNeeded
+    );
+    // 3,000 dead, 5,000 live.
+    delete_and_count(2000, 3000).await;
+    assert!(matches!(
+        db.queue().vacuum_if_needed(500).await.unwrap(),
+        Vacuum::Done { dead: 3000.., .. }
+    ));
 }
 
 /// Waits for `n` jobs to start and returns their ids.

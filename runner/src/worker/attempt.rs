@@ -1,10 +1,13 @@
-//! One attempt of one job: wait for an executor, run, and report what became of it.
+//! The executors: `concurrency` long-lived tasks, each running one claimed job at a time and
+//! reporting what became of it. Long-lived, because a task spawned per job cost more than the
+//! bookkeeping around a microsecond job: allocating, moving and tearing down its future.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::inflight::Ticket;
@@ -13,6 +16,16 @@ use crate::executor::{Execution, Executor, JobError};
 use crate::job::Job;
 use crate::queue::{Outcome, Settlement};
 use crate::retry::Backoff;
+
+/// A claimed job waiting for an executor. `slot` is held until its report is queued, so a
+/// slow database pushes back on claiming.
+pub(super) struct Claimed {
+    pub job: Job,
+    pub ticket: Ticket,
+    /// Fires when the heartbeat finds the claim's lease gone.
+    pub lease_lost: CancellationToken,
+    pub slot: OwnedSemaphorePermit,
+}
 
 /// An attempt's outcome on its way to the completer, with what the outcome log line needs.
 #[derive(Debug)]
@@ -25,40 +38,65 @@ pub(super) struct Report {
     pub duration: Duration,
 }
 
-/// Runs `job` once a free executor allows it and sends the outcome to the completer. `slot`
-/// is held until the report is queued, so a slow database pushes back on claiming.
-pub(super) async fn run<E: Executor>(
+/// Runs claimed jobs until every claim loop is gone and nothing claimed is left. Once the
+/// worker stops, jobs still waiting go back to the queue unstarted.
+pub(super) async fn executor<E: Executor>(
     shared: Arc<Shared<E>>,
-    job: Job,
-    ticket: Ticket,
-    slot: OwnedSemaphorePermit,
+    claimed: flume::Receiver<Claimed>,
     reports: mpsc::Sender<Report>,
 ) {
-    let permit = tokio::select! {
-        biased;
-        _ = shared.stop.cancelled() => None,
-        permit = shared.exec.clone().acquire_owned() => permit.ok(),
-    };
-    let (outcome, plugin_sha256, duration) = match permit {
-        None => (
-            requeued("the runner is shutting down; the job had not started"),
-            None,
-            Duration::ZERO,
-        ),
-        Some(_running) => {
-            tracing::debug!(
-                target: "jobrunner::attempt", job_id = job.id, job_type = %job.job_type,
-                tenant = %job.tenant, attempt = job.attempt, "job started"
-            );
-            let started = Instant::now();
-            let Some((outcome, plugin_sha256)) = execute(&shared, &job, ticket).await else {
-                return;
-            };
-            let took = started.elapsed();
-            shared.prefetch.record(took);
-            (outcome, plugin_sha256, took)
+    while let Ok(claim) = claimed.recv_async().await {
+        if shared.stop.is_cancelled() {
+            not_started(&shared, claim, &reports).await;
+        } else {
+            run(&shared, claim, &reports).await;
         }
+    }
+}
+
+/// Reports a claimed job that will not run in this worker: it goes back to the queue without
+/// counting the attempt.
+pub(super) async fn not_started<E>(
+    shared: &Shared<E>,
+    claim: Claimed,
+    reports: &mpsc::Sender<Report>,
+) {
+    let outcome = requeued("the runner is shutting down; the job had not started");
+    report(shared, claim, outcome, None, Duration::ZERO, reports).await;
+}
+
+async fn run<E: Executor>(shared: &Shared<E>, claim: Claimed, reports: &mpsc::Sender<Report>) {
+    let job = &claim.job;
+    tracing::debug!(
+        target: "jobrunner::attempt", job_id = job.id, job_type = %job.job_type,
+        tenant = %job.tenant, attempt = job.attempt, "job started"
+    );
+    let started = Instant::now();
+    let Some((outcome, plugin_sha256)) =
+        execute(shared, job, claim.ticket, &claim.lease_lost).await
+    else {
+        // Another runner owns the job now: nothing to record, but the slot is free.
+        drop(claim);
+        shared.slot_freed.notify_one();
+        return;
     };
+    let took = started.elapsed();
+    shared.prefetch.record(took);
+    report(shared, claim, outcome, plugin_sha256, took, reports).await;
+}
+
+/// Queues the outcome of `claim` for the completer, then frees its slot.
+async fn report<E>(
+    shared: &Shared<E>,
+    claim: Claimed,
+    outcome: Outcome,
+    plugin_sha256: Option<Arc<str>>,
+    duration: Duration,
+    reports: &mpsc::Sender<Report>,
+) {
+    let Claimed {
+        job, ticket, slot, ..
+    } = claim;
     let report = Report {
         ticket,
         settlement: Settlement {
@@ -86,9 +124,12 @@ async fn execute<E: Executor>(
     shared: &Shared<E>,
     job: &Job,
     ticket: Ticket,
+    lease_lost: &CancellationToken,
 ) -> Option<(Outcome, Option<Arc<str>>)> {
-    let lease_lost = shared.inflight.lease_lost_signal(ticket);
+    // The job first: one that finishes in its first poll never registers with the tokens,
+    // whose waiter lists every executor shares.
     tokio::select! {
+        biased;
         execution = shared.executor.execute(job) => {
             let plugin_sha256 = execution.plugin_sha256.clone();
             let backoff = shared.config.retry.backoff;

@@ -1,5 +1,5 @@
-//! The claim loop: whenever slots are free and ripe jobs may exist, claim a batch and start an
-//! attempt task for each job. A short batch means the queue looks drained, unless the claim
+//! The claim loop: whenever slots are free and ripe jobs may exist, claim a batch and hand
+//! each job to the executors. A short batch means the queue looks drained, unless the claim
 //! says more is ripe (another tenant's share is left) or a tenant was held back by its limits,
 //! in which case the next look comes when its next token is due or a job completes.
 
@@ -8,9 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
-use tokio_util::task::TaskTracker;
 
-use super::attempt::{self, Report};
+use super::attempt::{self, Claimed, Report};
 use super::{Shared, retry_delay, sleep_or_stop};
 use crate::executor::Executor;
 use crate::queue::ClaimRequest;
@@ -19,15 +18,31 @@ use crate::queue::ClaimRequest;
 /// claims while the other's jobs start, and a busy runner drained a quarter faster.
 pub(super) const CLAIMERS: usize = 2;
 
-/// Claims until `shared.stop` fires. Claimed jobs run as tasks on `tracker`.
-pub(super) async fn run<E: Executor>(
-    shared: Arc<Shared<E>>,
-    reports: mpsc::Sender<Report>,
-    tracker: TaskTracker,
+/// Where claimed jobs go: to the executors, and back to the claim loops at shutdown.
+pub(super) struct Handoff {
+    pub to_executors: flume::Sender<Claimed>,
+    pub waiting: flume::Receiver<Claimed>,
+    pub reports: mpsc::Sender<Report>,
+}
+
+/// Claims until `shared.stop` fires, then returns the claimed jobs no executor has taken to
+/// the queue at once (executors may be busy until the shutdown deadline).
+pub(super) async fn run<E: Executor>(shared: Arc<Shared<E>>, handoff: Handoff) {
+    claim_until_stopped(&shared, &handoff.to_executors).await;
+    drop(handoff.to_executors);
+    // Every job this loop handed off came before its stop; the other loop drains its own.
+    while let Ok(claim) = handoff.waiting.try_recv() {
+        attempt::not_started(&shared, claim, &handoff.reports).await;
+    }
+}
+
+async fn claim_until_stopped<E: Executor>(
+    shared: &Arc<Shared<E>>,
+    to_executors: &flume::Sender<Claimed>,
 ) {
     let mut failures = 0;
     let mut next_tenant: Option<String> = None;
-    while let Some(mut slots) = free_slots(&shared).await {
+    while let Some(mut slots) = free_slots(shared).await {
         let limit = slots.num_permits();
         let job_types = shared.executor.job_types();
         let request = ClaimRequest {
@@ -43,7 +58,7 @@ pub(super) async fn run<E: Executor>(
         let claimed = match shared.queue.claim(&request).await {
             Ok(claimed) => claimed,
             Err(error) => {
-                give_back(&shared, slots);
+                give_back(shared, slots);
                 failures += 1;
                 let delay = retry_delay(failures);
                 tracing::warn!(%error, retry_in = ?delay, "claiming jobs failed");
@@ -65,17 +80,18 @@ pub(super) async fn run<E: Executor>(
             let slot = slots
                 .split(1)
                 .expect("one slot was reserved per claimed job");
-            let ticket = shared.inflight.insert(&job);
-            tracker.spawn(attempt::run(
-                shared.clone(),
+            let (ticket, lease_lost) = shared.inflight.insert(&job);
+            let claim = Claimed {
                 job,
                 ticket,
+                lease_lost,
                 slot,
-                reports.clone(),
-            ));
+            };
+            // Unbounded: the slots bound what is claimed and not yet run.
+            let _ = to_executors.send(claim);
         }
-        give_back(&shared, slots);
-        if drained && !wait_for_work(&shared, claimed.rate_wait).await {
+        give_back(shared, slots);
+        if drained && !wait_for_work(shared, claimed.rate_wait).await {
             break;
         }
     }

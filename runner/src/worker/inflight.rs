@@ -39,30 +39,24 @@ impl InFlight {
         self.jobs.lock().expect("in-flight lock poisoned")
     }
 
-    /// Records a job just claimed (its lease is fresh).
-    pub fn insert(&self, job: &Job) -> Ticket {
+    /// Records a job just claimed (its lease is fresh). The token fires when the heartbeat
+    /// finds that this claim's lease is gone.
+    pub fn insert(&self, job: &Job) -> (Ticket, CancellationToken) {
         let seq = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+        let lease_lost = CancellationToken::new();
         let entry = Entry {
             ticket: seq,
             attempt: job.attempt,
             renewed: Instant::now(),
-            lease_lost: CancellationToken::new(),
+            lease_lost: lease_lost.clone(),
         };
         self.jobs().insert(job.id, entry);
-        Ticket {
+        let ticket = Ticket {
             job_id: job.id,
             attempt: job.attempt,
             seq,
-        }
-    }
-
-    /// Fires when the heartbeat finds that this claim's lease is gone.
-    pub fn lease_lost_signal(&self, ticket: Ticket) -> CancellationToken {
-        self.jobs()
-            .get(&ticket.job_id)
-            .filter(|e| e.ticket == ticket.seq)
-            .map(|e| e.lease_lost.clone())
-            .unwrap_or_default()
+        };
+        (ticket, lease_lost)
     }
 
     /// Forgets a claim whose outcome is recorded (or abandoned).

@@ -1,18 +1,17 @@
 //! The loop that ties the queue to an executor.
 //!
 //! ```text
-//!  LISTEN / poll ─wake─> fetcher ──claim N──> attempt tasks ──reports──> completer ──batch──> Postgres
-//!                          │  (slot semaphore:        │ (exec semaphore:            │
-//!                          │   concurrency+prefetch)  │  concurrency)               └─> outcome log line
+//!  LISTEN / poll ─wake─> fetcher ──claim N──> executors ──reports──> completer ──batch──> Postgres
+//!                          │  (slot semaphore:        │ (`concurrency`          │
+//!                          │   concurrency+prefetch)  │  long-lived tasks)      └─> outcome log line
 //!              heartbeat ──┴── extends the leases of everything claimed and not yet recorded
 //!              rescuer   ───── returns other runners' expired leases
 //!              pruner    ───── deletes retained completed jobs when they age out
 //!              vacuum    ───── vacuums the jobs table when dead row versions pile up
 //! ```
 //!
-//! A job holds a *slot* from claim until its outcome is queued for writing, and an *exec* permit
-//! while it runs; the difference between the two limits is the prefetch buffer of claimed jobs
-//! waiting for an executor. Shutdown ([`WorkerHandle::shutdown`]) stops claiming at once,
+//! A job holds a *slot* from claim until its outcome is queued for writing; slots beyond the
+//! executors are the prefetch buffer of claimed jobs waiting for one. Shutdown ([`WorkerHandle::shutdown`]) stops claiming at once,
 //! requeues claimed jobs that never started, lets running ones finish until the deadline,
 //! requeues the rest, and flushes every outcome before returning.
 
@@ -63,8 +62,8 @@ pub struct WorkerConfig {
     pub keep_completed: Option<Duration>,
     /// How long shutdown waits for running jobs before interrupting and requeueing them.
     pub shutdown_timeout: Duration,
-    /// Vacuum the jobs table once it holds this many dead row versions (one runner at a
-    /// time); `None`: leave it to autovacuum.
+    /// Vacuum the jobs table once it holds this many dead row versions, and they make up a
+    /// fifth of it (one runner at a time); `None`: leave it to autovacuum.
     pub vacuum_dead_rows: Option<u64>,
     /// Attempts and backoff.
     pub retry: RetryPolicy,
@@ -115,8 +114,6 @@ struct Shared<E> {
     inflight: Arc<InFlight>,
     /// Claimed-and-unrecorded jobs: concurrency + prefetch permits.
     slots: Arc<Semaphore>,
-    /// Running jobs: concurrency permits.
-    exec: Arc<Semaphore>,
     /// How many of the prefetch slots may be used now.
     prefetch: prefetch::Prefetch,
     /// A job gave back its slot.
@@ -167,7 +164,6 @@ impl<E: Executor> Worker<E> {
             queue: self.queue,
             executor: self.executor,
             slots: Arc::new(Semaphore::new(config.concurrency.max(1) + config.prefetch)),
-            exec: Arc::new(Semaphore::new(config.concurrency.max(1))),
             prefetch: prefetch::Prefetch::new(config.concurrency.max(1), config.prefetch),
             slot_freed: Notify::new(),
             inflight: Arc::default(),
@@ -188,16 +184,25 @@ impl<E: Executor> Worker<E> {
         let flush_deadline = CancellationToken::new();
         let heartbeat_stop = CancellationToken::new();
 
+        let (claimed_tx, claimed_rx) = flume::unbounded();
+        for _ in 0..shared.config.concurrency.max(1) {
+            tracker.spawn(attempt::executor(
+                shared.clone(),
+                claimed_rx.clone(),
+                report_tx.clone(),
+            ));
+        }
         let fetchers = (0..fetcher::CLAIMERS)
             .map(|_| {
-                tokio::spawn(fetcher::run(
-                    shared.clone(),
-                    report_tx.clone(),
-                    tracker.clone(),
-                ))
+                let handoff = fetcher::Handoff {
+                    to_executors: claimed_tx.clone(),
+                    waiting: claimed_rx.clone(),
+                    reports: report_tx.clone(),
+                };
+                tokio::spawn(fetcher::run(shared.clone(), handoff))
             })
             .collect();
-        drop(report_tx);
+        drop((claimed_tx, claimed_rx, report_tx));
         let completer = tokio::spawn(completer::run(
             shared.clone(),
             report_rx,

@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::Bench;
+use super::cpu::CpuTimes;
 use crate::executor::WasmExecutor;
 use crate::queue::Queue;
 use crate::worker::{Worker, WorkerConfig, WorkerHandle};
@@ -28,6 +29,7 @@ pub(super) async fn run(
         None
     };
     let rss_before = rss_kib();
+    let cpu_before = CpuTimes::now(queue).await;
     let started = Instant::now();
     let workers: Vec<WorkerHandle> = (0..bench.workers)
         .map(|i| {
@@ -64,6 +66,9 @@ pub(super) async fn run(
         last_done = done;
     }
     let elapsed = started.elapsed();
+    let cpu = CpuTimes::now(queue)
+        .await
+        .per_job_since(&cpu_before, bench.jobs);
     for worker in workers {
         worker.shutdown().await;
     }
@@ -76,7 +81,7 @@ pub(super) async fn run(
     let rate = bench.jobs as f64 / elapsed.as_secs_f64();
     println!(
         "2. drain    {} jobs, each in a fresh sandbox: {:.2} s, {rate:.0} jobs/s (runner RSS \
-         {} MiB before, peak {} MiB{bloat})",
+         {} MiB before, peak {} MiB{bloat})\n           CPU per job: {cpu}",
         bench.jobs,
         elapsed.as_secs_f64(),
         rss_before / 1024,

@@ -10,6 +10,7 @@
 //! The last line sums it up for machines. The benchmark works in a database of its own,
 //! created afresh and dropped at the end.
 
+mod cpu;
 mod drain;
 mod latency;
 mod stats;
