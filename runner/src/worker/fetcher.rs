@@ -30,14 +30,14 @@ pub(super) struct Handoff {
 pub(super) async fn run<E: Executor>(shared: Arc<Shared<E>>, handoff: Handoff) {
     claim_until_stopped(&shared, &handoff.to_executors).await;
     drop(handoff.to_executors);
-    // Every job this loop handed off came before its stop; the other loop drains its own.
+    // What is still waiting goes back now; each loop drains after its own last hand-off.
     while let Ok(claim) = handoff.waiting.try_recv() {
         attempt::not_started(&shared, claim, &handoff.reports).await;
     }
 }
 
 async fn claim_until_stopped<E: Executor>(
-    shared: &Arc<Shared<E>>,
+    shared: &Shared<E>,
     to_executors: &flume::Sender<Claimed>,
 ) {
     let mut failures = 0;
@@ -87,7 +87,8 @@ async fn claim_until_stopped<E: Executor>(
                 lease_lost,
                 slot,
             };
-            // Unbounded: the slots bound what is claimed and not yet run.
+            // Unbounded, as the slots bound what is claimed and not yet run. Cannot fail: the
+            // loop's `waiting` receiver keeps the channel open.
             let _ = to_executors.send(claim);
         }
         give_back(shared, slots);
