@@ -342,37 +342,45 @@ async fn the_jobs_table_is_vacuumed_only_once_a_fifth_of_it_is_dead() {
         .map(|i| NewJob::new("quick", json!(i)).unique(Unique::Off))
         .collect();
     db.queue().enqueue_many(&db.pool, &jobs).await.unwrap();
-    let delete_and_count = |n: i64, dead: i64| {
-        let db = &db;
-        async move {
-            sqlx::query("DELETE FROM jobrunner.jobs WHERE id IN (SELECT id FROM jobrunner.jobs ORDER BY id LIMIT $1)")
-                .bind(n)
-                .execute(&db.pool)
-                .await
-                .unwrap();
-            // The server's statistics lag the deletes by a second or so.
-            eventually("the statistics to count the dead rows", Duration::from_secs(30), || async {
-                let counted: i64 = db
-                    .scalar("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'jobrunner.jobs'::regclass")
-                    .await;
-                (counted >= dead).then_some(())
-            })
-            .await;
-        }
-    };
-
     // 1,000 dead of 8,000: over the threshold, but an eighth of the table.
-    delete_and_count(1000, 1000).await;
+    delete_oldest(&db, 1000, 1000).await;
     assert_eq!(
         db.queue().vacuum_if_needed(500).await.unwrap(),
         Vacuum::NotNeeded
     );
     // 3,000 dead, 5,000 live.
-    delete_and_count(2000, 3000).await;
+    delete_oldest(&db, 2000, 3000).await;
     assert!(matches!(
         db.queue().vacuum_if_needed(500).await.unwrap(),
         Vacuum::Done { dead: 3000.., .. }
     ));
+}
+
+/// Deletes the `n` oldest jobs, then waits until the server's statistics (a second or so
+/// behind) count at least `dead` dead rows in the jobs table.
+async fn delete_oldest(db: &TestDb, n: i64, dead: i64) {
+    sqlx::query(
+        "DELETE FROM jobrunner.jobs
+          WHERE id IN (SELECT id FROM jobrunner.jobs ORDER BY id LIMIT $1)",
+    )
+    .bind(n)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    eventually(
+        "the statistics to count the dead rows",
+        Duration::from_secs(30),
+        || async {
+            let counted: i64 = db
+                .scalar(
+                    "SELECT n_dead_tup FROM pg_stat_user_tables
+                      WHERE relid = 'jobrunner.jobs'::regclass",
+                )
+                .await;
+            (counted >= dead).then_some(())
+        },
+    )
+    .await;
 }
 
 /// Waits for `n` jobs to start and returns their ids.

@@ -61,7 +61,10 @@ impl CpuTimes {
 /// The CPU time of a local PostgreSQL process; `None` if `pid` is not one here.
 fn postgres_cpu(pid: i32) -> Option<Duration> {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-    (comm.trim() == "postgres").then(|| process_cpu(&pid.to_string()))?
+    if comm.trim() != "postgres" {
+        return None;
+    }
+    process_cpu(&pid.to_string())
 }
 
 /// User plus system time of `/proc/<pid>`.
