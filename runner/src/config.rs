@@ -361,6 +361,11 @@ impl SandboxSettings {
             (64 << 10..=64 << 20).contains(&config.max_stack),
             || "must be between 64KiB and 64MiB".into(),
         )?;
+        check(
+            "max_payload",
+            limits.max_payload <= crate::job::MAX_PAYLOAD_BYTES,
+            || "must be at most 16MiB, the largest payload a job can be enqueued with".into(),
+        )?;
         check("instances", config.instances >= 1, || {
             "must be at least 1".into()
         })?;

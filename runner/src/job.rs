@@ -11,6 +11,16 @@ use serde_json::value::RawValue;
 /// Longest job type or tenant name the schema accepts.
 pub const MAX_NAME_LEN: usize = 200;
 
+/// Largest payload (JSON text) any job may have, whatever the sandbox limits say: runners
+/// load claimed payloads in batches, so one door left open to huge payloads would let a
+/// single enqueue exhaust a runner's memory. The schema holds the same line (migration 0007).
+pub const MAX_PAYLOAD_BYTES: usize = 16 << 20;
+
+/// Deepest nesting of arrays and objects a payload may have: what `serde_json` reads by
+/// default, and so what the admin commands and Rust guests can parse. The schema holds the same
+/// line (migration 0007).
+pub const MAX_PAYLOAD_DEPTH: usize = 127;
+
 /// Where a job is in its life cycle (see DESIGN.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -173,6 +183,12 @@ pub enum InvalidJob {
     /// The payload is not valid JSON.
     #[error("payload is not valid JSON: {0}")]
     MalformedPayload(String),
+    /// The payload is larger than [`MAX_PAYLOAD_BYTES`].
+    #[error("payload of {0} bytes exceeds the limit of {MAX_PAYLOAD_BYTES} bytes")]
+    PayloadTooLarge(usize),
+    /// The payload nests arrays and objects deeper than [`MAX_PAYLOAD_DEPTH`].
+    #[error("payload is nested deeper than {MAX_PAYLOAD_DEPTH} levels of arrays and objects")]
+    PayloadTooDeep,
     /// max_attempts is zero or too large.
     #[error("max attempts must be between 1 and {}", i32::MAX)]
     MaxAttemptsOutOfRange,
@@ -273,6 +289,12 @@ impl NewJob {
     pub fn validate(&self) -> Result<(), InvalidJob> {
         validate_job_type(&self.job_type)?;
         check_name("tenant", &self.tenant, InvalidJob::EmptyTenant)?;
+        if self.payload().len() > MAX_PAYLOAD_BYTES {
+            return Err(InvalidJob::PayloadTooLarge(self.payload().len()));
+        }
+        if nesting_exceeds(self.payload(), MAX_PAYLOAD_DEPTH) {
+            return Err(InvalidJob::PayloadTooDeep);
+        }
         if let Some(max) = self.max_attempts
             && !(1..=i32::MAX as u32).contains(&max)
         {
@@ -297,6 +319,28 @@ impl NewJob {
     }
 }
 
+/// Whether valid JSON `text` nests arrays and objects deeper than `limit`. A byte scan, since
+/// `serde_json` does not count depth when it only checks that text is JSON.
+fn nesting_exceeds(text: &str, limit: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for byte in text.bytes() {
+        match (in_string, byte) {
+            (true, _) if escaped => escaped = false,
+            (true, b'\\') => escaped = true,
+            (true, b'"') | (false, b'"') => in_string = !in_string,
+            (false, b'[' | b'{') => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            (false, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Checks a job type name: not empty, not longer than the schema allows.
 pub fn validate_job_type(job_type: &str) -> Result<(), InvalidJob> {
     check_name("job type", job_type, InvalidJob::EmptyJobType)
@@ -316,6 +360,21 @@ fn check_name(what: &'static str, value: &str, empty: InvalidJob) -> Result<(), 
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn nesting_is_counted_outside_strings_only() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(!nesting_exceeds(&nested(127), 127));
+        assert!(nesting_exceeds(&nested(128), 127));
+        let object = format!(r#"{{"a": {}}}"#, nested(126));
+        assert!(!nesting_exceeds(&object, 127));
+        assert!(nesting_exceeds(&object, 126));
+        let brackets_in_strings = format!(r#"["{}", "\"[[", "\\"]"#, "[".repeat(500));
+        assert!(!nesting_exceeds(&brackets_in_strings, 1));
+        // serde_json reads exactly what the limit lets through.
+        assert!(serde_json::from_str::<serde_json::Value>(&nested(127)).is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(&nested(128)).is_err());
+    }
 
     #[test]
     fn defaults_and_builders() {

@@ -104,7 +104,12 @@ impl PrivatePostgres {
             cluster.url = url_for(port);
             return Ok(cluster);
         }
-        let port = free_port(data_dir)?;
+        // The port of its last run, if it is free, so that a restarted cluster keeps its address
+        // and other processes connected to it can reconnect.
+        let port = match previous_port(data_dir) {
+            Some(port) if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() => port,
+            _ => free_port(data_dir)?,
+        };
         cluster.pg_ctl(&[
             "start",
             "-w",
@@ -263,6 +268,17 @@ fn run(command: &mut Command) -> Result<Output> {
         command: name,
         detail: text,
     })
+}
+
+/// The port the cluster last ran on, from the options `pg_ctl` recorded for its last start
+/// (`postmaster.opts`: the server's command line, arguments quoted).
+fn previous_port(data_dir: &Path) -> Option<u16> {
+    let options = std::fs::read_to_string(data_dir.join("postmaster.opts")).ok()?;
+    let mut words = options
+        .split_whitespace()
+        .map(|word| word.trim_matches('"'));
+    words.find(|word| *word == "-p")?;
+    words.next()?.parse().ok()
 }
 
 fn free_port(data_dir: &Path) -> Result<u16> {

@@ -332,13 +332,7 @@ async fn a_killed_runners_jobs_run_elsewhere_within_ten_seconds() {
 
 #[tokio::test]
 async fn without_a_database_the_runner_starts_a_private_cluster() {
-    let dir = tempfile::tempdir().unwrap();
-    // As root the cluster runs as user postgres, which must be able to enter the directory.
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let dir = crate::support::cluster_tempdir();
     let data_dir = dir.path().join("pg");
     let nothing_answers = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

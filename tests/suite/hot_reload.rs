@@ -232,7 +232,7 @@ async fn a_plain_copy_over_a_large_plugin_never_loads_half_a_file() {
 }
 
 /// Components that are not `job-handler`s, and the reason each must be refused with.
-fn bad_files() -> Vec<(&'static str, Vec<u8>, &'static str)> {
+pub(crate) fn bad_files() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     let wat = |text: &str| wat::parse_str(text).unwrap();
     vec![
         (
@@ -407,6 +407,40 @@ async fn a_new_job_type_dropped_in_runs_its_queued_jobs() {
         let states = states(&db, &ids).await;
         (states == HashSet::from(["completed".into()])).then_some(())
     })
+    .await;
+    live.stop().await;
+}
+
+#[tokio::test]
+async fn a_plugin_directory_deleted_and_recreated_is_watched_again() {
+    let db = TestDb::new().await;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("plugins");
+    std::fs::create_dir(&dir).unwrap();
+    rename_in(&dir, "marker.wasm", &bytes_of("echo"));
+    let live = Live::start(&db, &dir, &[]).await;
+
+    std::fs::remove_dir_all(&dir).unwrap();
+    live.event(
+        "cannot read the plugin directory; the loaded plugins keep serving",
+        |_| true,
+    )
+    .await;
+    marker_runs(&db, &live).await;
+
+    std::fs::create_dir(&dir).unwrap();
+    live.event("the plugin directory is back; watching it again", |_| true)
+        .await;
+    // Well within the 30 s rescan: only a live watch sees this file so soon.
+    rename_in(&dir, "later.wasm", &bytes_of("echo"));
+    eventually(
+        "the new plugin to load",
+        Duration::from_secs(10),
+        || async {
+            let loaded = live.events("plugin loaded");
+            loaded.into_iter().find(|e| e["job_type"] == "later")
+        },
+    )
     .await;
     live.stop().await;
 }

@@ -12,6 +12,7 @@ mod hot_reload;
 mod leases;
 mod plugin_cli;
 mod plugin_dir;
+mod reliability;
 mod retries;
 mod sandbox;
 mod tenants;

@@ -322,12 +322,7 @@ async fn a_runner_vacuums_the_jobs_table_once_dead_rows_pile_up() {
         "the runner to vacuum the jobs table",
         Duration::from_secs(30),
         || async {
-            let vacuums: i64 = db
-                .scalar(
-                    "SELECT vacuum_count FROM pg_stat_user_tables
-                  WHERE relid = 'jobrunner.jobs'::regclass",
-                )
-                .await;
+            let vacuums = jobs_table_stats(&db).await.vacuums;
             (vacuums > 0).then_some(())
         },
     )
@@ -356,6 +351,23 @@ async fn the_jobs_table_is_vacuumed_only_once_a_fifth_of_it_is_dead() {
     ));
 }
 
+/// The server's statistics of the jobs table: vacuums so far, dead rows now.
+struct TableStats {
+    vacuums: i64,
+    dead: i64,
+}
+
+async fn jobs_table_stats(db: &TestDb) -> TableStats {
+    let (vacuums, dead) = sqlx::query_as(
+        "SELECT vacuum_count, n_dead_tup FROM pg_stat_user_tables
+          WHERE relid = 'jobrunner.jobs'::regclass",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    TableStats { vacuums, dead }
+}
+
 /// Deletes the `n` oldest jobs, then waits until the server's statistics (a second or so
 /// behind) count at least `dead` dead rows in the jobs table.
 async fn delete_oldest(db: &TestDb, n: i64, dead: i64) {
@@ -371,12 +383,7 @@ async fn delete_oldest(db: &TestDb, n: i64, dead: i64) {
         "the statistics to count the dead rows",
         Duration::from_secs(30),
         || async {
-            let counted: i64 = db
-                .scalar(
-                    "SELECT n_dead_tup FROM pg_stat_user_tables
-                      WHERE relid = 'jobrunner.jobs'::regclass",
-                )
-                .await;
+            let counted = jobs_table_stats(db).await.dead;
             (counted >= dead).then_some(())
         },
     )

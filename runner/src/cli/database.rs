@@ -16,6 +16,9 @@ use crate::queue::Queue;
 /// pruner) with room for bursts.
 const MAX_CONNECTIONS: u32 = 10;
 
+/// The `application_name` of the runner's connections.
+pub const APPLICATION_NAME: &str = "jobrunner";
+
 /// A connected database, and the private cluster behind it if we started one.
 pub struct Database {
     options: PgConnectOptions,
@@ -43,6 +46,12 @@ impl Database {
                     (cluster.url().parse()?, Some(cluster))
                 }
             },
+        };
+        // Named, so operators (and the fault-injection tests) can tell runners' connections
+        // apart in pg_stat_activity, unless the URL names them itself.
+        let options = match options.get_application_name() {
+            Some(_) => options,
+            None => options.application_name(APPLICATION_NAME),
         };
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)

@@ -1,14 +1,19 @@
 //! `runner enqueue`: one job from the command line.
 
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Args;
 
 use super::database::Database;
 use crate::config::parse_duration;
-use crate::job::{NewJob, Schedule, Unique};
+use crate::job::{MAX_PAYLOAD_BYTES, NewJob, Schedule, Unique};
+use crate::queue::Queue;
 
 /// Flags of `runner enqueue`.
 #[derive(Debug, Args)]
@@ -18,6 +23,10 @@ pub struct EnqueueArgs {
     /// The payload, JSON text.
     #[arg(long, default_value = "{}")]
     payload: String,
+    /// Read the payload from this file instead (`-`: standard input), for payloads too large
+    /// for a command line.
+    #[arg(long, conflicts_with = "payload")]
+    payload_file: Option<PathBuf>,
     /// Run at this time (RFC 3339, e.g. 2026-12-01T09:00:00Z) instead of now.
     #[arg(long, value_parser = parse_rfc3339, conflicts_with = "delay")]
     run_at: Option<DateTime<Utc>>,
@@ -54,7 +63,11 @@ impl EnqueueArgs {
             (None, true) => Unique::Off,
             (None, false) => Unique::ByPayload,
         };
-        let mut job = NewJob::from_json_text(&self.job_type, &self.payload)?
+        let payload = match &self.payload_file {
+            Some(path) => read_payload(path)?,
+            None => self.payload.clone(),
+        };
+        let mut job = NewJob::from_json_text(&self.job_type, &payload)?
             .tenant(&self.tenant)
             .priority(self.priority)
             .schedule(schedule)
@@ -74,8 +87,50 @@ pub async fn enqueue(db: &Database, job: NewJob) -> anyhow::Result<ExitCode> {
     if !enqueued.inserted {
         eprintln!("a pending job with the same unique key exists; not enqueued again");
     }
+    warn_if_unserved(&queue, job.job_type()).await;
     println!("{}", enqueued.id);
     Ok(ExitCode::SUCCESS)
+}
+
+/// A job of a type no runner serves waits, which is right for a runner yet to start or a
+/// plugin yet to be dropped in, and wrong for a typo: say so, without refusing the job.
+async fn warn_if_unserved(queue: &Queue, job_type: &str) {
+    match super::plugins::served_job_types(queue).await {
+        Ok(Some(served)) if !served.contains(job_type) => {
+            let served: Vec<&str> = served.iter().map(String::as_str).collect();
+            eprintln!(
+                "warning: no live runner serves job type {job_type:?} (they serve {served:?}); \
+                 the job waits until one does"
+            );
+        }
+        Ok(None) => eprintln!(
+            "note: no runner is live; the job waits until one serving {job_type:?} starts"
+        ),
+        Ok(Some(_)) | Err(_) => {}
+    }
+}
+
+/// The payload file's text; more than any job may carry is refused before it is all read.
+fn read_payload(path: &Path) -> anyhow::Result<String> {
+    let source: Box<dyn Read> = if path == Path::new("-") {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(
+            File::open(path)
+                .with_context(|| format!("cannot open payload file {}", path.display()))?,
+        )
+    };
+    let mut text = String::new();
+    source
+        .take(MAX_PAYLOAD_BYTES as u64 + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read payload file {} as UTF-8", path.display()))?;
+    anyhow::ensure!(
+        text.len() <= MAX_PAYLOAD_BYTES,
+        "payload file {} is larger than the limit of {MAX_PAYLOAD_BYTES} bytes",
+        path.display()
+    );
+    Ok(text)
 }
 
 fn parse_rfc3339(text: &str) -> Result<DateTime<Utc>, String> {

@@ -1,5 +1,6 @@
 //! `runner plugins`: what every live runner serves, as the runners announced it.
 
+use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use chrono::Utc;
 use super::database::Database;
 use super::jobs::one_line;
 use crate::plugins::{PluginStatus, ServingVersion};
-use crate::queue::RunnerInfo;
+use crate::queue::{Queue, RunnerInfo};
 
 /// A runner that has not refreshed its announcement for this long is not listed.
 const LIVE: Duration = Duration::from_secs(30);
@@ -36,6 +37,24 @@ pub async fn plugins(db: &Database, args: PluginsArgs) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
+/// The job types some live runner serves now; `None` when no runner is live.
+pub(super) async fn served_job_types(queue: &Queue) -> anyhow::Result<Option<BTreeSet<String>>> {
+    let runners = queue.runners(LIVE).await?;
+    if runners.is_empty() {
+        return Ok(None);
+    }
+    let served = runners
+        .iter()
+        .flat_map(statuses)
+        .filter(|plugin| plugin.serving.is_some())
+        .map(|plugin| plugin.job_type);
+    Ok(Some(served.collect()))
+}
+
+fn statuses(runner: &RunnerInfo) -> Vec<PluginStatus> {
+    serde_json::from_value(runner.plugins.clone()).unwrap_or_default()
+}
+
 fn print_runner(runner: &RunnerInfo) {
     let seen = (Utc::now() - runner.seen_at).num_seconds().max(0);
     println!(
@@ -44,8 +63,7 @@ fn print_runner(runner: &RunnerInfo) {
         runner.plugin_dir,
         runner.started_at.format("%Y-%m-%d %H:%M:%S")
     );
-    let plugins: Vec<PluginStatus> =
-        serde_json::from_value(runner.plugins.clone()).unwrap_or_default();
+    let plugins = statuses(runner);
     let header = [
         "JOB TYPE",
         "SHA256",

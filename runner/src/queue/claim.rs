@@ -241,7 +241,7 @@ impl Queue {
         request: &ClaimRequest<'_>,
         after_tenant: Option<&str>,
     ) -> Result<Option<FastClaim>> {
-        let now = self.now();
+        let (mut conn, now) = self.connection_then_now().await?;
         let (names, max_attempts) = type_columns(request.job_types);
         let floors = request.floors.map(Floors::args).unwrap_or_default();
         let sql = if floors.used {
@@ -266,7 +266,7 @@ impl Queue {
                 .bind(&floors.run_ats)
                 .bind(&floors.ids);
         }
-        let rows = query.fetch_all(&self.pool).await?;
+        let rows = query.fetch_all(&mut *conn).await?;
         let mut claim = FastClaim::default();
         let mut found = Vec::new();
         for row in rows {
@@ -289,7 +289,7 @@ impl Queue {
 
     /// The full claim, `jobrunner.claim`: tenant limits, weights and type caps.
     async fn claim_full(&self, request: &ClaimRequest<'_>) -> Result<Claimed> {
-        let now = self.now();
+        let (mut conn, now) = self.connection_then_now().await?;
         let (names, max_attempts) = type_columns(request.job_types);
         let caps: Vec<Option<i32>> = request
             .job_types
@@ -307,7 +307,7 @@ impl Queue {
                 .bind(int(request.default_max_attempts))
                 .bind(i32::try_from(request.limit).unwrap_or(i32::MAX))
                 .bind(request.after_tenant)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *conn)
                 .await?;
         let mut claimed = Claimed::default();
         for row in rows {

@@ -75,7 +75,7 @@ impl Queue {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let now = self.now();
+        let (mut conn, now) = self.connection_then_now().await?;
         let ids: Vec<i64> = jobs.iter().map(|(id, _)| *id).collect();
         let attempts: Vec<i32> = jobs
             .iter()
@@ -94,13 +94,13 @@ impl Queue {
         .bind(owner)
         .bind(later(now, lease))
         .bind(now)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await?;
         Ok(held)
     }
 
-    /// Returns up to `limit` jobs whose lease has expired to `available` (with backoff) or
-    /// `failed`, counting the interrupted attempt.
+    /// Returns up to `limit` jobs whose lease has expired to `available` (keeping their
+    /// `run_at`) or, with no attempts left, `failed`, counting the interrupted attempt.
     pub async fn rescue_expired(&self, policy: &RetryPolicy, limit: usize) -> Result<Vec<Rescued>> {
         let now = self.now();
         let expired: Vec<ExpiredRow> = sqlx::query_as(
@@ -119,19 +119,16 @@ impl Queue {
             return Ok(Vec::new());
         }
 
-        let next_runs: Vec<Option<DateTime<Utc>>> = expired
+        // A rescued job keeps its run_at, and so its place in line: the lease it had to
+        // outlive is its backoff, and a job pushed behind a backlog would wait for all of it.
+        let retry: Vec<bool> = expired
             .iter()
-            .map(|row| {
-                policy
-                    .backoff
-                    .next_run(count(row.attempt), count(row.max_attempts), now)
-            })
+            .map(|row| count(row.attempt) < count(row.max_attempts))
             .collect();
         let rows: Vec<RescuedRow> = sqlx::query_as(
             "UPDATE jobrunner.jobs AS j
-                SET state = (CASE WHEN t.run_at IS NULL THEN 'failed'
-                                  ELSE 'available' END)::jobrunner.job_state,
-                    run_at = coalesce(t.run_at, j.run_at),
+                SET state = (CASE WHEN t.retry THEN 'available'
+                                  ELSE 'failed' END)::jobrunner.job_state,
                     lease_owner = NULL,
                     lease_expires_at = NULL,
                     errors = j.errors || jsonb_build_array(jsonb_build_object(
@@ -139,8 +136,8 @@ impl Queue {
                         'error', format('lease expired: runner %s stopped heartbeating',
                                         j.lease_owner))),
                     updated_at = $5
-               FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[])
-                    AS t(id, attempt, owner, run_at)
+               FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bool[])
+                    AS t(id, attempt, owner, retry)
               WHERE j.id = t.id AND j.attempt = t.attempt AND j.lease_owner = t.owner
                 AND j.state = 'running' AND j.lease_expires_at < $5
           RETURNING j.id, j.job_type, j.tenant, j.attempt, t.owner, j.state::text AS state,
@@ -154,7 +151,7 @@ impl Queue {
                 .map(|r| r.lease_owner.as_str())
                 .collect::<Vec<_>>(),
         )
-        .bind(next_runs)
+        .bind(retry)
         .bind(now)
         .fetch_all(&self.pool)
         .await?;

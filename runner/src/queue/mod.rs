@@ -92,6 +92,8 @@ impl From<sqlx::Error> for QueueError {
         match db.code().as_deref() {
             // The enqueue functions raise invalid_parameter_value with a message for users.
             Some("22023") => QueueError::Rejected(db.message().to_owned()),
+            // check_violation: the payload limits (migration 0007), named in the message.
+            Some("23514") => QueueError::Rejected(db.message().to_owned()),
             // invalid_schema_name, undefined_table, undefined_function, undefined_object
             Some("3F000" | "42P01" | "42883" | "42704") if db.message().contains("jobrunner") => {
                 QueueError::SchemaMissing(db.message().to_owned())
@@ -135,6 +137,16 @@ impl Queue {
     /// The queue's idea of now.
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+
+    /// A pooled connection, then the time: a statement that grants a lease from "now" must
+    /// not take a time read before it waited for a connection (the pool exhausted, the
+    /// database away), or the lease it grants may have lapsed before it is written.
+    pub(crate) async fn connection_then_now(
+        &self,
+    ) -> Result<(sqlx::pool::PoolConnection<sqlx::Postgres>, DateTime<Utc>)> {
+        let conn = self.pool.acquire().await?;
+        Ok((conn, self.now()))
     }
 }
 

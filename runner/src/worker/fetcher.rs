@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
@@ -55,6 +55,9 @@ async fn claim_until_stopped<E: Executor>(
             floors: Some(&shared.floors),
         };
         let completions = shared.completions.load(Ordering::SeqCst);
+        // The leases start when the claim reads the database's clock, so no later than this:
+        // stamping them when the reply arrives would let a slow claim's leases lapse unrenewed.
+        let asked_at = Instant::now();
         let claimed = match shared.queue.claim(&request).await {
             Ok(claimed) => claimed,
             Err(error) => {
@@ -80,7 +83,7 @@ async fn claim_until_stopped<E: Executor>(
             let slot = slots
                 .split(1)
                 .expect("one slot was reserved per claimed job");
-            let (ticket, lease_lost) = shared.inflight.insert(&job);
+            let (ticket, lease_lost) = shared.inflight.insert(&job, asked_at);
             let claim = Claimed {
                 job,
                 ticket,

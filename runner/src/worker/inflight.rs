@@ -39,15 +39,15 @@ impl InFlight {
         self.jobs.lock().expect("in-flight lock poisoned")
     }
 
-    /// Records a job just claimed (its lease is fresh). The token fires when the heartbeat
-    /// finds that this claim's lease is gone.
-    pub fn insert(&self, job: &Job) -> (Ticket, CancellationToken) {
+    /// Records a job claimed by a claim asked for at `asked_at` (its lease started after that).
+    /// The token fires when the heartbeat finds that this claim's lease is gone.
+    pub fn insert(&self, job: &Job, asked_at: Instant) -> (Ticket, CancellationToken) {
         let seq = self.next_ticket.fetch_add(1, Ordering::Relaxed);
         let lease_lost = CancellationToken::new();
         let entry = Entry {
             ticket: seq,
             attempt: job.attempt,
-            renewed: Instant::now(),
+            renewed: asked_at,
             lease_lost: lease_lost.clone(),
         };
         self.jobs().insert(job.id, entry);
@@ -107,5 +107,45 @@ impl InFlight {
     /// How many jobs are in flight.
     pub fn len(&self) -> usize {
         self.jobs().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_is_due_for_renewal_by_when_it_was_asked_not_when_it_arrived() {
+        let inflight = InFlight::default();
+        let interval = Duration::from_secs(1);
+        // A claim that took two intervals to come back: its lease began before it did.
+        let asked_at = Instant::now() - 2 * interval;
+        let (ticket, lease_lost) = inflight.insert(&Job::standalone("slow", "{}"), asked_at);
+        assert_eq!(inflight.renewal_due(interval), vec![ticket]);
+
+        inflight.renewed(&[ticket], &[ticket.job_id], Instant::now());
+        assert!(inflight.renewal_due(interval).is_empty());
+        assert!(!lease_lost.is_cancelled());
+    }
+
+    #[test]
+    fn a_lease_missing_from_a_renewal_is_signalled_lost_and_a_newer_claim_is_kept() {
+        let inflight = InFlight::default();
+        let job = Job::standalone("lost", "{}");
+        let (old, old_lost) = inflight.insert(&job, Instant::now());
+        inflight.renewed(&[old], &[], Instant::now());
+        assert!(old_lost.is_cancelled());
+
+        let (new, new_lost) = inflight.insert(&job, Instant::now());
+        inflight.remove(old);
+        assert_eq!(
+            inflight.len(),
+            1,
+            "forgetting the old claim keeps the new one"
+        );
+        inflight.renewed(&[old], &[], Instant::now());
+        assert!(!new_lost.is_cancelled(), "a stale ticket touches nothing");
+        inflight.remove(new);
+        assert_eq!(inflight.len(), 0);
     }
 }

@@ -2,6 +2,7 @@
 //! leases, prune retained completed jobs, and vacuum the jobs table.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -9,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Shared, sleep_or_stop};
 use crate::executor::Executor;
 use crate::job::JobState;
-use crate::queue::Vacuum;
+use crate::queue::{Rescued, Vacuum};
 
 /// Most expired leases taken back per rescue round.
 const RESCUE_BATCH: usize = 1000;
@@ -23,7 +24,10 @@ const VACUUM_CHECK: Duration = Duration::from_secs(2);
 pub(super) async fn heartbeat<E: Executor>(shared: Arc<Shared<E>>, stop: CancellationToken) {
     let interval = shared.config.heartbeat_interval();
     while !sleep_or_stop(&stop, interval).await {
-        let due = shared.inflight.renewal_due(interval);
+        // Half an interval, not a whole one: a lease renewed just under an interval ago would
+        // otherwise wait for the round after, and a slow round or a late timer would then cost
+        // most of the lease's margin (a third of it) on a busy machine.
+        let due = shared.inflight.renewal_due(interval / 2);
         if due.is_empty() {
             continue;
         }
@@ -39,39 +43,80 @@ pub(super) async fn heartbeat<E: Executor>(shared: Arc<Shared<E>>, stop: Cancell
                     tracing::warn!(lost = due.len() - held.len(), "heartbeat found lost leases");
                 }
                 shared.inflight.renewed(&due, &held, asked_at);
+                if asked_at.elapsed() > interval {
+                    shared.heartbeat_stalled.store(true, Ordering::SeqCst);
+                }
             }
-            Err(error) => tracing::warn!(%error, jobs = due.len(), "heartbeat failed"),
+            Err(error) => {
+                shared.heartbeat_stalled.store(true, Ordering::SeqCst);
+                tracing::warn!(%error, jobs = due.len(), "heartbeat failed");
+            }
         }
     }
 }
 
 /// Returns expired leases (of any runner) to the queue, until the worker stops.
+///
+/// When this runner cannot reach the database, or waits on it longer than a heartbeat
+/// interval (here or in its heartbeat), every runner's heartbeats are most likely held up too:
+/// leases that lapse then belong to runners that are alive. So rescues pause until the
+/// database has answered promptly for a lease and a heartbeat interval, long enough for those
+/// runners' heartbeats to land, instead of taking their jobs and running them twice. A runner
+/// that alone lost the database is rescued from as usual, by runners that did not.
 pub(super) async fn rescue<E: Executor>(shared: Arc<Shared<E>>) {
+    let stall = shared.config.heartbeat_interval();
+    let pause = shared.config.lease + stall;
+    let mut paused_until: Option<Instant> = None;
     while !sleep_or_stop(&shared.stop, shared.config.rescue_interval).await {
-        match shared
-            .queue
-            .rescue_expired(&shared.config.retry, RESCUE_BATCH)
-            .await
-        {
-            Ok(rescued) => {
-                for job in rescued {
-                    let (outcome, message) = match job.state {
-                        JobState::Failed => ("failed", "lease expired; no attempts left"),
-                        _ => ("retry", "lease expired; job rescued"),
-                    };
-                    tracing::warn!(
-                        target: "jobrunner::outcome",
-                        job_id = job.job_id, job_type = %job.job_type, tenant = %job.tenant,
-                        attempt = job.attempt, outcome,
-                        error = %format_args!("lease expired: runner {} stopped heartbeating",
-                                              job.owner),
-                        "{message}"
-                    );
-                }
+        // Every round looks at the database, paused or not, so a pause lasts until it has
+        // answered promptly for the whole of it.
+        let asked = Instant::now();
+        let probe = shared.queue.pool().acquire().await.map(drop);
+        let stalled =
+            shared.heartbeat_stalled.swap(false, Ordering::SeqCst) || asked.elapsed() > stall;
+        let result = match probe {
+            Ok(()) if !stalled && paused_until.is_none() => {
+                let queue = &shared.queue;
+                queue
+                    .rescue_expired(&shared.config.retry, RESCUE_BATCH)
+                    .await
             }
+            Ok(()) => Ok(Vec::new()),
+            Err(error) => Err(error.into()),
+        };
+        if result.is_err() || stalled || asked.elapsed() > stall {
+            // Said once per stall; a long outage keeps the pause going without repeating it.
+            if paused_until.is_none() {
+                tracing::warn!(
+                    ?pause,
+                    "the database was unreachable or stalled; pausing \
+                     rescues so that live runners can renew their leases"
+                );
+            }
+            paused_until = Some(Instant::now() + pause);
+        } else if paused_until.is_some_and(|until| until <= Instant::now()) {
+            paused_until = None;
+        }
+        match result {
+            Ok(rescued) => rescued.iter().for_each(log_rescued),
             Err(error) => tracing::warn!(%error, "rescuing expired leases failed"),
         }
     }
+}
+
+/// One outcome line per rescued job, as for the attempts a runner records itself.
+fn log_rescued(job: &Rescued) {
+    let (outcome, message) = match job.state {
+        JobState::Failed => ("failed", "lease expired; no attempts left"),
+        _ => ("retry", "lease expired; job rescued"),
+    };
+    tracing::warn!(
+        target: "jobrunner::outcome",
+        job_id = job.job_id, job_type = %job.job_type, tenant = %job.tenant,
+        attempt = job.attempt, outcome,
+        error = %format_args!("lease expired: runner {} stopped heartbeating", job.owner),
+        "{message}"
+    );
 }
 
 /// Deletes completed jobs older than the retention, until the worker stops. Does nothing when

@@ -129,6 +129,9 @@ struct Shared<E> {
     /// Outcome batches written so far: a claim that was held back checks whether one landed
     /// while it ran.
     completions: AtomicU64,
+    /// A heartbeat failed or waited on the database longer than a heartbeat interval since the
+    /// rescuer last looked: it pauses as for a stall of its own.
+    heartbeat_stalled: AtomicBool,
     /// The ids of each batch of outcomes just committed, for whoever subscribed.
     recorded: broadcast::Sender<Arc<[i64]>>,
     /// Stop claiming; requeue what has not started.
@@ -171,6 +174,7 @@ impl<E: Executor> Worker<E> {
             floors: Floors::default(),
             held_back: AtomicBool::new(false),
             completions: AtomicU64::new(0),
+            heartbeat_stalled: AtomicBool::new(false),
             recorded: broadcast::Sender::new(RECORDED_BACKLOG),
             stop: CancellationToken::new(),
             abort: CancellationToken::new(),

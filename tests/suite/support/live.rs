@@ -27,24 +27,66 @@ pub struct Live {
 impl Live {
     /// Starts `runner run` on `dir` with `args` added, and waits until it has started.
     pub async fn start(db: &TestDb, dir: &Path, args: &[&str]) -> Live {
-        let url = db.url();
+        Self::start_on(&db.url(), dir, args).await
+    }
+
+    /// [`Live::start`] on the database at `url`. Completed jobs are kept an hour and idle
+    /// runners poll every 100 ms, unless `args` set those flags themselves.
+    pub async fn start_on(url: &str, dir: &Path, args: &[&str]) -> Live {
+        Self::start_with_env(url, dir, args, &[]).await
+    }
+
+    /// [`Live::start_on`] with environment variables `env` set, e.g. a `RUST_LOG`.
+    pub async fn start_with_env(
+        url: &str,
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Live {
         let mut all = vec![
             "run",
             "--plugins",
             dir.to_str().unwrap(),
             "--log-format",
             "json",
-            "--keep-completed",
-            "1h",
-            "--poll-interval",
-            "100ms",
         ];
+        for (flag, value) in [("--keep-completed", "1h"), ("--poll-interval", "100ms")] {
+            if !args.contains(&flag) {
+                all.extend([flag, value]);
+            }
+        }
         all.extend_from_slice(args);
         let mut command = runner(&all);
-        command.env("DATABASE_URL", &url);
+        command.env("DATABASE_URL", url).envs(env.iter().copied());
         let process = Process::spawn(command);
         process.wait_for_output("runner started", READY).await;
-        Live { process, url }
+        Live {
+            process,
+            url: url.to_owned(),
+        }
+    }
+
+    /// Its lease owner name, as it logged it at start.
+    pub fn owner(&self) -> String {
+        let started = self.events("runner started");
+        let owner = started.first().and_then(|event| event["owner"].as_str());
+        owner.expect("the start event names the owner").to_owned()
+    }
+
+    /// Sends `signal`.
+    pub fn signal(&self, signal: Signal) {
+        self.process.signal(signal);
+    }
+
+    /// Waits for the process to exit, failing the test after `deadline`.
+    pub async fn exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        self.process.exit(deadline).await
+    }
+
+    /// SIGKILL, and waits until the process is gone.
+    pub async fn kill(&mut self) {
+        self.signal(Signal::SIGKILL);
+        self.exit(WAIT).await;
     }
 
     /// Every event logged so far (the JSON objects on stdout).
@@ -87,8 +129,18 @@ impl Live {
     }
 
     /// SIGTERM, and a clean exit.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
         self.process.signal(Signal::SIGTERM);
-        assert!(self.process.exit(WAIT).await.success());
+        self.stop_signalled().await;
+    }
+
+    /// A clean exit, once a shutdown signal has been sent.
+    pub async fn stop_signalled(mut self) {
+        let status = self.process.exit(WAIT).await;
+        assert!(
+            status.success(),
+            "graceful shutdown exits 0: {status}\nstderr:\n{}",
+            self.process.stderr().join("\n")
+        );
     }
 }

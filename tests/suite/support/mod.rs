@@ -1,6 +1,7 @@
 //! Shared test fixtures: per-test databases, condition waits, runner processes.
 
 pub mod db;
+pub mod fleet;
 pub mod live;
 pub mod plugins;
 pub mod process;
@@ -31,6 +32,15 @@ where
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A temporary directory for a private PostgreSQL cluster. As root the cluster runs as user
+/// postgres, which must be able to enter it.
+pub fn cluster_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let readable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(dir.path(), readable).unwrap();
+    dir
 }
 
 /// A job's state, as text.
