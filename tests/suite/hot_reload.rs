@@ -114,12 +114,15 @@ async fn all_completed_as_their_version(db: &TestDb, live: &Live, versions: &[(&
             .fetch_all(&db.pool)
             .await
             .unwrap();
-    let outcomes = live.events("job completed");
+    // A job's outcome line is logged after its outcome commits, so it may trail the drain.
+    let outcomes = eventually("an outcome line for every job", WAIT, || async {
+        let outcomes = live.events("job completed");
+        let logged = |id: &i64| outcomes.iter().any(|e| e["job_id"] == *id);
+        rows.iter().all(|(id, ..)| logged(id)).then_some(outcomes)
+    })
+    .await;
     for (id, payload, result) in rows {
-        let line = outcomes
-            .iter()
-            .find(|e| e["job_id"] == id)
-            .unwrap_or_else(|| panic!("no outcome line for job {id}"));
+        let line = outcomes.iter().find(|e| e["job_id"] == id).unwrap();
         let sha = line["plugin_sha256"].as_str().unwrap();
         let (_, kind) = versions
             .iter()
