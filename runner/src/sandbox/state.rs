@@ -62,11 +62,11 @@ impl host::Host for GuestState {
 /// time. The epoch callback runs once per tick while Wasm executes; each call yields to the
 /// async runtime, so a spinning guest shares its thread with everything else.
 ///
-/// Each call charges the time since the guest last got its turn back, at most a tick. A guest
-/// that waited long for its turn (a busy runner polls many tasks) reaches the callback at once
-/// after resuming, as the epoch moved on meanwhile: charging it a whole tick then would bill
-/// the wait to its budget, and on a loaded machine a spinning guest's budget would run out at
-/// the rate it is polled. Time the OS has the thread off a core is still charged, so on an
+/// Each call charges the time since the guest last got its turn back, at most a tick. A turn
+/// lasts until the next tick of the shared epoch: a whole tick for a guest running alone, but
+/// on a busy runner, where a guest's turn comes back at any moment within a tick, half of one
+/// on average. Charging a whole tick per call would spend such a guest's budget about twice as
+/// fast as it runs. Time the OS has the thread off a core is still charged, so on an
 /// overloaded machine the budget is spent a little faster than CPU time.
 #[derive(Debug)]
 pub(crate) struct Meter {
