@@ -83,7 +83,7 @@ async fn twenty_kills_of_three_runners_draining_lose_and_repeat_no_completion() 
     install_audit(&db.pool).await;
     // About 25 s of work for 60 executors: the drain outlasts twenty kills on a loaded machine.
     enqueue_n(&db.pool, "sleep", jobs, |i| json!({"ms": 60 + i % 40})).await;
-    let args = ["--concurrency", "20", "--vacuum-dead-rows", "0"];
+    let args = ["--concurrency", "20"];
     let mut fleet = Fleet::start(&db.url(), test_plugins::rust_dir(), 3, &args).await;
 
     let mut recoveries = Vec::new();
