@@ -10,7 +10,7 @@ use std::time::Duration;
 use wasmtime::{PoolConcurrencyLimitError, Trap, WasmBacktrace};
 
 use super::limits::MemoryLimitExceeded;
-use super::state::{CpuBudgetExceeded, TimedOut};
+use super::meter::{CpuBudgetExceeded, TimedOut};
 
 /// Frames the engine collects for a backtrace, innermost first.
 pub(super) const BACKTRACE_FRAMES: usize = 32;

@@ -10,7 +10,7 @@ use wasmtime::ResourceLimiter;
 pub struct Limits {
     /// Wall-clock time for instantiation plus `run`, waiting included.
     pub timeout: Duration,
-    /// Time the guest may spend executing Wasm, counted in epoch ticks.
+    /// CPU time the guest may spend executing Wasm, checked at every epoch tick.
     pub cpu_budget: Duration,
     /// Bytes of linear memory, all of the instance's memories together.
     pub memory: u64,

@@ -4,13 +4,15 @@
 //! A guest gets WASI preview 2 with nothing behind it (no preopened directories, environment,
 //! arguments or network) plus the `host` interface of the `job-handler` world. Its stdout and
 //! stderr are captured with a cap. Per attempt it is held to [`Limits`]: wall-clock time, CPU
-//! time (epoch ticks counted while it executes), memory (a limiter), Wasm stack, payload and
-//! result size. Everything that can go wrong is classified into a [`RunError`].
+//! time (its thread's CPU clock, read at every epoch tick while it executes), memory (a
+//! limiter), Wasm stack, payload and result size. Everything that can go wrong is classified
+//! into a [`RunError`].
 
 mod bindings;
 mod classify;
 mod guest_log;
 mod limits;
+mod meter;
 mod output;
 mod plugin;
 mod state;
@@ -25,14 +27,15 @@ use wasmtime_wasi::WasiCtx;
 
 pub use classify::{Disposition, RunError, classify_trap};
 pub use limits::{Limits, MemoryLimitExceeded};
+pub use meter::{CpuBudgetExceeded, TimedOut};
 pub use plugin::{Plugin, PluginError};
-pub use state::{CpuBudgetExceeded, TimedOut};
 
 use bindings::{JobHandler, JobHandlerPre, WitJob, WitJobError};
 use guest_log::{GuestLog, JobLabel};
 use limits::MemoryLimiter;
+use meter::Meter;
 use output::CapturedOutput;
-use state::{GuestState, Meter};
+use state::GuestState;
 
 use crate::job::Job;
 
