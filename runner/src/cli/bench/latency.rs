@@ -58,13 +58,14 @@ pub(super) async fn run(
     let worker = Worker::new(queue.clone(), probe, config.clone()).start();
     let mut recorded = worker.subscribe_recorded();
     worker.listening().await;
-    let (mut starts, mut dones) = (Vec::new(), Vec::new());
+    let (mut calls, mut starts, mut dones) = (Vec::new(), Vec::new(), Vec::new());
     for n in 0..WARM_UP + bench.latency_samples {
         let job = NewJob::new(&bench.job_type, payload(n)).unique(Unique::Off);
         // Timed from the call, not its reply: the commit wakes the worker, which can start the
         // job before the reply reaches us.
         let enqueued = Instant::now();
         let id = queue.enqueue(queue.pool(), &job).await?.id;
+        let replied = Instant::now();
         let sample = async {
             let start = loop {
                 match started.recv().await {
@@ -84,6 +85,7 @@ pub(super) async fn run(
             .await
             .with_context(|| format!("job {id} did not finish within {SAMPLE_DEADLINE:?}"))??;
         if n >= WARM_UP {
+            calls.push(replied - enqueued);
             starts.push(start - enqueued);
             dones.push(done - enqueued);
         }
@@ -92,10 +94,12 @@ pub(super) async fn run(
     let (start, done) = (Percentiles::of(starts), Percentiles::of(dones));
     println!(
         "3. latency  {} sequential jobs on the idle (vacuumed) queue, from the enqueue call\n   \
-         to the sandbox call:     {}\n   to the outcome's commit: {}",
+         to the sandbox call:     {}\n   to the outcome's commit: {}\n   \
+         (the enqueue's own reply: {})",
         bench.latency_samples,
         start.display_ms(),
-        done.display_ms()
+        done.display_ms(),
+        Percentiles::of(calls).display_ms()
     );
     Ok((start, done))
 }
