@@ -121,8 +121,9 @@ impl Meter {
     }
 }
 
-/// The CPU time the calling thread has used, if the OS says.
-fn thread_cpu_time() -> Option<Duration> {
+/// The CPU time the calling thread has used, if the OS says: the clock a guest's CPU budget is
+/// charged on.
+pub fn thread_cpu_time() -> Option<Duration> {
     clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
         .ok()
         .map(Duration::from)

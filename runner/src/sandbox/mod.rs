@@ -27,7 +27,7 @@ use wasmtime_wasi::WasiCtx;
 
 pub use classify::{Disposition, RunError, classify_trap};
 pub use limits::{Limits, MemoryLimitExceeded};
-pub use meter::{CpuBudgetExceeded, TimedOut};
+pub use meter::{CpuBudgetExceeded, TimedOut, thread_cpu_time};
 pub use plugin::{Plugin, PluginError};
 
 use bindings::{JobHandler, JobHandlerPre, WitJob, WitJobError};
