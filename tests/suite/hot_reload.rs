@@ -298,9 +298,9 @@ async fn bad_files_leave_the_last_good_version_serving() {
 
         let listed = eventually("runner plugins to show the failure", WAIT, || async {
             let runners = live.plugins().await;
+            // Until the runner has published its plugins, it is not listed.
             let plugin = runners[0]["plugins"]
-                .as_array()
-                .unwrap()
+                .as_array()?
                 .iter()
                 .find(|p| p["job_type"] == "t")
                 .cloned()?;

@@ -6,10 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use runner::config::FileConfig;
 use runner::plugins::Policy;
 use runner::queue::{ClaimRequest, ClaimType, Claimed, QueueError};
-use runner::tenants::Tenants;
 use runner::{
     Handlers, JobState, Limits, ManualClock, NewJob, Queue, RetryPolicy, SandboxConfig, Unique,
     Worker, WorkerConfig, WorkerHandle,
@@ -18,20 +16,9 @@ use serde_json::{Value, json};
 
 use crate::support::live::Live;
 use crate::support::process::run_cli;
-use crate::support::{TestDb, eventually, plugins, settled};
+use crate::support::{TestDb, eventually, plugins, publish, settled};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Publishes the tenant policy written as config-file TOML.
-async fn publish(queue: &Queue, toml: &str) -> Tenants {
-    let file: FileConfig = toml::from_str(toml).expect("tenant policy TOML");
-    let tenants = file
-        .tenants(&SandboxConfig::default())
-        .expect("valid policy")
-        .expect("a policy");
-    queue.publish_tenants(&tenants, "test").await.unwrap();
-    tenants
-}
 
 async fn enqueue(queue: &Queue, job_type: &str, tenant: &str, count: usize) -> Vec<i64> {
     let jobs: Vec<NewJob> = (0..count)

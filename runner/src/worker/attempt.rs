@@ -82,6 +82,13 @@ async fn run<E: Executor>(shared: &Shared<E>, claim: Claimed, reports: &mpsc::Se
     };
     let took = started.elapsed();
     shared.prefetch.record(took);
+    // The outcome line comes only once the outcome is committed, which may be much later
+    // (a database outage): this one says when the guest was done.
+    tracing::debug!(
+        target: "jobrunner::attempt", job_id = job.id, job_type = %job.job_type,
+        tenant = %job.tenant, attempt = job.attempt, duration_ms = took.as_secs_f64() * 1e3,
+        "job ran; recording its outcome"
+    );
     report(shared, claim, outcome, plugin_sha256, took, reports).await;
 }
 

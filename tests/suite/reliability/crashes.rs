@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -81,13 +80,20 @@ async fn twenty_kills_of_three_runners_draining_lose_and_repeat_no_completion() 
     let (kills, jobs) = (20 * soak(), 20_000 * soak());
     let db = TestDb::new().await;
     install_audit(&db.pool).await;
-    // About 25 s of work for 60 executors: the drain outlasts twenty kills on a loaded machine.
-    enqueue_n(&db.pool, "sleep", jobs, |i| json!({"ms": 60 + i % 40})).await;
     let args = ["--concurrency", "20"];
     let mut fleet = Fleet::start(&db.url(), test_plugins::rust_dir(), 3, &args).await;
 
     let mut recoveries = Vec::new();
     for kill in 0..kills {
+        // Each kill brings its own work (about 1.3 s of it for 60 executors), so the victim
+        // has jobs to hold however long the runners take to restart.
+        enqueue_n(
+            &db.pool,
+            "sleep",
+            jobs / kills,
+            |i| json!({"ms": 60 + i % 40}),
+        )
+        .await;
         let victim = kill % 3;
         let owner = fleet.runners[victim].owner();
         // Mid-batch: the victim holds claimed jobs, some running, some waiting for an executor.
@@ -147,11 +153,11 @@ async fn a_frozen_runners_late_outcomes_are_fenced_off_and_the_rescuers_results_
         (held_by(&db.pool, &stale_owner).await.len() == JOBS).then_some(())
     })
     .await;
-    stale.signal(Signal::SIGSTOP);
+    stale.freeze().await;
     let healthy = Live::start_on(&db.url(), dir, &args).await;
     Endings::all_completed_once(&db.pool, JOBS as i64, MINUTE).await;
 
-    stale.signal(Signal::SIGCONT);
+    stale.thaw();
     // Each late attempt either finishes and has its outcome refused by the fencing token, or
     // hears from its heartbeat first that the lease is gone and is abandoned.
     let (fenced, abandoned) =
@@ -189,13 +195,17 @@ async fn a_frozen_runners_late_outcomes_are_fenced_off_and_the_rescuers_results_
 #[tokio::test]
 async fn sigterm_with_a_thousand_jobs_in_flight_loses_and_counts_none_of_them() {
     const JOBS: i64 = 3000;
+    const LONG: usize = 10;
     let db = TestDb::new().await;
     install_audit(&db.pool).await;
-    // Between 0.2 and 4 s each: some finish within the shutdown deadline, some do not.
+    // First in line, jobs of 10 s, which cannot finish within the 2 s shutdown deadline once
+    // started; then jobs of 0.2 to 4 s, of which some finish within it and some may not.
+    enqueue_n(&db.pool, "sleep", LONG, |_| json!({"ms": 10_000})).await;
+    let long: Vec<i64> = db.scalar("SELECT array_agg(id) FROM jobrunner.jobs").await;
     enqueue_n(
         &db.pool,
         "sleep",
-        JOBS as usize,
+        JOBS as usize - LONG,
         |i| json!({"ms": 200 + i * 37 % 3800}),
     )
     .await;
@@ -204,9 +214,15 @@ async fn sigterm_with_a_thousand_jobs_in_flight_loses_and_counts_none_of_them() 
     let starts = [("RUST_LOG", "info,jobrunner::attempt=debug")];
     let first = Live::start_with_env(&db.url(), dir, &args, &starts).await;
     // In flight: started in a sandbox, not only claimed.
-    eventually("1,000 jobs in flight", MINUTE, || async {
-        (first.events("job started").len() >= 1000).then_some(())
-    })
+    eventually(
+        "1,000 jobs in flight, the long ones among them",
+        MINUTE,
+        || async {
+            let started = first.events("job started");
+            let has = |id: &i64| started.iter().any(|e| e["job_id"] == *id);
+            (started.len() >= 1000 && long.iter().all(has)).then_some(())
+        },
+    )
     .await;
     let running = || async {
         db.scalar::<i64>("SELECT count(*) FROM jobrunner.jobs WHERE state = 'running'")
@@ -233,6 +249,17 @@ async fn sigterm_with_a_thousand_jobs_in_flight_loses_and_counts_none_of_them() 
         .scalar("SELECT count(*) FROM jobrunner.jobs WHERE state = 'available' AND attempt > 0")
         .await;
     assert_eq!(counted, 0, "an interrupted attempt does not count");
+    let long_after: Vec<(String, i32)> =
+        sqlx::query_as("SELECT state::text, attempt FROM jobrunner.jobs WHERE id = ANY($1)")
+            .bind(&long)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        long_after,
+        vec![("available".to_owned(), 0); LONG],
+        "the jobs still running at the deadline were interrupted and requeued, uncounted"
+    );
 
     let second = Live::start_on(&db.url(), dir, &args).await;
     Endings::all_completed_once(&db.pool, JOBS, 2 * MINUTE).await;

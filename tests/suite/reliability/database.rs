@@ -1,14 +1,17 @@
 //! A database that goes away, cuts connections, stalls, or is flooded with retries.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use runner::private_pg::PrivatePostgres;
 use runner::{NewJob, Schedule};
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgPool};
 
 use crate::support::fleet::{Endings, Fleet, enqueue_n, install_audit};
+use crate::support::live::Live;
 use crate::support::{TestDb, eventually};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -26,9 +29,117 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.unwrap()
 }
 
+/// Jobs this long are still running when the database comes back: the outage lasts about
+/// 11 s, most of it the runners' pools giving up on a connection (10 s).
+const OUTLASTS_THE_OUTAGE_MS: u64 = 30_000;
+
+/// The attempt log line a runner writes when a guest is done, before its outcome is recorded.
+const RAN: &str = "job ran; recording its outcome";
+
+/// When a log event was written.
+fn logged_at(event: &Value) -> DateTime<Utc> {
+    let at = event["timestamp"].as_str().expect("events are timestamped");
+    at.parse().expect("an RFC 3339 timestamp")
+}
+
+/// The jobs whose guests `runner` saw finish, each with when.
+fn ran(runner: &Live) -> Vec<(i64, DateTime<Utc>)> {
+    let events = runner.events(RAN).into_iter();
+    events
+        .map(|e| (e["job_id"].as_i64().unwrap(), logged_at(&e)))
+        .collect()
+}
+
+/// What the runners held when they were frozen: each job's holder, and when the last of
+/// their leases expires (frozen, they renew none of them).
+struct Held {
+    holders: HashMap<i64, String>,
+    expiry: DateTime<Utc>,
+}
+
+impl Held {
+    /// The jobs `runner` held whose guests it saw finish, each with when.
+    fn finished_by(&self, runner: &Live) -> Vec<(i64, DateTime<Utc>)> {
+        let owner = runner.owner();
+        let mut finished = ran(runner);
+        finished.retain(|(id, _)| self.holders.get(id) == Some(&owner));
+        finished
+    }
+}
+
+/// Freezes the runners at a moment when each holds jobs, and makes the claims of those jobs
+/// durable: claims commit without waiting for the disk, so the last ones before a crash may
+/// be lost (their jobs then run again, as if never claimed).
+async fn freeze_holding_jobs(fleet: &Fleet, pool: &PgPool) -> Held {
+    let owners: Vec<String> = fleet.runners.iter().map(Live::owner).collect();
+    let give_up = Instant::now() + MINUTE;
+    loop {
+        fleet.freeze().await;
+        let held: Vec<(i64, String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT id, lease_owner, lease_expires_at FROM jobrunner.jobs WHERE state = 'running'",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        let holding = |owner: &String| held.iter().any(|(_, holder, _)| holder == owner);
+        if owners.iter().all(holding) {
+            // A checkpoint writes the WAL to disk, and with it every claim committed before.
+            // (A commit that wrote no data does not wait for the disk, even with an id.)
+            sqlx::query("CHECKPOINT").execute(pool).await.unwrap();
+            let expiry = held.iter().map(|&(_, _, expiry)| expiry).max().unwrap();
+            let holders = held.into_iter().map(|(id, holder, _)| (id, holder));
+            return Held {
+                holders: holders.collect(),
+                expiry,
+            };
+        }
+        fleet.thaw();
+        assert!(Instant::now() < give_up, "the runners never both held jobs");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Checks, by what was committed, that each outcome `runner` came to while the database was
+/// down (between `down` and `back`), for a job it held at the freeze, was kept and written
+/// once the database was back: by `runner`, as the job's first and only attempt. Returns how
+/// many there were; there must be some.
+async fn check_kept(
+    pool: &PgPool,
+    fleet: &Fleet,
+    runner: &Live,
+    held: &Held,
+    (down, back): (DateTime<Utc>, DateTime<Utc>),
+) -> usize {
+    let owner = runner.owner();
+    let during: Vec<i64> = (held.finished_by(runner).into_iter())
+        .filter(|&(_, at)| down < at && at < back)
+        .map(|(id, _)| id)
+        .collect();
+    assert!(!during.is_empty(), "{owner} finished jobs meanwhile");
+    let endings: Vec<(i64, i32, Option<String>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT job_id, attempt, owner, at FROM public.endings WHERE job_id = ANY($1)",
+    )
+    .bind(&during)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(endings.len(), during.len(), "each ended once");
+    for (id, attempt, recorded_by, at) in endings {
+        assert_eq!(
+            (attempt, recorded_by.as_ref()),
+            (1, Some(&owner)),
+            "job {id}: recorded by the runner that ran it; the runners logged {:#?}",
+            fleet.job_events(id)
+        );
+        assert!(at > back, "job {id}: recorded after the restart, at {at}");
+    }
+    during.len()
+}
+
 #[tokio::test]
 async fn a_database_restart_mid_drain_loses_no_job_and_no_outcome() {
     const JOBS: i64 = 3000;
+    const LONG: usize = 4;
     let dir = crate::support::cluster_tempdir();
     let data = dir.path().join("pg");
     let start = move || PrivatePostgres::start(&data).expect("a private cluster starts");
@@ -41,55 +152,86 @@ async fn a_database_restart_mid_drain_loses_no_job_and_no_outcome() {
         .unwrap();
     runner::Queue::new(pool.clone()).migrate().await.unwrap();
     install_audit(&pool).await;
-    // One job in fifty runs for 8 s, so that some are still running when the database comes
-    // back, their leases lapsed by the clock.
-    let ms = |i: usize| {
-        if i.is_multiple_of(50) {
-            8000
-        } else {
-            20 + i % 20
-        }
-    };
-    enqueue_n(&pool, "sleep", JOBS as usize, |i| json!({"ms": ms(i)})).await;
+    // First in line, a few jobs that are still running when the database comes back, their
+    // leases lapsed by the clock; then a drain of short ones.
+    let long = json!({"ms": OUTLASTS_THE_OUTAGE_MS});
+    enqueue_n(&pool, "sleep", LONG, |_| long.clone()).await;
+    let long: Vec<i64> = sqlx::query_scalar("SELECT id FROM jobrunner.jobs")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    enqueue_n(
+        &pool,
+        "sleep",
+        JOBS as usize - LONG,
+        |i| json!({"ms": 20 + i % 20}),
+    )
+    .await;
     // An hour between polls: after the drain only a notification can wake a runner.
     let args = ["--concurrency", "20", "--poll-interval", "1h"];
-    let fleet = Fleet::start(&url, test_plugins::rust_dir(), 2, &args).await;
+    let attempts = [("RUST_LOG", "info,jobrunner::attempt=debug")];
+    let dir = test_plugins::rust_dir();
+    let fleet = Fleet::start_with_env(&url, dir, 2, &args, &attempts).await;
     ended(&pool, JOBS / 5).await;
 
-    // Immediate: no clean shutdown, as in a crash; committed work survives in the WAL.
+    // Frozen while the database stops (immediately, as in a crash; committed work survives in
+    // the WAL), the runners hold jobs of which no outcome can be committed until it is back.
+    let held = freeze_holding_jobs(&fleet, &pool).await;
     let stopped = Instant::now();
     cluster = blocking(move || {
         cluster.stop(true).unwrap();
         cluster
     })
     .await;
-    let noticed = |runner: &crate::support::live::Live| {
-        runner.log().iter().any(|event| {
-            let message = event["message"].as_str().unwrap_or_default();
-            message.starts_with("claiming jobs failed")
-                || message.starts_with("recording outcomes failed")
+    let down = Utc::now();
+    fleet.thaw();
+    // The fault, made certain: the database stays down until each runner has finished jobs
+    // it held and failed to record their outcomes (its pool gives up within 10 s), and every
+    // lease held at the freeze has lapsed by the clock.
+    for runner in &fleet.runners {
+        let owner = runner.owner();
+        let what = format!("{owner} to finish a job it held, with the database down");
+        eventually(&what, MINUTE, || async {
+            let finished = held.finished_by(runner);
+            finished.iter().any(|&(_, at)| at > down).then_some(())
         })
-    };
-    eventually("every runner to notice the outage", MINUTE, || async {
-        fleet.runners.iter().all(noticed).then_some(())
+        .await;
+        runner
+            .event("recording outcomes failed; retrying", |_| true)
+            .await;
+    }
+    eventually("the leases held at the freeze to lapse", MINUTE, || async {
+        (Utc::now() > held.expiry).then_some(())
     })
     .await;
-    // The fault itself: the database stays down longer than a lease (5 s).
-    tokio::time::sleep(Duration::from_secs(6)).await;
     let restarted = blocking(start).await;
     assert_eq!(restarted.url(), url, "the cluster came back on its address");
     let outage = stopped.elapsed();
     drop(cluster);
+    let back: DateTime<Utc> = sqlx::query_scalar("SELECT pg_postmaster_start_time()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
 
     Endings::all_completed_once(&pool, JOBS, 3 * MINUTE).await;
-    let retried = fleet.events("recording outcomes failed; retrying").len();
-    eprintln!(
-        "database down for {outage:?}: {JOBS} jobs completed once each; {retried} outcome \
-         batches were retried across the outage"
-    );
+    let mut kept = 0;
+    for runner in &fleet.runners {
+        kept += check_kept(&pool, &fleet, runner, &held, (down, back)).await;
+    }
+    let long_ran: Vec<DateTime<Utc>> = (fleet.runners.iter().flat_map(ran))
+        .filter(|(id, _)| long.contains(id))
+        .map(|(_, at)| at)
+        .collect();
+    assert_eq!(long_ran.len(), LONG, "every long job ran once");
     assert!(
-        retried > 0,
-        "outcomes finished during the outage were kept and retried"
+        held.expiry < back && long_ran.iter().all(|&at| at > back),
+        "the long jobs were still running when the database came back (at {back}), their \
+         leases lapsed (by {}): they finished at {long_ran:?}",
+        held.expiry
+    );
+    eprintln!(
+        "database down for {outage:?}: {JOBS} jobs completed once each; {kept} outcomes that \
+         came about during the outage were kept and written after it"
     );
     let twice: i64 = sqlx::query_scalar("SELECT count(*) FROM public.endings WHERE attempt <> 1")
         .fetch_one(&pool)
@@ -170,11 +312,16 @@ async fn terminated_connections_including_listen_are_recovered_and_wake_ups_stil
 
     for round in 1..=3 {
         ended(&db.pool, JOBS * round / 4).await;
+        // Each round cuts both LISTEN connections: the last round's are back first.
+        eventually("both runners to LISTEN again", MINUTE, || async {
+            (listening_runners(&db.pool).await == 2).then_some(())
+        })
+        .await;
         let (terminated, listeners) = terminate_runner_backends(&db).await;
         eprintln!(
             "round {round}: terminated {terminated} runner connections, {listeners} LISTENing"
         );
-        assert!(listeners >= 1, "the LISTEN connections were cut too");
+        assert_eq!(listeners, 2, "the LISTEN connections were cut too");
     }
     Endings::all_completed_once(&db.pool, JOBS, 3 * MINUTE).await;
 
@@ -195,22 +342,36 @@ async fn a_jobs_table_locked_past_the_lease_steals_no_lease_and_loses_no_outcome
         |i| json!({"ms": 1000 + i % 500}),
     )
     .await;
-    eventually("jobs to be running on both runners", MINUTE, || async {
-        let owners: i64 = db
-            .scalar("SELECT count(DISTINCT lease_owner) FROM jobrunner.jobs")
-            .await;
-        (owners == 2).then_some(())
-    })
-    .await;
 
     // Everything the runners do touches the jobs table: claims, outcomes, heartbeats, rescues
-    // all queue up behind the lock, each holding a pooled connection while it waits.
+    // all queue up behind the lock, each holding a pooled connection while it waits. Taken at
+    // a moment when both runners hold jobs; read under the lock, what they hold cannot change.
     let mut locker = db.connect().await;
-    let mut lock = locker.begin().await.unwrap();
-    sqlx::query("LOCK TABLE jobrunner.jobs IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *lock)
+    let give_up = Instant::now() + MINUTE;
+    let (lock, expiry) = loop {
+        let mut lock = locker.begin().await.unwrap();
+        sqlx::query("LOCK TABLE jobrunner.jobs IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut *lock)
+            .await
+            .unwrap();
+        let (owners, expiry): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
+            "SELECT count(DISTINCT lease_owner), max(lease_expires_at)
+               FROM jobrunner.jobs WHERE state = 'running'",
+        )
+        .fetch_one(&mut *lock)
         .await
         .unwrap();
+        if owners == 2 {
+            break (lock, expiry.unwrap());
+        }
+        lock.rollback().await.unwrap();
+        assert!(
+            Instant::now() < give_up,
+            "both runners never held jobs at once"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let locked = Instant::now();
     let waiting = eventually("runners to queue up behind the lock", MINUTE, || async {
         let waiting: i64 = db
             .scalar(
@@ -222,11 +383,17 @@ async fn a_jobs_table_locked_past_the_lease_steals_no_lease_and_loses_no_outcome
         (waiting >= 4).then_some(waiting)
     })
     .await;
-    // The fault itself: the table stays locked for eight seconds, longer than a lease (5 s).
-    // Every lease lapses by the clock, but no runner could have renewed one.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // The fault itself: the table stays locked until every lease held under the lock has
+    // lapsed by the clock, though no runner could have renewed one.
+    eventually(
+        "the leases held under the lock to lapse",
+        MINUTE,
+        || async { (Utc::now() > expiry).then_some(()) },
+    )
+    .await;
+    let locked = locked.elapsed();
     lock.rollback().await.unwrap();
-    eprintln!("jobs table locked for 8 s with {waiting}+ runner statements waiting");
+    eprintln!("jobs table locked for {locked:?} with {waiting}+ runner statements waiting");
 
     Endings::all_completed_once(&db.pool, JOBS, 3 * MINUTE).await;
     let rescued: i64 = db

@@ -20,6 +20,7 @@ pub struct Fleet {
     url: String,
     dir: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     /// The runners, in start order; a replaced one takes its predecessor's place.
     pub runners: Vec<Live>,
 }
@@ -27,10 +28,26 @@ pub struct Fleet {
 impl Fleet {
     /// Starts `size` runners on the database at `url`, serving the plugins in `dir`.
     pub async fn start(url: &str, dir: &Path, size: usize, args: &[&str]) -> Fleet {
+        Self::start_with_env(url, dir, size, args, &[]).await
+    }
+
+    /// [`Fleet::start`] with environment variables `env` set in every runner, e.g. a
+    /// `RUST_LOG`.
+    pub async fn start_with_env(
+        url: &str,
+        dir: &Path,
+        size: usize,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Fleet {
         let mut fleet = Fleet {
             url: url.to_owned(),
             dir: dir.to_owned(),
             args: args.iter().map(|a| a.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             runners: Vec::with_capacity(size),
         };
         for _ in 0..size {
@@ -42,7 +59,22 @@ impl Fleet {
 
     async fn spawn(&self) -> Live {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        Live::start_on(&self.url, &self.dir, &args).await
+        let env: Vec<(&str, &str)> = (self.env.iter())
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Live::start_with_env(&self.url, &self.dir, &args, &env).await
+    }
+
+    /// Freezes every runner (see [`Live::freeze`]).
+    pub async fn freeze(&self) {
+        for runner in &self.runners {
+            runner.freeze().await;
+        }
+    }
+
+    /// Lets every frozen runner go on.
+    pub fn thaw(&self) {
+        self.runners.iter().for_each(Live::thaw);
     }
 
     /// SIGKILLs runner `i` and starts a fresh one in its place. Returns the killed runner's
@@ -58,6 +90,17 @@ impl Fleet {
     pub fn events(&self, message: &str) -> Vec<Value> {
         let each = self.runners.iter().map(|runner| runner.events(message));
         each.flatten().collect()
+    }
+
+    /// Every runner's log events about job `id`, each with the runner's lease owner name:
+    /// what a failed assertion about the job should show.
+    pub fn job_events(&self, id: i64) -> Vec<(String, Value)> {
+        let mut events = Vec::new();
+        for runner in &self.runners {
+            let about_it = runner.log().into_iter().filter(|e| e["job_id"] == id);
+            events.extend(about_it.map(|event| (runner.owner(), event)));
+        }
+        events
     }
 
     /// SIGTERM to every runner, and a clean exit from each.

@@ -78,6 +78,17 @@ impl Live {
         self.process.signal(signal);
     }
 
+    /// SIGSTOP, once every thread has stopped: a runner frozen mid-work, as by a long pause
+    /// of its machine. [`Live::thaw`] lets it go on.
+    pub async fn freeze(&self) {
+        self.process.freeze().await;
+    }
+
+    /// SIGCONT to a frozen runner.
+    pub fn thaw(&self) {
+        self.signal(Signal::SIGCONT);
+    }
+
     /// Waits for the process to exit, failing the test after `deadline`.
     pub async fn exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
         self.process.exit(deadline).await

@@ -9,8 +9,10 @@ pub mod process;
 use std::future::Future;
 use std::time::Duration;
 
+use runner::config::FileConfig;
 use runner::queue::admin::JobRecord;
-use runner::{JobState, Queue};
+use runner::tenants::Tenants;
+use runner::{JobState, Queue, SandboxConfig};
 
 pub use db::TestDb;
 
@@ -41,6 +43,17 @@ pub fn cluster_tempdir() -> tempfile::TempDir {
     let readable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
     std::fs::set_permissions(dir.path(), readable).unwrap();
     dir
+}
+
+/// Publishes the tenant policy written as config-file TOML.
+pub async fn publish(queue: &Queue, toml: &str) -> Tenants {
+    let file: FileConfig = toml::from_str(toml).expect("tenant policy TOML");
+    let tenants = file
+        .tenants(&SandboxConfig::default())
+        .expect("valid policy")
+        .expect("a policy");
+    queue.publish_tenants(&tenants, "test").await.unwrap();
+    tenants
 }
 
 /// A job's state, as text.

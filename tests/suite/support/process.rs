@@ -91,6 +91,19 @@ impl Process {
         kill(Pid::from_raw(pid as i32), signal).expect("signal delivered");
     }
 
+    /// SIGSTOP, and waits until every thread of the process has stopped: from then on it
+    /// sends nothing more (statements it sent before may still be committed).
+    pub async fn freeze(&self) {
+        self.signal(Signal::SIGSTOP);
+        let pid = self.child.id().expect("process still running");
+        super::eventually(
+            &format!("process {pid} to stop"),
+            Duration::from_secs(10),
+            || async { all_threads_stopped(pid).then_some(()) },
+        )
+        .await;
+    }
+
     /// Waits for the process to exit, failing the test after `deadline`.
     pub async fn exit(&mut self, deadline: Duration) -> ExitStatus {
         match tokio::time::timeout(deadline, self.child.wait()).await {
@@ -104,6 +117,19 @@ impl Process {
             }
         }
     }
+}
+
+/// Whether every thread of `pid` is in the stopped state (`T` in `/proc/.../stat`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    threads.flatten().all(|thread| {
+        let stat = std::fs::read_to_string(thread.path().join("stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses and may hold ") ".
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('T'))
+    })
 }
 
 fn collect(stream: impl AsyncRead + Unpin + Send + 'static) -> Arc<Mutex<Vec<String>>> {
