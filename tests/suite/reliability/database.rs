@@ -29,6 +29,14 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.unwrap()
 }
 
+/// Waits until `leases`, the last of which expires at `expiry`, have lapsed by the clock.
+async fn lapsed(leases: &str, expiry: DateTime<Utc>) {
+    eventually(&format!("{leases} to lapse"), MINUTE, || async {
+        (Utc::now() > expiry).then_some(())
+    })
+    .await;
+}
+
 /// Jobs this long are still running when the database comes back: the outage lasts about
 /// 11 s, most of it the runners' pools giving up on a connection (10 s).
 const OUTLASTS_THE_OUTAGE_MS: u64 = 30_000;
@@ -200,10 +208,7 @@ async fn a_database_restart_mid_drain_loses_no_job_and_no_outcome() {
             .event("recording outcomes failed; retrying", |_| true)
             .await;
     }
-    eventually("the leases held at the freeze to lapse", MINUTE, || async {
-        (Utc::now() > held.expiry).then_some(())
-    })
-    .await;
+    lapsed("the leases held at the freeze", held.expiry).await;
     let restarted = blocking(start).await;
     assert_eq!(restarted.url(), url, "the cluster came back on its address");
     let outage = stopped.elapsed();
@@ -385,12 +390,7 @@ async fn a_jobs_table_locked_past_the_lease_steals_no_lease_and_loses_no_outcome
     .await;
     // The fault itself: the table stays locked until every lease held under the lock has
     // lapsed by the clock, though no runner could have renewed one.
-    eventually(
-        "the leases held under the lock to lapse",
-        MINUTE,
-        || async { (Utc::now() > expiry).then_some(()) },
-    )
-    .await;
+    lapsed("the leases held under the lock", expiry).await;
     let locked = locked.elapsed();
     lock.rollback().await.unwrap();
     eprintln!("jobs table locked for {locked:?} with {waiting}+ runner statements waiting");
