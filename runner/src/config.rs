@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::retry::{Backoff, BackoffKind, RetryPolicy};
 use crate::sandbox::{Limits, SandboxConfig};
-use crate::tenants::{TenantSettings, Tenants};
+use crate::tenants::{InvalidPolicy, TenantSettings, Tenants};
 use crate::worker::{WorkerConfig, default_owner};
 
 /// Why the configuration cannot be used.
@@ -90,7 +90,13 @@ impl FileConfig {
             return Ok(None);
         }
         let defaults = self.tenant_defaults.clone().unwrap_or_default();
-        Tenants::from_settings(&defaults, &self.tenants, sandbox).map(Some)
+        let tenants = Tenants::from_settings(&defaults, &self.tenants, sandbox);
+        tenants
+            .map(Some)
+            .map_err(|InvalidPolicy(reason)| ConfigError::Invalid {
+                key: "tenants",
+                reason,
+            })
     }
 
     /// Reads and parses `path`.

@@ -31,8 +31,7 @@ use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
-use crate::config::ConfigError;
-use crate::queue::Queue;
+use crate::driver::Driver;
 use crate::sandbox::{Limits, SandboxConfig};
 
 /// The name under which the defaults are stored: not a valid tenant for the jobs table's
@@ -127,11 +126,8 @@ impl TenantPolicy {
         tenant: &str,
         s: &TenantSettings,
         sandbox: &SandboxConfig,
-    ) -> Result<Self, ConfigError> {
-        let invalid = |reason: String| ConfigError::Invalid {
-            key: "tenants",
-            reason: format!("tenant {tenant:?}: {reason}"),
-        };
+    ) -> Result<Self, InvalidPolicy> {
+        let invalid = |reason: String| InvalidPolicy(format!("tenant {tenant:?}: {reason}"));
         let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         if let Some(rate) = s.rate
             && !(rate.is_finite() && rate > 0.0)
@@ -206,7 +202,7 @@ impl TenantPolicy {
 }
 
 /// Refuses an override of zero, or one above the runner's `max_<key>`.
-fn check_override<T>(tenant: &str, key: &str, value: Option<T>, max: T) -> Result<(), ConfigError>
+fn check_override<T>(tenant: &str, key: &str, value: Option<T>, max: T) -> Result<(), InvalidPolicy>
 where
     T: PartialOrd + Default + std::fmt::Display,
 {
@@ -217,11 +213,14 @@ where
         }
         _ => return Ok(()),
     };
-    Err(ConfigError::Invalid {
-        key: "tenants",
-        reason: format!("tenant {tenant:?}: {reason}"),
-    })
+    Err(InvalidPolicy(format!("tenant {tenant:?}: {reason}")))
 }
+
+/// A tenant policy this runner cannot work with, and why (the config file reports it as its
+/// `tenants` setting).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidPolicy(pub String);
 
 /// Every tenant's policy: the named ones and the defaults for the rest.
 #[derive(Debug, Clone, PartialEq)]
@@ -246,17 +245,14 @@ impl Tenants {
         defaults: &TenantSettings,
         named: &BTreeMap<String, TenantSettings>,
         sandbox: &SandboxConfig,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<Self, InvalidPolicy> {
         let mut tenants = Tenants {
             named: HashMap::new(),
             defaults: TenantPolicy::resolve(DEFAULTS, defaults, sandbox)?,
         };
         for (tenant, settings) in named {
             if tenant.is_empty() || tenant == DEFAULTS {
-                return Err(ConfigError::Invalid {
-                    key: "tenants",
-                    reason: format!("{tenant:?} cannot name a tenant"),
-                });
+                return Err(InvalidPolicy(format!("{tenant:?} cannot name a tenant")));
             }
             let policy = TenantPolicy::resolve(tenant, &settings.or(defaults), sandbox)?;
             tenants.named.insert(tenant.clone(), policy);
@@ -294,12 +290,12 @@ impl Tenants {
 pub type SharedTenants = Arc<ArcSwap<Tenants>>;
 
 /// Reloads the published policy into `tenants` every [`REFRESH`], until the task is aborted.
-pub fn follow(queue: Queue, tenants: SharedTenants) -> JoinHandle<()> {
+pub fn follow(driver: Driver, tenants: SharedTenants) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut refresh = tokio::time::interval(REFRESH);
         loop {
             refresh.tick().await;
-            match queue.tenants().await {
+            match driver.tenants().await {
                 Ok(latest) if **tenants.load() != latest => {
                     tracing::info!("tenant policy changed; applying it");
                     tenants.store(Arc::new(latest));
@@ -314,7 +310,7 @@ pub fn follow(queue: Queue, tenants: SharedTenants) -> JoinHandle<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::FileConfig;
+    use crate::config::{ConfigError, FileConfig};
 
     fn tenants(toml: &str) -> Result<Tenants, ConfigError> {
         let file: FileConfig = toml::from_str(toml).expect("valid TOML");

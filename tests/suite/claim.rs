@@ -3,11 +3,11 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use runner::queue::{ClaimRequest, ClaimType};
+use runner::driver::{ClaimRequest, ClaimType};
 use runner::{Clock, ManualClock, NewJob, Unique};
 use serde_json::json;
 
-use crate::support::TestDb;
+use crate::support::{TestDb, driver};
 
 fn request<'a>(owner: &'a str, types: &'a [ClaimType], limit: usize) -> ClaimRequest<'a> {
     ClaimRequest {
@@ -31,7 +31,7 @@ async fn a_future_job_is_not_claimed_until_its_time() {
     let id = queue.enqueue(&db.pool, &job).await.unwrap().id;
 
     assert!(
-        queue
+        driver(&queue)
             .claim(&request("r", &types, 10))
             .await
             .unwrap()
@@ -40,7 +40,7 @@ async fn a_future_job_is_not_claimed_until_its_time() {
     );
     clock.advance(Duration::from_secs(3599));
     assert!(
-        queue
+        driver(&queue)
             .claim(&request("r", &types, 10))
             .await
             .unwrap()
@@ -48,7 +48,11 @@ async fn a_future_job_is_not_claimed_until_its_time() {
             .is_empty()
     );
     clock.advance(Duration::from_secs(1));
-    let claimed = queue.claim(&request("r", &types, 10)).await.unwrap().jobs;
+    let claimed = driver(&queue)
+        .claim(&request("r", &types, 10))
+        .await
+        .unwrap()
+        .jobs;
 
     assert_eq!(claimed.len(), 1);
     assert_eq!(
@@ -78,7 +82,7 @@ async fn eight_claimers_claim_twenty_thousand_jobs_exactly_once() {
                 let (owner, types) = (format!("claimer-{n}"), vec![ClaimType::from("work")]);
                 let mut mine = Vec::new();
                 loop {
-                    let batch = queue
+                    let batch = driver(&queue)
                         .claim(&request(&owner, &types, 50))
                         .await
                         .unwrap()
@@ -126,7 +130,11 @@ async fn claims_follow_priority_then_run_at_and_only_known_types() {
     queue.enqueue_many(&db.pool, &jobs).await.unwrap();
 
     let types = vec![ClaimType::from("a")];
-    let claimed = queue.claim(&request("r", &types, 3)).await.unwrap().jobs;
+    let claimed = driver(&queue)
+        .claim(&request("r", &types, 3))
+        .await
+        .unwrap()
+        .jobs;
     let payloads: Vec<&str> = claimed.iter().map(|j| j.payload.as_str()).collect();
     assert_eq!(
         payloads,
@@ -136,7 +144,11 @@ async fn claims_follow_priority_then_run_at_and_only_known_types() {
             r#""new, priority 0""#
         ]
     );
-    let rest = queue.claim(&request("r", &types, 10)).await.unwrap().jobs;
+    let rest = driver(&queue)
+        .claim(&request("r", &types, 10))
+        .await
+        .unwrap()
+        .jobs;
     assert_eq!(
         rest.len(),
         1,

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use runner::queue::admin::JobRecord;
+use runner::client::JobRecord;
 use runner::{JobState, NewJob, Queue, Unique};
 use serde_json::{Value, json};
 

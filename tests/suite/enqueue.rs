@@ -2,8 +2,7 @@
 
 use std::sync::Arc;
 
-use runner::queue::QueueError;
-use runner::{JobState, NewJob, Unique};
+use runner::{JobState, NewJob, QueueError, Unique};
 use serde_json::json;
 use tokio::sync::Barrier;
 
@@ -309,6 +308,34 @@ async fn a_bulk_enqueue_without_unique_keys_returns_each_jobs_id_in_order() {
     let second = queue.enqueue_many(&db.pool, &keyed).await.unwrap();
     assert!(first.iter().all(|e| e.inserted));
     assert!(second.iter().all(|e| !e.inserted));
-    let ids = |e: &[runner::queue::Enqueued]| e.iter().map(|e| e.id).collect::<Vec<_>>();
+    let ids = |e: &[runner::client::Enqueued]| e.iter().map(|e| e.id).collect::<Vec<_>>();
     assert_eq!(ids(&first), ids(&second));
+}
+
+/// The client crate's example, compiled into the suite and run against a test database.
+#[allow(dead_code)] // its `main` is for `cargo run --example`
+#[path = "../../runner/client/examples/signup.rs"]
+mod signup_example;
+
+#[tokio::test]
+async fn an_application_enqueues_inside_its_own_transaction_with_the_client_alone() {
+    let db = TestDb::new().await;
+    let queue = runner::client::Queue::new(db.pool.clone());
+    signup_example::create_users_table(&db.pool).await.unwrap();
+
+    let id = signup_example::sign_up(&queue, "ada@example.com")
+        .await
+        .expect("the sign-up commits with its job");
+    let job = queue.job(id).await.unwrap();
+    assert_eq!(
+        (job.job_type.as_str(), job.payload.clone()),
+        ("send-welcome", json!({ "email": "ada@example.com" }))
+    );
+
+    // The same address again: the INSERT fails, the transaction rolls back, no second job.
+    signup_example::sign_up(&queue, "ada@example.com")
+        .await
+        .expect_err("the address is taken");
+    let jobs: i64 = db.scalar("SELECT count(*) FROM jobrunner.jobs").await;
+    assert_eq!(jobs, 1, "a failed sign-up leaves no job behind");
 }

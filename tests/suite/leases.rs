@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use runner::queue::{ClaimRequest, ClaimType, Outcome, Settlement};
+use runner::driver::{ClaimRequest, ClaimType, Outcome, Settlement};
 use runner::retry::{Backoff, BackoffKind};
 use runner::{Handlers, JobState, ManualClock, NewJob, Queue, RetryPolicy, Worker, WorkerConfig};
 use serde_json::json;
 
-use crate::support::{TestDb, eventually};
+use crate::support::{TestDb, driver, eventually};
 
 const LEASE: Duration = Duration::from_secs(5);
 
@@ -33,14 +33,14 @@ async fn claim_one(queue: &Queue, owner: &str) -> runner::Job {
         after_tenant: None,
         floors: None,
     };
-    let mut jobs = queue.claim(&request).await.unwrap().jobs;
+    let mut jobs = driver(queue).claim(&request).await.unwrap().jobs;
     assert_eq!(jobs.len(), 1, "{owner} claims the job");
     jobs.pop().unwrap()
 }
 
 /// Records `settlement` as runner `owner` and returns the ids the fence let through.
 async fn record_as(queue: &Queue, owner: &str, settlement: &Settlement) -> Vec<i64> {
-    queue
+    driver(queue)
         .record_outcomes(owner, false, [settlement])
         .await
         .unwrap()
@@ -68,7 +68,10 @@ async fn fencing_rejects_a_stale_runners_outcome() {
 
     let stale = claim_one(&queue, "runner-a").await;
     clock.advance(LEASE + Duration::from_secs(1));
-    let rescued = queue.rescue_expired(&policy(), 100).await.unwrap();
+    let rescued = driver(&queue)
+        .rescue_expired(&policy(), &[], 100)
+        .await
+        .unwrap();
     assert_eq!(rescued.len(), 1);
     clock.advance(Duration::from_secs(60));
     let fresh = claim_one(&queue, "runner-b").await;
@@ -122,15 +125,18 @@ async fn an_expired_lease_is_rescued_as_a_counted_attempt() {
     claim_one(&queue, "runner-a").await;
     clock.advance(LEASE - Duration::from_secs(1));
     assert!(
-        queue
-            .rescue_expired(&policy(), 100)
+        driver(&queue)
+            .rescue_expired(&policy(), &[], 100)
             .await
             .unwrap()
             .is_empty(),
         "lease still valid"
     );
     clock.advance(Duration::from_secs(2));
-    let rescued = queue.rescue_expired(&policy(), 100).await.unwrap();
+    let rescued = driver(&queue)
+        .rescue_expired(&policy(), &[], 100)
+        .await
+        .unwrap();
     assert_eq!(rescued.len(), 1);
     assert_eq!(
         (rescued[0].owner.as_str(), rescued[0].state),
@@ -158,13 +164,49 @@ async fn an_expired_lease_is_rescued_as_a_counted_attempt() {
     clock.advance(Duration::from_secs(10));
     claim_one(&queue, "runner-b").await;
     clock.advance(LEASE * 2);
-    let rescued = queue.rescue_expired(&policy(), 100).await.unwrap();
+    let rescued = driver(&queue)
+        .rescue_expired(&policy(), &[], 100)
+        .await
+        .unwrap();
     assert_eq!(rescued[0].state, JobState::Failed);
     let record = queue.job(id).await.unwrap();
     assert_eq!(
         (record.state, record.attempt, record.errors.len()),
         (JobState::Failed, 2, 2)
     );
+}
+
+#[tokio::test]
+async fn the_rescuer_counts_attempts_against_the_types_max_attempts() {
+    let db = TestDb::new().await;
+    let clock = ManualClock::starting_now();
+    let queue = db.queue_with(clock.clone());
+    // The job sets no max attempts; its type (a plugin manifest) allows one, the runner 25.
+    let id = queue
+        .enqueue(&db.pool, &NewJob::new("t", json!({})))
+        .await
+        .unwrap()
+        .id;
+    let types = [ClaimType {
+        max_attempts: Some(1),
+        ..ClaimType::from("t")
+    }];
+    claim_one(&queue, "runner-a").await;
+    clock.advance(LEASE * 2);
+
+    let rescued = driver(&queue)
+        .rescue_expired(&policy(), &types, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        rescued
+            .iter()
+            .map(|r| (r.job_id, r.state))
+            .collect::<Vec<_>>(),
+        [(id, JobState::Failed)],
+        "the type's one attempt is used up"
+    );
+    assert_eq!(queue.job(id).await.unwrap().state, JobState::Failed);
 }
 
 #[tokio::test]
@@ -184,13 +226,19 @@ async fn concurrent_rescuers_count_an_expired_lease_once() {
         after_tenant: None,
         floors: None,
     };
-    queue.claim(&request).await.unwrap();
+    driver(&queue).claim(&request).await.unwrap();
     clock.advance(LEASE * 2);
 
     let rescuers: Vec<_> = (0..4)
         .map(|_| {
             let queue = queue.clone();
-            tokio::spawn(async move { queue.rescue_expired(&policy(), 1000).await.unwrap().len() })
+            tokio::spawn(async move {
+                driver(&queue)
+                    .rescue_expired(&policy(), &[], 1000)
+                    .await
+                    .unwrap()
+                    .len()
+            })
         })
         .collect();
     let mut total = 0;

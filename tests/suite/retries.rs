@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use runner::executor::json_result;
-use runner::queue::QueueError;
 use runner::retry::{Backoff, BackoffKind};
 use runner::{
-    Clock, Handlers, JobError, JobState, ManualClock, NewJob, RetryPolicy, Worker, WorkerConfig,
+    Clock, Handlers, JobError, JobState, ManualClock, NewJob, QueueError, RetryPolicy, Worker,
+    WorkerConfig,
 };
 use serde_json::json;
 

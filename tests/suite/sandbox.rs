@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use runner::client::JobRecord;
 use runner::plugins::Policy;
-use runner::queue::admin::JobRecord;
 use runner::retry::Backoff;
 use runner::{
     Clock, JobState, Limits, ManualClock, NewJob, Queue, RetryPolicy, Sandbox, SandboxConfig,

@@ -6,17 +6,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use runner::driver::{ClaimRequest, ClaimType, Claimed};
 use runner::plugins::Policy;
-use runner::queue::{ClaimRequest, ClaimType, Claimed, QueueError};
 use runner::{
-    Handlers, JobState, Limits, ManualClock, NewJob, Queue, RetryPolicy, SandboxConfig, Unique,
-    Worker, WorkerConfig, WorkerHandle,
+    Handlers, JobState, Limits, ManualClock, NewJob, Queue, QueueError, RetryPolicy, SandboxConfig,
+    Unique, Worker, WorkerConfig, WorkerHandle,
 };
 use serde_json::{Value, json};
 
 use crate::support::live::Live;
 use crate::support::process::run_cli;
-use crate::support::{TestDb, eventually, plugins, publish, settled};
+use crate::support::{TestDb, driver, eventually, plugins, publish, settled};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -207,7 +207,10 @@ async fn weights_share_a_claim_and_priority_orders_each_tenant() {
     let urgent = queue.enqueue(queue.pool(), &urgent).await.unwrap().id;
     let types = [ClaimType::from("t")];
 
-    let claimed = queue.claim(&request(&types, 100, None)).await.unwrap();
+    let claimed = driver(&queue)
+        .claim(&request(&types, 100, None))
+        .await
+        .unwrap();
     assert_eq!(
         per_tenant(&claimed),
         BTreeMap::from([("heavy".into(), 75), ("light".into(), 25)])
@@ -228,7 +231,7 @@ async fn with_more_tenants_than_a_batch_claims_take_turns() {
     let mut served = Vec::new();
     let mut after: Option<String> = None;
     for _ in 0..10 {
-        let claimed = queue
+        let claimed = driver(&queue)
             .claim(&request(&types, 2, after.as_deref()))
             .await
             .unwrap();
@@ -259,7 +262,10 @@ async fn the_rate_bucket_and_max_running_follow_the_clock() {
     enqueue(&queue, "t", "capped", 20).await;
     let types = [ClaimType::from("t")];
     let claim = || async {
-        let claimed = queue.claim(&request(&types, 10, None)).await.unwrap();
+        let claimed = driver(&queue)
+            .claim(&request(&types, 10, None))
+            .await
+            .unwrap();
         let counts = per_tenant(&claimed);
         let n = |t: &str| counts.get(t).copied().unwrap_or(0);
         (n("metered"), n("capped"), claimed)
@@ -390,7 +396,9 @@ async fn a_tenants_memory_override_decides_whether_the_same_plugin_fits() {
 /// A worker running `job_types` from the example plugins under `limits`, applying the
 /// published tenant policy.
 async fn wasm_worker(queue: &Queue, job_types: &[&str], limits: Limits) -> WorkerHandle {
-    let tenants = Arc::new(ArcSwap::from_pointee(queue.tenants().await.unwrap()));
+    let tenants = Arc::new(ArcSwap::from_pointee(
+        driver(queue).tenants().await.unwrap(),
+    ));
     let policy = Policy::new(limits, RetryPolicy::default());
     let executor =
         plugins::executor(job_types, SandboxConfig::default(), policy).with_tenants(tenants);
@@ -498,7 +506,7 @@ async fn limits_published_after_a_fast_claim_hold_at_once() {
     let types = [ClaimType::from("t")];
     // No limits yet: the claim takes the fast path.
     assert_eq!(
-        queue
+        driver(&queue)
             .claim(&request(&types, 1, None))
             .await
             .unwrap()
@@ -508,14 +516,20 @@ async fn limits_published_after_a_fast_claim_hold_at_once() {
     );
 
     publish(&queue, "[tenants.capped]\nmax_running = 2").await;
-    let claimed = queue.claim(&request(&types, 10, None)).await.unwrap();
+    let claimed = driver(&queue)
+        .claim(&request(&types, 10, None))
+        .await
+        .unwrap();
     assert_eq!(
         claimed.jobs.len(),
         1,
         "one running already: room for one more"
     );
     assert!(claimed.held);
-    let again = db.queue().claim(&request(&types, 10, None)).await.unwrap();
+    let again = driver(&db.queue())
+        .claim(&request(&types, 10, None))
+        .await
+        .unwrap();
     assert!(
         again.jobs.is_empty(),
         "a new queue handle sees the limit too"

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use runner::queue::Vacuum;
+use runner::driver::Vacuum;
 use runner::{Handlers, JobState, NewJob, Unique, Worker, WorkerConfig};
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::support::{TestDb, eventually, state_of};
+use crate::support::{TestDb, driver, eventually, state_of};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -340,13 +340,13 @@ async fn the_jobs_table_is_vacuumed_only_once_a_fifth_of_it_is_dead() {
     // 1,000 dead of 8,000: over the threshold, but an eighth of the table.
     delete_oldest(&db, 1000, 1000).await;
     assert_eq!(
-        db.queue().vacuum_if_needed(500).await.unwrap(),
+        driver(&db.queue()).vacuum_if_needed(500).await.unwrap(),
         Vacuum::NotNeeded
     );
     // 3,000 dead, 5,000 live.
     delete_oldest(&db, 2000, 3000).await;
     assert!(matches!(
-        db.queue().vacuum_if_needed(500).await.unwrap(),
+        driver(&db.queue()).vacuum_if_needed(500).await.unwrap(),
         Vacuum::Done { dead: 3000.., .. }
     ));
 }

@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use crate::config::{FileConfig, SandboxSettings};
 use crate::job::{InvalidJob, Job, validate_job_type};
-use crate::sandbox::{Disposition, Limits, Sandbox, SandboxConfig, job_type_of};
+use crate::sandbox::{Disposition, Limits, Sandbox, SandboxConfig, wasm_job_type};
 
 /// Flags of `runner call`.
 #[derive(Debug, clap::Args)]
@@ -53,7 +53,7 @@ impl CallArgs {
                 validate_job_type(&job_type)?;
                 job_type
             }
-            None => job_type_of(&self.plugin)?,
+            None => wasm_job_type(&self.plugin)?,
         };
         let (sandbox, limits) = self.sandbox.or(file.sandbox.clone()).resolve()?;
         let job = Job {

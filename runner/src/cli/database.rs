@@ -9,8 +9,8 @@ use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
+use crate::Queue;
 use crate::private_pg::PrivatePostgres;
-use crate::queue::Queue;
 
 /// Enough for the worker's long-lived users (listener, fetcher, completer, heartbeat, rescuer,
 /// pruner) with room for bursts.

@@ -7,17 +7,18 @@ use anyhow::Context;
 use serde_json::json;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
+use tokio_util::sync::CancellationToken;
 
 use super::database::Database;
 use super::jobs::print_list;
-use super::run::{RunArgs, RunConfig, Signals, apply_tenants, load_plugins};
+use super::run::{RunArgs, Signals};
 use super::tenants::print_tenants;
+use crate::Queue;
+use crate::client::admin::JobFilter;
 use crate::config::{FileConfig, SandboxSettings, WorkerSettings};
+use crate::driver::Driver;
 use crate::job::NewJob;
-use crate::queue::Queue;
-use crate::queue::admin::JobFilter;
-use crate::tenants::SharedTenants;
-use crate::worker::Worker;
+use crate::runner::{RunConfig, Runner};
 
 /// The database the demo creates afresh on every run.
 const DEMO_DATABASE: &str = "jobrunner_demo";
@@ -45,32 +46,35 @@ pub fn with_demo_defaults(args: RunArgs) -> RunArgs {
 }
 
 /// Runs the demo.
-pub async fn demo(db: &Database, config: RunConfig) -> anyhow::Result<ExitCode> {
+pub async fn demo(db: &Database, mut config: RunConfig) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::new()?;
-    let (_dir, executor) = load_plugins(&config).await?;
     let pool = db
         .fresh_database(DEMO_DATABASE, 10)
         .await
         .with_context(|| format!("the demo needs to (re)create database {DEMO_DATABASE}"))?;
     let queue = Queue::new(pool.clone());
-    queue.migrate().await?;
+    let file: FileConfig = toml::from_str(TENANT_POLICY).context("the demo's tenant policy")?;
+    config.tenants = file.tenants(&config.sandbox)?;
+    // Migrates, loads the plugins and publishes the policy; runs nothing yet.
+    let runner = Runner::builder(config).queue(queue.clone()).build().await?;
     let url = demo_url(db.options());
     println!("== 1. Fresh database {DEMO_DATABASE}, schema `jobrunner` migrated");
 
     println!("\n== 2. Tenants: a policy, a refusal, and a backlog");
-    let tenants = tenant_policy(&queue, &config).await?;
-    let executor = executor.with_tenants(tenants);
+    tenant_policy(&queue).await?;
 
     println!("\n== 3. Enqueue jobs through every door");
     enqueue_jobs(&queue).await?;
 
     println!("\n== 4. A runner works the queue (one log line per attempt, on stderr)");
-    let worker = Worker::new(queue.clone(), executor, config.worker).start();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(runner.run(shutdown.clone()));
     let finished = tokio::select! {
         result = wait_until_settled(&pool) => { result?; true }
         signal = signals.next() => { println!("{signal}: stopping early"); false }
     };
-    worker.shutdown().await;
+    shutdown.cancel();
+    running.await??;
 
     println!("\n== 5. Where every job ended up (the backlog aside)");
     let mut jobs = queue
@@ -113,12 +117,9 @@ memory = "96MiB"
 job_types = ["echo"]
 "#;
 
-/// Publishes the demo's tenant policy, shows enqueue refusing a type the policy forbids, and
-/// enqueues one tenant's backlog ahead of everything else.
-async fn tenant_policy(queue: &Queue, config: &RunConfig) -> anyhow::Result<SharedTenants> {
-    let file: FileConfig = toml::from_str(TENANT_POLICY).context("the demo's tenant policy")?;
-    let policy = file.tenants(&config.sandbox)?;
-    let tenants = apply_tenants(queue, policy.as_ref(), &config.worker.owner).await?;
+/// Shows the demo's tenant policy (published by the runner), enqueue refusing a type the
+/// policy forbids, and enqueues one tenant's backlog ahead of everything else.
+async fn tenant_policy(queue: &Queue) -> anyhow::Result<()> {
     println!("Policy: {}", TENANT_POLICY.trim().replace('\n', "  "));
     let refused = NewJob::new("poison", json!({ "do": "trap" })).tenant(BACKLOG_TENANT);
     if let Err(error) = queue.enqueue(queue.pool(), &refused).await {
@@ -132,7 +133,7 @@ async fn tenant_policy(queue: &Queue, config: &RunConfig) -> anyhow::Result<Shar
         "Backlog:           {BACKLOG} echo jobs for tenant {BACKLOG_TENANT}, ahead of every job \
          below"
     );
-    Ok(tenants)
+    Ok(())
 }
 
 /// How acme's reminders fared behind the backlog, and every tenant's counts.
@@ -149,7 +150,7 @@ async fn print_fairness(queue: &Queue) -> anyhow::Result<()> {
         "\nFair claiming: acme's reminders were done while {overtaken} of {BACKLOG_TENANT}'s \
          {BACKLOG} jobs, enqueued before them, still waited.\n"
     );
-    print_tenants(&queue.tenant_overview().await?);
+    print_tenants(&Driver::new(queue.clone()).tenant_overview().await?);
     Ok(())
 }
 

@@ -11,9 +11,9 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 
 use super::database::Database;
+use crate::Queue;
 use crate::config::parse_duration;
 use crate::job::{MAX_PAYLOAD_BYTES, NewJob, Schedule, Unique};
-use crate::queue::Queue;
 
 /// Flags of `runner enqueue`.
 #[derive(Debug, Args)]

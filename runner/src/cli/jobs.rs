@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 use super::database::Database;
+use crate::client::admin::{JobFilter, JobRecord};
 use crate::job::JobState;
-use crate::queue::admin::{JobFilter, JobRecord};
 use crate::retry::RetryPolicy;
 
 /// Subcommands of `runner jobs`.

@@ -105,13 +105,13 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
 /// A command whose input has been checked: nothing touches the database before this.
 enum Prepared {
     Migrate,
-    Run(run::RunConfig),
+    Run(crate::runner::RunConfig),
     Call(call::Call),
     Enqueue(crate::job::NewJob),
     Jobs(jobs::JobsCommand, crate::retry::RetryPolicy),
     Plugins(plugins::PluginsArgs),
     Tenants(tenants::TenantsArgs),
-    Demo(run::RunConfig),
+    Demo(crate::runner::RunConfig),
     Bench(Box<bench::Bench>),
 }
 

@@ -8,8 +8,9 @@ use chrono::Utc;
 
 use super::database::Database;
 use super::jobs::one_line;
+use crate::Queue;
+use crate::driver::{Driver, RunnerInfo};
 use crate::plugins::{PluginStatus, ServingVersion};
-use crate::queue::{Queue, RunnerInfo};
 
 /// A runner that has not refreshed its announcement for this long is not listed.
 const LIVE: Duration = Duration::from_secs(30);
@@ -26,7 +27,7 @@ pub struct PluginsArgs {
 pub async fn plugins(db: &Database, args: PluginsArgs) -> anyhow::Result<ExitCode> {
     let queue = db.queue();
     queue.migrate().await?;
-    let runners = queue.runners(LIVE).await?;
+    let runners = Driver::new(queue).runners(LIVE).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&runners)?);
     } else if runners.is_empty() {
@@ -39,7 +40,7 @@ pub async fn plugins(db: &Database, args: PluginsArgs) -> anyhow::Result<ExitCod
 
 /// The job types some live runner serves now; `None` when no runner is live.
 pub(super) async fn served_job_types(queue: &Queue) -> anyhow::Result<Option<BTreeSet<String>>> {
-    let runners = queue.runners(LIVE).await?;
+    let runners = Driver::new(queue.clone()).runners(LIVE).await?;
     if runners.is_empty() {
         return Ok(None);
     }

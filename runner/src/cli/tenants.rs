@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 
 use super::database::Database;
-use crate::queue::TenantOverview;
+use crate::driver::{Driver, TenantOverview};
 use crate::tenants::TenantPolicy;
 
 /// Flags of `runner tenants`.
@@ -21,7 +21,7 @@ pub struct TenantsArgs {
 pub async fn tenants(db: &Database, args: TenantsArgs) -> anyhow::Result<ExitCode> {
     let queue = db.queue();
     queue.migrate().await?;
-    let tenants = queue.tenant_overview().await?;
+    let tenants = Driver::new(queue).tenant_overview().await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&tenants)?);
         return Ok(ExitCode::SUCCESS);

@@ -6,8 +6,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::{Execution, Executor, JobError, JobResult};
+use crate::driver::ClaimType;
 use crate::job::Job;
-use crate::queue::ClaimType;
 
 type BoxedHandler =
     Arc<dyn Fn(Job) -> Pin<Box<dyn Future<Output = JobResult> + Send>> + Send + Sync>;
@@ -57,10 +57,7 @@ impl Executor for Handlers {
             let result = match handler {
                 Some(handler) => handler(job).await,
                 // Only reachable if a caller bypasses the claim filter.
-                None => Err(JobError::Retry(format!(
-                    "no handler for job type {:?}",
-                    job.job_type
-                ))),
+                None => Err(JobError::no_handler(&job.job_type)),
             };
             Execution::from(result)
         }
@@ -72,4 +69,20 @@ pub fn json_result(value: &impl serde::Serialize) -> JobResult {
     serde_json::value::to_raw_value(value)
         .map(Some)
         .map_err(|e| JobError::Fail(format!("result is not serializable: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_job_without_a_handler_goes_back_to_the_queue_uncounted() {
+        let handlers = Handlers::new().on("known", |_| async { Ok(None) });
+        let execution = handlers.execute(&Job::standalone("unknown", "{}")).await;
+        assert_eq!(
+            execution.result.unwrap_err(),
+            JobError::no_handler("unknown")
+        );
+        assert!(matches!(JobError::no_handler("t"), JobError::Requeue(_)));
+    }
 }

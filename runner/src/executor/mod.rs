@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
+use crate::driver::ClaimType;
 use crate::job::Job;
-use crate::queue::ClaimType;
 use crate::retry::Backoff;
 
 pub use handlers::{Handlers, json_result};
@@ -33,6 +33,16 @@ pub enum JobError {
     /// shortly, without counting the attempt.
     #[error("{0}")]
     Requeue(String),
+}
+
+impl JobError {
+    /// A job of a type the executor does not serve (any more: a plugin deleted after the
+    /// claim). It did not run, so it goes back to the queue without counting the attempt, for
+    /// a runner that serves the type, or this one once the type is back. Every executor says
+    /// so the same way.
+    pub fn no_handler(job_type: &str) -> Self {
+        JobError::Requeue(format!("no handler for job type {job_type:?}"))
+    }
 }
 
 /// What an attempt produced: an optional JSON result, or an error.

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 
 use super::{Execution, Executor, JobError, JobResult};
+use crate::driver::ClaimType;
 use crate::job::Job;
 use crate::plugins::{Policy, Registry};
-use crate::queue::ClaimType;
 use crate::sandbox::{Disposition, Limits, Run, Sandbox};
 use crate::tenants::SharedTenants;
 
@@ -69,10 +69,7 @@ impl Executor for WasmExecutor {
     async fn execute(&self, job: &Job) -> Execution {
         // Pinned: a swap while the job runs does not change the code under it.
         let Some(version) = self.plugins.get(&job.job_type) else {
-            return Execution::from(Err(JobError::Requeue(format!(
-                "no plugin loaded for job type {:?}",
-                job.job_type
-            ))));
+            return Execution::from(Err(JobError::no_handler(&job.job_type)));
         };
         let policy = &version.policy;
         let result = match self.admit(job, policy) {

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::Registry;
-use crate::queue::Queue;
+use crate::driver::Driver;
 use crate::worker::Waker;
 
 /// How often a runner refreshes its announcement.
@@ -26,7 +26,7 @@ impl Presence {
     /// Starts announcing `registry` as runner `owner`'s, watching `plugin_dir`, and waking
     /// `worker` on every change.
     pub fn start(
-        queue: Queue,
+        driver: Driver,
         owner: String,
         plugin_dir: String,
         registry: Arc<Registry>,
@@ -34,7 +34,7 @@ impl Presence {
     ) -> Self {
         let stop = CancellationToken::new();
         let task = tokio::spawn(announce(
-            queue,
+            driver,
             owner,
             plugin_dir,
             registry,
@@ -52,7 +52,7 @@ impl Presence {
 }
 
 async fn announce(
-    queue: Queue,
+    driver: Driver,
     owner: String,
     plugin_dir: String,
     registry: Arc<Registry>,
@@ -74,14 +74,14 @@ async fn announce(
             _ = refresh.tick() => {}
         }
         let statuses = serde_json::to_value(registry.statuses()).expect("statuses serialize");
-        if let Err(error) = queue
+        if let Err(error) = driver
             .announce_runner(&owner, &plugin_dir, started_at, &statuses)
             .await
         {
             tracing::warn!(%error, "cannot announce this runner's plugins; retrying");
         }
     }
-    if let Err(error) = queue.withdraw_runner(&owner).await {
+    if let Err(error) = driver.withdraw_runner(&owner).await {
         tracing::warn!(%error, "cannot withdraw this runner's announcement; it expires");
     }
 }

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::load::{LoadError, Version};
-use crate::queue::ClaimType;
+use crate::driver::ClaimType;
 
 /// What the runner serves now.
 #[derive(Debug, Default)]

@@ -1,41 +1,35 @@
 //! The Wasm sandbox: one wasmtime engine per runner, one `InstancePre` per plugin version, and a
 //! fresh store and instance for every attempt, dropped when it ends.
 //!
-//! A guest gets WASI preview 2 with nothing behind it (no preopened directories, environment,
-//! arguments or network) plus the `host` interface of the `job-handler` world. Its stdout and
-//! stderr are captured with a cap. Per attempt it is held to [`Limits`]: wall-clock time, CPU
+//! A guest gets what the capabilities in [`host`] grant it: WASI preview 2 with nothing
+//! behind it (no preopened directories, environment, arguments or network; stdout and stderr
+//! captured with a cap) and the `host` interface of the `job-handler` world. Per attempt it is held to [`Limits`]: wall-clock time, CPU
 //! time (its thread's CPU clock, read at every epoch tick while it executes), memory (a
 //! limiter), Wasm stack, payload and result size. Everything that can go wrong is classified
 //! into a [`RunError`].
 
 mod bindings;
 mod classify;
-mod guest_log;
+mod host;
 mod limits;
 mod meter;
-mod output;
 mod plugin;
-mod state;
 
 use std::num::NonZeroUsize;
 use std::path::Path;
 use std::time::Duration;
 
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
-use wasmtime_wasi::WasiCtx;
 
 pub use classify::{Disposition, RunError, classify_trap};
 pub use limits::{Limits, MemoryLimitExceeded};
 pub use meter::{CpuBudgetExceeded, TimedOut, thread_cpu_time};
 pub use plugin::{Plugin, PluginError};
 
-use bindings::{JobHandler, JobHandlerPre, WitJob, WitJobError};
-use guest_log::{GuestLog, JobLabel};
-use limits::MemoryLimiter;
+use bindings::{JobHandlerPre, WitJob, WitJobError};
+use host::{GuestState, JobLabel};
 use meter::Meter;
-use output::CapturedOutput;
-use state::GuestState;
 
 use crate::job::Job;
 
@@ -153,11 +147,7 @@ impl Sandbox {
         let engine =
             Engine::new(&engine_config(&config)).map_err(|e| SandboxError(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
-        let link = |linker: &mut Linker<GuestState>| -> wasmtime::Result<()> {
-            wasmtime_wasi::p2::add_to_linker_async(linker)?;
-            JobHandler::add_to_linker::<_, HasSelf<GuestState>>(linker, |state| state)
-        };
-        link(&mut linker).map_err(|e| SandboxError(format!("{e:#}")))?;
+        host::add_to_linker(&mut linker).map_err(|e| SandboxError(format!("{e:#}")))?;
         start_epoch_ticker(&engine, config.epoch_tick)?;
         Ok(Self {
             engine,
@@ -206,7 +196,7 @@ impl Sandbox {
 
     /// Loads the plugin file `path`; its job type is the file name without `.wasm`.
     pub fn load(&self, path: &Path) -> Result<Plugin, PluginError> {
-        self.load_as(path, &job_type_of(path)?)
+        self.load_as(path, &wasm_job_type(path)?)
     }
 
     /// Loads the plugin file `path` to run jobs of `job_type`.
@@ -220,84 +210,61 @@ impl Sandbox {
 
     /// Runs one attempt of `job` in a fresh instance of `plugin`, held to `limits`.
     pub async fn run(&self, plugin: &Plugin, job: &Job, limits: &Limits) -> Run {
-        let stdout = CapturedOutput::new(limits.max_output);
-        let stderr = CapturedOutput::new(limits.max_output);
-        let (result, backtrace) = if job.payload.len() > limits.max_payload {
+        if job.payload.len() > limits.max_payload {
             let size = job.payload.len();
             let limit = limits.max_payload;
-            (Err(RunError::PayloadTooLarge { size, limit }), None)
-        } else {
-            self.execute(plugin, job, limits, &stdout, &stderr).await
-        };
-        let run = Run {
+            return Run {
+                result: Err(RunError::PayloadTooLarge { size, limit }),
+                backtrace: None,
+                stdout: None,
+                stderr: None,
+            };
+        }
+        let mut store = self.store(job, limits);
+        let (result, backtrace) = execute(&mut store, plugin, job, limits).await;
+        let state = store.data_mut();
+        state.finish();
+        let (stdout, stderr) = state.wasi.output();
+        Run {
             result,
             backtrace,
-            stdout: stdout.text(),
-            stderr: stderr.text(),
-        };
-        for (stream, text) in [("stdout", &run.stdout), ("stderr", &run.stderr)] {
-            if let Some(text) = text {
-                guest_log::emit_output(&JobLabel::from(job), stream, text);
-            }
+            stdout,
+            stderr,
         }
-        run
     }
 
-    /// Instantiates and calls the guest; the result or the classified error, and a backtrace
-    /// if the guest was stopped.
-    async fn execute(
-        &self,
-        plugin: &Plugin,
-        job: &Job,
-        limits: &Limits,
-        stdout: &CapturedOutput,
-        stderr: &CapturedOutput,
-    ) -> (Result<Option<String>, RunError>, Option<String>) {
-        let mut store = self.store(job, limits, stdout, stderr);
-        let call = tokio::time::timeout(limits.timeout, call_run(&mut store, &plugin.pre, job));
-        let outcome = match call.await {
-            Ok(Ok(Ok(result))) => (check_result(result, limits), None),
-            Ok(Ok(Err(WitJobError::Retry(message)))) => (Err(RunError::GuestRetry(message)), None),
-            Ok(Ok(Err(WitJobError::Fail(message)))) => (Err(RunError::GuestFail(message)), None),
-            Ok(Err(error)) => {
-                let (error, backtrace) = classify_trap(&error);
-                (Err(error), backtrace)
-            }
-            // The guest was waiting on the host; a running guest is stopped by the meter.
-            Err(_elapsed) => (Err(RunError::timeout(limits.timeout)), None),
-        };
-        store.data().log.finish();
-        outcome
-    }
-
-    fn store(
-        &self,
-        job: &Job,
-        limits: &Limits,
-        stdout: &CapturedOutput,
-        stderr: &CapturedOutput,
-    ) -> Store<GuestState> {
-        // No preopens, environment or arguments: the builder's defaults. Network use is denied
-        // explicitly so that a change of defaults cannot open it.
-        let wasi = WasiCtx::builder()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
-        let state = GuestState {
-            wasi,
-            table: Default::default(),
-            limiter: MemoryLimiter::new(limits.memory),
-            log: GuestLog::new(JobLabel::from(job)),
-            meter: Meter::new(limits.cpu_budget, self.config.epoch_tick, limits.timeout),
-        };
+    /// A fresh store for one attempt: every capability's state, the memory limiter, and the
+    /// meter that the epoch callback consults.
+    fn store(&self, job: &Job, limits: &Limits) -> Store<GuestState> {
+        let meter = Meter::new(limits.cpu_budget, self.config.epoch_tick, limits.timeout);
+        let state = GuestState::new(&JobLabel::from(job), limits, meter);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|mut store| store.data_mut().meter.tick());
         store
+    }
+}
+
+/// Instantiates and calls the guest; the result or the classified error, and a backtrace if
+/// the guest was stopped.
+async fn execute(
+    store: &mut Store<GuestState>,
+    plugin: &Plugin,
+    job: &Job,
+    limits: &Limits,
+) -> (Result<Option<String>, RunError>, Option<String>) {
+    let call = tokio::time::timeout(limits.timeout, call_run(store, &plugin.pre, job));
+    match call.await {
+        Ok(Ok(Ok(result))) => (check_result(result, limits), None),
+        Ok(Ok(Err(WitJobError::Retry(message)))) => (Err(RunError::GuestRetry(message)), None),
+        Ok(Ok(Err(WitJobError::Fail(message)))) => (Err(RunError::GuestFail(message)), None),
+        Ok(Err(error)) => {
+            let (error, backtrace) = classify_trap(&error);
+            (Err(error), backtrace)
+        }
+        // The guest was waiting on the host; a running guest is stopped by the meter.
+        Err(_elapsed) => (Err(RunError::timeout(limits.timeout)), None),
     }
 }
 
@@ -376,7 +343,7 @@ fn start_epoch_ticker(engine: &Engine, tick: Duration) -> Result<(), SandboxErro
 }
 
 /// A plugin file's job type: its name without `.wasm`.
-pub fn job_type_of(path: &Path) -> Result<String, PluginError> {
+pub fn wasm_job_type(path: &Path) -> Result<String, PluginError> {
     let bad = |reason: &str| PluginError::BadName {
         path: path.to_owned(),
         reason: reason.to_owned(),

@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use super::bindings::JobHandlerPre;
-use super::state::GuestState;
+use super::host::GuestState;
 
 /// A loaded plugin version. Cheap to share behind an `Arc`: jobs pin the version they started
 /// with for as long as they run.

@@ -1,5 +1,5 @@
 //! The executors: `concurrency` long-lived tasks, each running one claimed job at a time and
-//! reporting what became of it. Long-lived, because a task spawned per job cost more than the
+//! reporting what became of it to the completer. Long-lived, because a task spawned per job cost more than the
 //! bookkeeping around a microsecond job: allocating, moving and tearing down its future.
 
 use std::sync::Arc;
@@ -9,17 +9,19 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::Shared;
-use super::inflight::Ticket;
+use super::inflight::{InFlight, Ticket};
+use super::service::Service;
+use super::slots::Slots;
+use crate::Queue;
 use crate::clock::later;
+use crate::driver::{Outcome, Settlement};
 use crate::executor::{Execution, Executor, JobError};
 use crate::job::Job;
-use crate::queue::{Outcome, Settlement};
 use crate::retry::Backoff;
 
 /// A claimed job waiting for an executor. `slot` is held until its report is queued, so a
 /// slow database pushes back on claiming.
-pub(super) struct Claimed {
+pub(super) struct ClaimedJob {
     pub job: Job,
     pub ticket: Ticket,
     /// Fires when the heartbeat finds the claim's lease gone.
@@ -38,122 +40,145 @@ pub(super) struct Report {
     pub duration: Duration,
 }
 
-/// Runs claimed jobs until every claim loop is gone and nothing claimed is left. Once the
-/// worker stops, jobs still waiting go back to the queue unstarted.
-pub(super) async fn executor<E: Executor>(
-    shared: Arc<Shared<E>>,
-    claimed: flume::Receiver<Claimed>,
-    reports: mpsc::Sender<Report>,
-) {
-    while let Ok(claim) = claimed.recv_async().await {
-        if shared.stop.is_cancelled() {
-            not_started(&shared, claim, &reports).await;
-        } else {
-            run(&shared, claim, &reports).await;
+/// Queues outcomes for the completer, and frees their jobs' slots.
+#[derive(Clone)]
+pub(super) struct Reporter {
+    pub reports: mpsc::Sender<Report>,
+    pub slots: Arc<Slots>,
+}
+
+impl Reporter {
+    /// Reports a claimed job that will not run in this worker: it goes back to the queue
+    /// without counting the attempt.
+    pub async fn not_started(&self, claim: ClaimedJob) {
+        let outcome = requeued("the runner is shutting down; the job had not started");
+        self.report(claim, outcome, None, Duration::ZERO).await;
+    }
+
+    /// Queues the outcome of `claim` for the completer, then frees its slot.
+    async fn report(
+        &self,
+        claim: ClaimedJob,
+        outcome: Outcome,
+        plugin_sha256: Option<Arc<str>>,
+        duration: Duration,
+    ) {
+        let ClaimedJob {
+            job, ticket, slot, ..
+        } = claim;
+        let report = Report {
+            ticket,
+            settlement: Settlement {
+                job_id: job.id,
+                attempt: job.attempt,
+                outcome,
+                plugin_sha256,
+            },
+            job_type: job.job_type,
+            tenant: job.tenant,
+            duration,
+        };
+        if self.reports.send(report).await.is_err() {
+            // Only if the completer died; the lease will expire and the rescuer takes the job.
+            tracing::error!(job_id = job.id, "outcome lost: the completer is gone");
+        }
+        drop(slot);
+        self.slots.freed();
+    }
+}
+
+/// One of the worker's `concurrency` executors: runs claimed jobs one at a time until every
+/// claim loop is gone and nothing claimed is left. Once claiming stops, jobs still waiting go
+/// back to the queue unstarted; its own shutdown (the deadline) interrupts the running job,
+/// which is requeued.
+pub(super) struct Attempts<E> {
+    pub executor: Arc<E>,
+    pub queue: Queue,
+    pub inflight: Arc<InFlight>,
+    pub default_backoff: Backoff,
+    pub claimed: flume::Receiver<ClaimedJob>,
+    pub reporter: Reporter,
+    /// Claiming stopped: what has not started goes back.
+    pub claiming: CancellationToken,
+}
+
+impl<E: Executor> Service for Attempts<E> {
+    const NAME: &'static str = "executor";
+
+    async fn run(self, interrupt: CancellationToken) {
+        while let Ok(claim) = self.claimed.recv_async().await {
+            if self.claiming.is_cancelled() {
+                self.reporter.not_started(claim).await;
+            } else {
+                self.attempt(claim, &interrupt).await;
+            }
         }
     }
 }
 
-/// Reports a claimed job that will not run in this worker: it goes back to the queue without
-/// counting the attempt.
-pub(super) async fn not_started<E>(
-    shared: &Shared<E>,
-    claim: Claimed,
-    reports: &mpsc::Sender<Report>,
-) {
-    let outcome = requeued("the runner is shutting down; the job had not started");
-    report(shared, claim, outcome, None, Duration::ZERO, reports).await;
-}
-
-async fn run<E: Executor>(shared: &Shared<E>, claim: Claimed, reports: &mpsc::Sender<Report>) {
-    let job = &claim.job;
-    tracing::debug!(
-        target: "jobrunner::attempt", job_id = job.id, job_type = %job.job_type,
-        tenant = %job.tenant, attempt = job.attempt, "job started"
-    );
-    let started = Instant::now();
-    let Some((outcome, plugin_sha256)) =
-        execute(shared, job, claim.ticket, &claim.lease_lost).await
-    else {
-        // Another runner owns the job now: nothing to record, but the slot is free.
-        drop(claim);
-        shared.slot_freed.notify_one();
-        return;
-    };
-    let took = started.elapsed();
-    shared.prefetch.record(took);
-    // The outcome line comes only once the outcome is committed, which may be much later
-    // (a database outage): this one says when the guest was done.
-    tracing::debug!(
-        target: "jobrunner::attempt", job_id = job.id, job_type = %job.job_type,
-        tenant = %job.tenant, attempt = job.attempt, duration_ms = took.as_secs_f64() * 1e3,
-        "job ran; recording its outcome"
-    );
-    report(shared, claim, outcome, plugin_sha256, took, reports).await;
-}
-
-/// Queues the outcome of `claim` for the completer, then frees its slot.
-async fn report<E>(
-    shared: &Shared<E>,
-    claim: Claimed,
-    outcome: Outcome,
-    plugin_sha256: Option<Arc<str>>,
-    duration: Duration,
-    reports: &mpsc::Sender<Report>,
-) {
-    let Claimed {
-        job, ticket, slot, ..
-    } = claim;
-    let report = Report {
-        ticket,
-        settlement: Settlement {
-            job_id: job.id,
-            attempt: job.attempt,
-            outcome,
-            plugin_sha256,
-        },
-        job_type: job.job_type,
-        tenant: job.tenant,
-        duration,
-    };
-    if reports.send(report).await.is_err() {
-        // Only if the completer died; the lease will expire and the rescuer takes the job.
-        tracing::error!(job_id = job.id, "outcome lost: the completer is gone");
+impl<E: Executor> Attempts<E> {
+    async fn attempt(&self, claim: ClaimedJob, interrupt: &CancellationToken) {
+        let job = &claim.job;
+        tracing::debug!(
+            target: "jobrunner::attempt", job_id = job.id, job_type = %job.job_type,
+            tenant = %job.tenant, attempt = job.attempt, "job started"
+        );
+        let started = Instant::now();
+        let Some((outcome, plugin_sha256)) = self
+            .execute(job, claim.ticket, &claim.lease_lost, interrupt)
+            .await
+        else {
+            // Another runner owns the job now: nothing to record, but the slot is free.
+            drop(claim);
+            self.reporter.slots.freed();
+            return;
+        };
+        let took = started.elapsed();
+        self.reporter.slots.record(took);
+        // The outcome line comes only once the outcome is committed, which may be much later
+        // (a database outage): this one says when the guest was done.
+        tracing::debug!(
+            target: "jobrunner::attempt", job_id = job.id, job_type = %job.job_type,
+            tenant = %job.tenant, attempt = job.attempt, duration_ms = took.as_secs_f64() * 1e3,
+            "job ran; recording its outcome"
+        );
+        self.reporter
+            .report(claim, outcome, plugin_sha256, took)
+            .await;
     }
-    drop(slot);
-    shared.slot_freed.notify_one();
-}
 
-/// Runs the executor until it finishes, the shutdown deadline interrupts it, or the lease is
-/// lost (`None`: nothing to record, another runner owns the job now). The outcome comes with
-/// the plugin version that ran the attempt.
-async fn execute<E: Executor>(
-    shared: &Shared<E>,
-    job: &Job,
-    ticket: Ticket,
-    lease_lost: &CancellationToken,
-) -> Option<(Outcome, Option<Arc<str>>)> {
-    // The job first: one that finishes in its first poll never registers with the tokens,
-    // whose waiter lists every executor shares.
-    tokio::select! {
-        biased;
-        execution = shared.executor.execute(job) => {
-            let plugin_sha256 = execution.plugin_sha256.clone();
-            let backoff = shared.config.retry.backoff;
-            Some((settle(job, execution, &backoff, shared.queue.now()), plugin_sha256))
-        }
-        _ = shared.abort.cancelled() => {
-            Some((requeued("interrupted: the runner's shutdown deadline passed"), None))
-        }
-        _ = lease_lost.cancelled() => {
-            tracing::warn!(
-                job_id = job.id, job_type = %job.job_type, tenant = %job.tenant,
-                attempt = job.attempt,
-                "lease lost while running (another runner may have taken the job); \
-                 abandoning this attempt"
-            );
-            shared.inflight.remove(ticket);
-            None
+    /// Runs the executor until it finishes, the shutdown deadline interrupts it, or the lease
+    /// is lost (`None`: nothing to record, another runner owns the job now). The outcome
+    /// comes with the plugin version that ran the attempt.
+    async fn execute(
+        &self,
+        job: &Job,
+        ticket: Ticket,
+        lease_lost: &CancellationToken,
+        interrupt: &CancellationToken,
+    ) -> Option<(Outcome, Option<Arc<str>>)> {
+        // The job first: one that finishes in its first poll never registers with the tokens,
+        // whose waiter lists every executor shares.
+        tokio::select! {
+            biased;
+            execution = self.executor.execute(job) => {
+                let plugin_sha256 = execution.plugin_sha256.clone();
+                let outcome = settle(job, execution, &self.default_backoff, self.queue.now());
+                Some((outcome, plugin_sha256))
+            }
+            _ = interrupt.cancelled() => {
+                Some((requeued("interrupted: the runner's shutdown deadline passed"), None))
+            }
+            _ = lease_lost.cancelled() => {
+                tracing::warn!(
+                    job_id = job.id, job_type = %job.job_type, tenant = %job.tenant,
+                    attempt = job.attempt,
+                    "lease lost while running (another runner may have taken the job); \
+                     abandoning this attempt"
+                );
+                self.inflight.remove(ticket);
+                None
+            }
         }
     }
 }

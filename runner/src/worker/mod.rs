@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  LISTEN / poll ─wake─> fetcher ──claim N──> executors ──reports──> completer ──batch──> Postgres
-//!                          │  (slot semaphore:        │ (`concurrency`          │
+//!                          │  (slots:                 │ (`concurrency`          │
 //!                          │   concurrency+prefetch)  │  long-lived tasks)      └─> outcome log line
 //!              heartbeat ──┴── extends the leases of everything claimed and not yet recorded
 //!              rescuer   ───── returns other runners' expired leases
@@ -10,34 +10,52 @@
 //!              vacuum    ───── vacuums the jobs table when dead row versions pile up
 //! ```
 //!
+//! Each box is a [service](service::Service), one module each, started and stopped in
+//! [stages](service::Stage) by [`Worker::start`] and [`WorkerHandle::shutdown`]; services share
+//! state through channels (claimed jobs, reports, committed batches, heartbeat stalls) and
+//! owned handles (the slots, the in-flight table, the claim floors).
+//!
 //! A job holds a *slot* from claim until its outcome is queued for writing; slots beyond the
-//! executors are the prefetch buffer of claimed jobs waiting for one. Shutdown ([`WorkerHandle::shutdown`]) stops claiming at once,
-//! requeues claimed jobs that never started, lets running ones finish until the deadline,
-//! requeues the rest, and flushes every outcome before returning.
+//! executors are the prefetch buffer of claimed jobs waiting for one. Shutdown stops claiming
+//! at once, requeues claimed jobs that never started, lets running ones finish until the
+//! deadline, requeues the rest, and flushes every outcome before returning.
 
 mod attempt;
 mod completer;
 mod fetcher;
+mod heartbeat;
 mod inflight;
-mod maintenance;
+mod outcome_log;
 mod prefetch;
+mod pruner;
+mod rescuer;
+mod service;
+mod slots;
+mod vacuum;
 mod wakeup;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, broadcast, mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
+use crate::Queue;
+use crate::driver::{Driver, Floors};
 use crate::executor::Executor;
-use crate::queue::{Floors, Queue};
 use crate::retry::RetryPolicy;
 
-use attempt::Report;
+use attempt::{Attempts, Reporter};
+use completer::Completer;
+use fetcher::Fetcher;
+use heartbeat::Heartbeat;
 use inflight::InFlight;
+use pruner::Pruner;
+use rescuer::Rescuer;
+use service::Stage;
+use slots::Slots;
+use vacuum::Vacuumer;
+use wakeup::Listener;
 
 /// How a worker behaves. [`WorkerConfig::default`] gives the documented defaults.
 #[derive(Debug, Clone)]
@@ -106,40 +124,6 @@ pub fn default_owner() -> String {
     format!("{host}:{}:{:04x}", std::process::id(), fastrand::u16(..))
 }
 
-/// What the worker's tasks share.
-struct Shared<E> {
-    queue: Queue,
-    executor: Arc<E>,
-    config: WorkerConfig,
-    inflight: Arc<InFlight>,
-    /// Claimed-and-unrecorded jobs: concurrency + prefetch permits.
-    slots: Arc<Semaphore>,
-    /// How many of the prefetch slots may be used now.
-    prefetch: prefetch::Prefetch,
-    /// A job gave back its slot.
-    slot_freed: Notify,
-    /// A notification arrived (or the listener reconnected, or the executor's job types
-    /// changed): look for ripe jobs now.
-    wake: Arc<Notify>,
-    /// Where the claims start in each tenant's jobs; the listener keeps them honest.
-    floors: Floors,
-    /// The last claim left a tenant's ripe jobs behind because of its max_running: every
-    /// recorded outcome may make room, so the completer wakes the fetcher.
-    held_back: AtomicBool,
-    /// Outcome batches written so far: a claim that was held back checks whether one landed
-    /// while it ran.
-    completions: AtomicU64,
-    /// A heartbeat failed or waited on the database longer than a heartbeat interval since the
-    /// rescuer last looked: it pauses as for a stall of its own.
-    heartbeat_stalled: AtomicBool,
-    /// The ids of each batch of outcomes just committed, for whoever subscribed.
-    recorded: broadcast::Sender<Arc<[i64]>>,
-    /// Stop claiming; requeue what has not started.
-    stop: CancellationToken,
-    /// Interrupt running jobs and requeue them (the shutdown deadline passed).
-    abort: CancellationToken,
-}
-
 /// Committed outcome batches kept for a slow [`WorkerHandle::subscribe_recorded`] receiver.
 pub const RECORDED_BACKLOG: usize = 1024;
 
@@ -160,101 +144,123 @@ impl<E: Executor> Worker<E> {
         }
     }
 
-    /// Starts the worker's tasks on the current tokio runtime.
+    /// Starts the worker's services on the current tokio runtime, in stages that stop in
+    /// order: claiming (the claim loops; maintaining, the listener, rescuer, pruner and vacuum
+    /// chore, stops with it), running (the executors), recording (the completer), renewing
+    /// (the heartbeat).
     pub fn start(self) -> WorkerHandle {
-        let config = self.config;
-        let shared = Arc::new(Shared {
-            queue: self.queue,
-            executor: self.executor,
-            slots: Arc::new(Semaphore::new(config.concurrency.max(1) + config.prefetch)),
-            prefetch: prefetch::Prefetch::new(config.concurrency.max(1), config.prefetch),
-            slot_freed: Notify::new(),
-            inflight: Arc::default(),
-            wake: Arc::default(),
-            floors: Floors::default(),
-            held_back: AtomicBool::new(false),
-            completions: AtomicU64::new(0),
-            heartbeat_stalled: AtomicBool::new(false),
-            recorded: broadcast::Sender::new(RECORDED_BACKLOG),
-            stop: CancellationToken::new(),
-            abort: CancellationToken::new(),
-            config,
-        });
-        let (report_tx, report_rx) = mpsc::channel::<Report>(
-            shared.config.concurrency + shared.config.prefetch + shared.config.batch_size,
-        );
-        let (listening_tx, listening_rx) = watch::channel(false);
-        let tracker = TaskTracker::new();
-        let flush_deadline = CancellationToken::new();
-        let heartbeat_stop = CancellationToken::new();
+        let config = Arc::new(self.config);
+        let driver = Driver::new(self.queue.clone());
+        let executor = self.executor;
+        let inflight = Arc::new(InFlight::default());
+        let slots = Arc::new(Slots::new(&config));
+        let floors = Arc::new(Floors::default());
+        let wake = Arc::new(Notify::new());
+        let (reports, reports_rx) =
+            mpsc::channel(config.concurrency + config.prefetch + config.batch_size);
+        let (completions, completions_rx) = watch::channel(0);
+        let (stalls, stalls_rx) = watch::channel(());
+        let (listening, listening_rx) = watch::channel(false);
+        let recorded = broadcast::Sender::new(RECORDED_BACKLOG);
+        let reporter = Reporter {
+            reports,
+            slots: Arc::clone(&slots),
+        };
+        let (to_executors, claimed) = flume::unbounded();
 
-        let (claimed_tx, claimed_rx) = flume::unbounded();
-        for _ in 0..shared.config.concurrency.max(1) {
-            tracker.spawn(attempt::executor(
-                shared.clone(),
-                claimed_rx.clone(),
-                report_tx.clone(),
-            ));
+        let mut claiming = Stage::new("claiming");
+        for _ in 0..fetcher::CLAIMERS {
+            claiming.start(Fetcher {
+                driver: driver.clone(),
+                executor: Arc::clone(&executor),
+                config: Arc::clone(&config),
+                slots: Arc::clone(&slots),
+                inflight: Arc::clone(&inflight),
+                floors: Arc::clone(&floors),
+                wake: Arc::clone(&wake),
+                completions: completions_rx.clone(),
+                to_executors: to_executors.clone(),
+                waiting: claimed.clone(),
+                reporter: reporter.clone(),
+            });
         }
-        let fetchers = (0..fetcher::CLAIMERS)
-            .map(|_| {
-                let handoff = fetcher::Handoff {
-                    to_executors: claimed_tx.clone(),
-                    waiting: claimed_rx.clone(),
-                    reports: report_tx.clone(),
-                };
-                tokio::spawn(fetcher::run(shared.clone(), handoff))
-            })
-            .collect();
-        drop((claimed_tx, claimed_rx, report_tx));
-        let completer = tokio::spawn(completer::run(
-            shared.clone(),
-            report_rx,
-            flush_deadline.clone(),
-        ));
-        let heartbeat = tokio::spawn(maintenance::heartbeat(
-            shared.clone(),
-            heartbeat_stop.clone(),
-        ));
-        let background = vec![
-            tokio::spawn(maintenance::rescue(shared.clone())),
-            tokio::spawn(maintenance::prune(shared.clone())),
-            tokio::spawn(maintenance::vacuum(shared.clone())),
-            tokio::spawn(wakeup::listen(shared.clone(), listening_tx)),
-        ];
+        drop(to_executors);
+        let mut maintaining = Stage::new("maintaining");
+        maintaining.start(Listener {
+            queue: self.queue.clone(),
+            floors,
+            wake: Arc::clone(&wake),
+            listening,
+        });
+        maintaining.start(Rescuer {
+            driver: driver.clone(),
+            executor: Arc::clone(&executor),
+            retry: config.retry,
+            interval: config.rescue_interval,
+            lease: config.lease,
+            heartbeat_interval: config.heartbeat_interval(),
+            stalls: stalls_rx,
+        });
+        if let Some(keep) = config.keep_completed {
+            maintaining.start(Pruner {
+                queue: self.queue.clone(),
+                keep,
+            });
+        }
+        if let Some(threshold) = config.vacuum_dead_rows {
+            maintaining.start(Vacuumer {
+                driver: driver.clone(),
+                threshold,
+            });
+        }
+
+        let mut running = Stage::new("running");
+        for _ in 0..config.concurrency.max(1) {
+            running.start(Attempts {
+                executor: Arc::clone(&executor),
+                queue: self.queue.clone(),
+                inflight: Arc::clone(&inflight),
+                default_backoff: config.retry.backoff,
+                claimed: claimed.clone(),
+                reporter: reporter.clone(),
+                claiming: claiming.token(),
+            });
+        }
+        drop((claimed, reporter));
+
+        let mut recording = Stage::new("recording");
+        recording.start(Completer {
+            driver: driver.clone(),
+            owner: config.owner.clone(),
+            keep_completed: config.keep_completed.is_some(),
+            inflight: Arc::clone(&inflight),
+            reports: reports_rx,
+            completions,
+            recorded: recorded.clone(),
+        });
+
+        let mut renewing = Stage::new("renewing");
+        renewing.start(Heartbeat {
+            driver,
+            owner: config.owner.clone(),
+            lease: config.lease,
+            interval: config.heartbeat_interval(),
+            inflight: Arc::clone(&inflight),
+            stalls,
+        });
+
         WorkerHandle {
-            control: Control {
-                stop: shared.stop.clone(),
-                abort: shared.abort.clone(),
-                heartbeat_stop,
-            },
-            shutdown_timeout: shared.config.shutdown_timeout,
-            wake: Waker(Arc::clone(&shared.wake)),
-            recorded: shared.recorded.clone(),
-            inflight: shared.inflight.clone(),
-            tracker,
-            fetchers,
-            completer,
-            flush_deadline,
-            heartbeat,
-            background,
+            claiming,
+            maintaining,
+            running,
+            recording,
+            renewing,
+            shutdown_timeout: config.shutdown_timeout,
+            wake: Waker(wake),
+            recorded,
+            inflight,
             listening: listening_rx,
         }
-    }
-}
-
-/// The worker's stop switches; all thrown when its handle is dropped without a shutdown.
-struct Control {
-    stop: CancellationToken,
-    abort: CancellationToken,
-    heartbeat_stop: CancellationToken,
-}
-
-impl Drop for Control {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        self.abort.cancel();
-        self.heartbeat_stop.cancel();
     }
 }
 
@@ -262,17 +268,15 @@ impl Drop for Control {
 /// instead stops claiming and interrupts running jobs at once; their requeues are still
 /// written by the background tasks, and anything unwritten comes back when its lease expires.
 pub struct WorkerHandle {
-    control: Control,
+    claiming: Stage,
+    maintaining: Stage,
+    running: Stage,
+    recording: Stage,
+    renewing: Stage,
     shutdown_timeout: Duration,
     wake: Waker,
     recorded: broadcast::Sender<Arc<[i64]>>,
     inflight: Arc<InFlight>,
-    tracker: TaskTracker,
-    fetchers: Vec<JoinHandle<()>>,
-    completer: JoinHandle<()>,
-    flush_deadline: CancellationToken,
-    heartbeat: JoinHandle<()>,
-    background: Vec<JoinHandle<()>>,
     listening: watch::Receiver<bool>,
 }
 
@@ -280,7 +284,7 @@ impl WorkerHandle {
     /// Resolves once the worker is subscribed to new-job notifications.
     pub async fn listening(&self) {
         let mut listening = self.listening.clone();
-        // The sender lives as long as the listener task, i.e. until shutdown.
+        // The sender lives as long as the listener, i.e. until shutdown.
         let _ = listening.wait_for(|up| *up).await;
     }
 
@@ -308,35 +312,32 @@ impl WorkerHandle {
     /// unreachable for another shutdown timeout, logged as unwritten: those jobs come back when
     /// their leases expire).
     pub async fn shutdown(self) {
-        let timeout = self.shutdown_timeout;
-        self.control.stop.cancel();
-        for fetcher in self.fetchers {
-            let _ = fetcher.await;
-        }
-        self.tracker.close();
-        if tokio::time::timeout(timeout, self.tracker.wait())
-            .await
-            .is_err()
-        {
+        let Self {
+            claiming,
+            maintaining,
+            mut running,
+            mut recording,
+            renewing,
+            shutdown_timeout: timeout,
+            ..
+        } = self;
+        maintaining.cancel();
+        claiming.stop().await;
+        if !running.finish_within(timeout).await {
             tracing::warn!(
-                running = self.tracker.len(),
+                running = running.len(),
                 timeout = ?timeout,
                 "jobs still running at the shutdown deadline; interrupting and requeueing them"
             );
-            self.control.abort.cancel();
-            self.tracker.wait().await;
         }
-        // Every attempt has queued its report; the completer exits once they are written.
-        let mut completer = self.completer;
-        if tokio::time::timeout(timeout, &mut completer).await.is_err() {
-            self.flush_deadline.cancel();
-            let _ = completer.await;
+        running.stop().await;
+        // Every attempt has queued its report; the completer ends once they are written.
+        if !recording.finish_within(timeout).await {
+            tracing::warn!("outcomes still unwritten a shutdown timeout later; giving up on them");
         }
-        self.control.heartbeat_stop.cancel();
-        let _ = self.heartbeat.await;
-        for task in self.background {
-            let _ = task.await;
-        }
+        recording.stop().await;
+        renewing.stop().await;
+        maintaining.stop().await;
         tracing::info!("worker stopped");
     }
 }

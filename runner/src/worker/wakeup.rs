@@ -4,61 +4,86 @@
 use std::sync::Arc;
 
 use sqlx::postgres::PgListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
 
-use super::{Shared, retry_delay, sleep_or_stop};
-use crate::executor::Executor;
-use crate::queue::WAKE_CHANNEL;
+use super::service::Service;
+use super::{retry_delay, sleep_or_stop};
+use crate::Queue;
+use crate::client::WAKE_CHANNEL;
+use crate::driver::Floors;
 
-/// Wakes the fetcher on every notification, until the worker stops. Reconnects with backoff
-/// when the connection drops; after every (re)connect it wakes the fetcher once, since
-/// notifications sent while disconnected are lost. `listening` reports whether it is
-/// subscribed; claim floors are used only while it is.
-pub(super) async fn listen<E: Executor>(shared: Arc<Shared<E>>, listening: watch::Sender<bool>) {
-    let mut failures = 0;
-    loop {
-        match subscribe(&shared).await {
-            Ok(mut listener) => {
-                failures = 0;
-                shared.floors.listening(true);
-                listening.send_replace(true);
-                shared.wake.notify_one();
-                loop {
-                    let message = tokio::select! {
-                        _ = shared.stop.cancelled() => return,
-                        message = listener.try_recv() => message,
-                    };
-                    match message {
-                        Ok(Some(notification)) => {
-                            shared.floors.hear(notification.payload());
-                            shared.wake.notify_one();
-                        }
-                        // The connection dropped and sqlx has already re-subscribed.
-                        Ok(None) => {
-                            tracing::warn!("LISTEN connection was lost and re-established");
-                            shared.floors.listening(true);
-                            shared.wake.notify_one();
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, "LISTEN connection failed");
-                            break;
-                        }
+/// Wakes the claim loops on every notification, until claiming stops. Reconnects with backoff
+/// when the connection drops; after every (re)connect it wakes them once, since notifications
+/// sent while disconnected are lost. `listening` reports whether it is subscribed; claim
+/// floors are used only while it is.
+pub(super) struct Listener {
+    pub queue: Queue,
+    pub floors: Arc<Floors>,
+    pub wake: Arc<Notify>,
+    pub listening: watch::Sender<bool>,
+}
+
+impl Service for Listener {
+    const NAME: &'static str = "listener";
+
+    async fn run(self, stop: CancellationToken) {
+        let mut failures = 0;
+        loop {
+            match self.subscribe().await {
+                Ok(listener) => {
+                    failures = 0;
+                    if self.listen(listener, &stop).await {
+                        return;
                     }
                 }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot LISTEN for new jobs; polling meanwhile")
+                }
             }
-            Err(error) => tracing::warn!(%error, "cannot LISTEN for new jobs; polling meanwhile"),
-        }
-        listening.send_replace(false);
-        shared.floors.listening(false);
-        failures += 1;
-        if sleep_or_stop(&shared.stop, retry_delay(failures)).await {
-            return;
+            self.listening.send_replace(false);
+            self.floors.listening(false);
+            failures += 1;
+            if sleep_or_stop(&stop, retry_delay(failures)).await {
+                return;
+            }
         }
     }
 }
 
-async fn subscribe<E>(shared: &Shared<E>) -> Result<PgListener, sqlx::Error> {
-    let mut listener = PgListener::connect_with(shared.queue.pool()).await?;
-    listener.listen(WAKE_CHANNEL).await?;
-    Ok(listener)
+impl Listener {
+    async fn subscribe(&self) -> Result<PgListener, sqlx::Error> {
+        let mut listener = PgListener::connect_with(self.queue.pool()).await?;
+        listener.listen(WAKE_CHANNEL).await?;
+        Ok(listener)
+    }
+
+    /// Passes notifications on until the connection fails (false) or `stop` fires (true).
+    async fn listen(&self, mut listener: PgListener, stop: &CancellationToken) -> bool {
+        self.floors.listening(true);
+        self.listening.send_replace(true);
+        self.wake.notify_one();
+        loop {
+            let message = tokio::select! {
+                _ = stop.cancelled() => return true,
+                message = listener.try_recv() => message,
+            };
+            match message {
+                Ok(Some(notification)) => {
+                    self.floors.hear(notification.payload());
+                    self.wake.notify_one();
+                }
+                // The connection dropped and sqlx has already re-subscribed.
+                Ok(None) => {
+                    tracing::warn!("LISTEN connection was lost and re-established");
+                    self.floors.listening(true);
+                    self.wake.notify_one();
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "LISTEN connection failed");
+                    return false;
+                }
+            }
+        }
+    }
 }

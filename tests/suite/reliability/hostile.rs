@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use runner::queue::admin::JobRecord;
+use runner::client::JobRecord;
 use runner::{JobState, NewJob};
 use serde_json::{Value, json};
 

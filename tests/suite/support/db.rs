@@ -1,8 +1,8 @@
 //! A fresh, migrated database per test, cloned from a template so that it costs milliseconds.
 //!
-//! The template's name carries a hash of the migrations, so changing a migration makes a new
-//! template; it is created once per machine under an advisory lock, whichever test process
-//! gets there first.
+//! The template's name carries a hash of the schema files (migrations and definitions), so
+//! changing one makes a new template; it is created once per machine under an advisory lock,
+//! whichever test process gets there first.
 
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -206,18 +206,19 @@ async fn create_template() -> String {
 }
 
 fn migrations_hash() -> u64 {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .expect("migrations directory")
-        .map(|entry| entry.expect("migration file").path())
+    let mut files: Vec<_> = ["/migrations", "/sql"]
+        .into_iter()
+        .flat_map(|dir| {
+            std::fs::read_dir(format!("{}{dir}", env!("CARGO_MANIFEST_DIR")))
+                .expect("schema directory")
+                .map(|entry| entry.expect("schema file").path())
+        })
         .collect();
     files.sort();
     let mut hasher = std::hash::DefaultHasher::new();
     for file in files {
         file.file_name().hash(&mut hasher);
-        std::fs::read(&file)
-            .expect("migration file")
-            .hash(&mut hasher);
+        std::fs::read(&file).expect("schema file").hash(&mut hasher);
     }
     hasher.finish()
 }

@@ -9,12 +9,18 @@ pub mod process;
 use std::future::Future;
 use std::time::Duration;
 
+use runner::client::JobRecord;
 use runner::config::FileConfig;
-use runner::queue::admin::JobRecord;
+use runner::driver::Driver;
 use runner::tenants::Tenants;
 use runner::{JobState, Queue, SandboxConfig};
 
 pub use db::TestDb;
+
+/// The runner's side of `queue`, for tests of claims, outcomes and leases.
+pub fn driver(queue: &Queue) -> Driver {
+    Driver::new(queue.clone())
+}
 
 /// Polls `check` until it yields a value, failing the test with `what` after `deadline`.
 /// Waits on a condition, never on a guess of how long something takes.
@@ -52,7 +58,10 @@ pub async fn publish(queue: &Queue, toml: &str) -> Tenants {
         .tenants(&SandboxConfig::default())
         .expect("valid policy")
         .expect("a policy");
-    queue.publish_tenants(&tenants, "test").await.unwrap();
+    driver(queue)
+        .publish_tenants(&tenants, "test")
+        .await
+        .unwrap();
     tenants
 }
 

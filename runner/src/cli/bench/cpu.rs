@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::queue::Queue;
+use crate::Queue;
 
 /// CPU time used so far by this process and by each backend of the bench database.
 pub(super) struct CpuTimes {

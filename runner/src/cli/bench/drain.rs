@@ -12,8 +12,8 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::Bench;
 use super::cpu::CpuTimes;
+use crate::Queue;
 use crate::executor::WasmExecutor;
-use crate::queue::Queue;
 use crate::worker::{Worker, WorkerConfig, WorkerHandle};
 
 /// Drains the queue with `bench.workers` workers; returns jobs/s.

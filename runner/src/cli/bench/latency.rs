@@ -9,9 +9,10 @@ use tokio::sync::mpsc;
 
 use super::stats::Percentiles;
 use super::{Bench, payload};
+use crate::Queue;
+use crate::driver::ClaimType;
 use crate::executor::{Execution, Executor, WasmExecutor};
 use crate::job::{Job, NewJob, Unique};
-use crate::queue::{ClaimType, Queue};
 use crate::worker::{Worker, WorkerConfig};
 
 /// Unmeasured jobs first: connections, caches and the instance pool warm up.

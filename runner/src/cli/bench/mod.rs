@@ -24,13 +24,13 @@ use anyhow::Context;
 use serde_json::json;
 
 use super::database::Database;
-use super::run::{RunConfig, load_plugins};
+use crate::Queue;
 use crate::config::{FileConfig, SandboxSettings, WorkerSettings};
 use crate::executor::WasmExecutor;
 use crate::job::{Job, NewJob, Unique};
 use crate::plugins::PluginDir;
-use crate::queue::Queue;
-use crate::sandbox::job_type_of;
+use crate::runner::{RunConfig, load_plugins};
+use crate::sandbox::wasm_job_type;
 
 use stats::Percentiles;
 
@@ -91,7 +91,7 @@ impl BenchArgs {
         let plugin = self
             .plugin
             .unwrap_or_else(|| Path::new("target/plugins/echo.wasm").to_owned());
-        let job_type = job_type_of(&plugin)?;
+        let job_type = wasm_job_type(&plugin)?;
         anyhow::ensure!(
             plugin.is_file(),
             "no plugin at {}: build the example plugins with `example-plugins/build`, or pass \

@@ -7,9 +7,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use jobrunner_client::{Result, count};
 
+use super::Driver;
 use super::floors::{Floors, Key};
-use super::{Queue, Result, count};
 use crate::clock::later;
 use crate::job::Job;
 
@@ -200,13 +201,13 @@ impl ClaimPath {
     }
 }
 
-impl Queue {
+impl Driver {
     /// Claims up to `request.limit` ripe jobs, shared fairly among the tenants that have
     /// some (by their weights), most urgent first within each tenant (priority, run_at, id).
     /// Each claimed job is running, leased to `request.owner`, and its attempt is counted.
     /// Jobs locked by a concurrent claimer are skipped, never claimed twice. Tenants' policies
     /// (max_running, rate) and types' concurrency limits hold across every runner sharing
-    /// the database. One round trip: see `jobrunner.claim` in the migrations, and
+    /// the database. One round trip: see `jobrunner.claim` in `runner/sql/claim.sql`, and
     /// `jobrunner.claim_unlimited` for claims that no limit applies to.
     pub async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claimed> {
         if request.limit == 0 || request.job_types.is_empty() {
@@ -331,7 +332,7 @@ impl Queue {
 }
 
 /// The job types' names and max attempts, as the claim functions take them.
-fn type_columns(types: &[ClaimType]) -> (Vec<&str>, Vec<Option<i32>>) {
+pub(super) fn type_columns(types: &[ClaimType]) -> (Vec<&str>, Vec<Option<i32>>) {
     let names = types.iter().map(|t| t.job_type.as_str()).collect();
     let max_attempts = types.iter().map(|t| t.max_attempts.map(int)).collect();
     (names, max_attempts)

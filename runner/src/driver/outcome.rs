@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use jobrunner_client::Result;
 use serde_json::value::RawValue;
 
 use super::floors::Key;
-use super::{Queue, Result, announce_jobs, clip_error};
+use super::{Driver, announce_jobs};
 
 /// What became of one attempt.
 #[derive(Debug, Clone)]
@@ -92,7 +93,7 @@ impl Applied {
     }
 }
 
-impl Queue {
+impl Driver {
     /// Records `settlements` made by runner `owner` in one statement and returns the ids whose
     /// outcome was applied. A missing id means the fence held: the lease expired and the job
     /// was rescued or claimed by someone else, so this runner's outcome no longer counts.
@@ -126,7 +127,7 @@ impl Queue {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let now = self.now();
+        let now = self.queue.now();
         let applied: Vec<Applied> = sqlx::query_as(
             "WITH input AS (
                  SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[],
@@ -181,12 +182,45 @@ impl Queue {
         .bind(now)
         .bind(keep_completed)
         .bind(plugins)
-        .fetch_all(&self.pool)
+        .fetch_all(self.queue.pool())
         .await?;
 
         // Retried and requeued jobs: idle runners start them when due, and claim floors above
         // them come down.
-        announce_jobs(&self.pool, applied.iter().filter_map(Applied::available)).await;
+        announce_jobs(
+            self.queue.pool(),
+            applied.iter().filter_map(Applied::available),
+        )
+        .await;
         Ok(applied.into_iter().map(|row| row.id).collect())
+    }
+}
+
+/// Longest error message kept per attempt; longer ones are cut, saying so.
+pub const MAX_ERROR_LEN: usize = 8 * 1024;
+
+/// Cuts `error` to [`MAX_ERROR_LEN`] bytes on a character boundary.
+fn clip_error(error: &str) -> std::borrow::Cow<'_, str> {
+    if error.len() <= MAX_ERROR_LEN {
+        return error.into();
+    }
+    let mut end = MAX_ERROR_LEN;
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} [cut: {} bytes in all]", &error[..end], error.len()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_errors_are_clipped_on_a_char_boundary() {
+        assert_eq!(clip_error("short"), "short");
+        let long = "é".repeat(MAX_ERROR_LEN);
+        let clipped = clip_error(&long);
+        assert!(clipped.len() < long.len());
+        assert!(clipped.ends_with(&format!("[cut: {} bytes in all]", long.len())));
     }
 }

@@ -5,8 +5,8 @@
 
 use serde::Serialize;
 
-use super::{Queue, Result};
 use crate::job::{NewJob, Unique};
+use crate::{Queue, Result};
 
 /// The result of enqueueing one job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 
-use super::{Queue, QueueError, Result, count};
 use crate::job::JobState;
+use crate::{Queue, QueueError, Result, count};
 
 /// One failed attempt in a job's history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,7 +197,7 @@ impl Queue {
         let Some(row) = row else {
             return Err(self.wrong_state(id, JobState::Failed, "retried").await);
         };
-        super::wake_runners(&mut *tx).await?;
+        crate::wake_runners(&mut *tx).await?;
         tx.commit().await?;
         Ok(row.into())
     }

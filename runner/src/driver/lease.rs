@@ -8,9 +8,11 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use jobrunner_client::{Result, count};
 
+use super::claim::{ClaimType, type_columns};
 use super::floors::Key;
-use super::{Queue, Result, announce_jobs, count};
+use super::{Driver, announce_jobs};
 use crate::clock::later;
 use crate::job::JobState;
 use crate::retry::RetryPolicy;
@@ -63,7 +65,7 @@ struct ExpiredRow {
     lease_owner: String,
 }
 
-impl Queue {
+impl Driver {
     /// Extends the leases `owner` holds on `jobs` (id, attempt) to now + `lease` and returns
     /// the ids still held. A missing id is a lost lease: its outcome will be refused.
     pub async fn extend_leases(
@@ -101,19 +103,32 @@ impl Queue {
 
     /// Returns up to `limit` jobs whose lease has expired to `available` (keeping their
     /// `run_at`) or, with no attempts left, `failed`, counting the interrupted attempt.
-    pub async fn rescue_expired(&self, policy: &RetryPolicy, limit: usize) -> Result<Vec<Rescued>> {
-        let now = self.now();
+    ///
+    /// A job that sets no max attempts has those of its type in `job_types` (a plugin
+    /// manifest's, as when it was claimed), else the `policy`'s.
+    pub async fn rescue_expired(
+        &self,
+        policy: &RetryPolicy,
+        job_types: &[ClaimType],
+        limit: usize,
+    ) -> Result<Vec<Rescued>> {
+        let now = self.queue.now();
+        let (types, type_attempts) = type_columns(job_types);
         let expired: Vec<ExpiredRow> = sqlx::query_as(
-            "SELECT id, attempt, coalesce(max_attempts, $2) AS max_attempts, lease_owner
-               FROM jobrunner.jobs
-              WHERE state = 'running' AND lease_expires_at < $1
-              ORDER BY lease_expires_at
+            "SELECT j.id, j.attempt, coalesce(j.max_attempts, ty.max_attempts, $2) AS max_attempts,
+                    j.lease_owner
+               FROM jobrunner.jobs AS j
+               LEFT JOIN unnest($4::text[], $5::int[]) AS ty(t, max_attempts) ON ty.t = j.job_type
+              WHERE j.state = 'running' AND j.lease_expires_at < $1
+              ORDER BY j.lease_expires_at
               LIMIT $3",
         )
         .bind(now)
         .bind(i32::try_from(policy.max_attempts).unwrap_or(i32::MAX))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
+        .bind(types)
+        .bind(type_attempts)
+        .fetch_all(self.queue.pool())
         .await?;
         if expired.is_empty() {
             return Ok(Vec::new());
@@ -153,10 +168,14 @@ impl Queue {
         )
         .bind(retry)
         .bind(now)
-        .fetch_all(&self.pool)
+        .fetch_all(self.queue.pool())
         .await?;
         // Rescued jobs due now start at once, not at the next poll, and floors come down.
-        announce_jobs(&self.pool, rows.iter().filter_map(RescuedRow::available)).await;
+        announce_jobs(
+            self.queue.pool(),
+            rows.iter().filter_map(RescuedRow::available),
+        )
+        .await;
         Ok(rows
             .into_iter()
             .map(|row| Rescued {

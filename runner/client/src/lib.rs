@@ -1,45 +1,54 @@
-//! The job queue in PostgreSQL. Every SQL statement the runner issues lives under this module,
-//! one file per concern: [`migrate`](Queue::migrate), [`enqueue`](Queue::enqueue),
-//! [`claim`](Queue::claim), [`outcomes`](Queue::record_outcomes), [`leases`](Queue::rescue_expired)
-//! the runners' [announcements](Queue::announce_runner), the [tenant policy](Queue::publish_tenants),
-//! [vacuuming](Queue::vacuum_if_needed) and the operator's [`admin`] views.
+//! The jobrunner client: what a Rust application needs to use the job queue in PostgreSQL
+//! without running jobs, and without compiling a WebAssembly runtime.
 //!
-//! Time always comes from the queue's [`Clock`] and is passed into the statements, never read
-//! with `now()` inside them, so tests can move it.
+//! - [`Queue::enqueue`] and [`Queue::enqueue_many`] add jobs, on a pool or inside the caller's
+//!   own transaction (the jobs then exist exactly when it commits), with unique keys
+//!   ([`Unique`]), priorities, schedules ([`Schedule`]) and attempt limits.
+//! - [`admin`]: list and show jobs, retry failed ones, cancel available ones, prune retained
+//!   completed ones.
+//! - [`Queue::migrate`] brings the `jobrunner` schema up to date (numbered migrations, then
+//!   the SQL definitions), safely from many processes at once.
+//!
+//! Runners (the `runner` crate) claim and run the jobs. Time always comes from the queue's
+//! [`Clock`] and is passed into statements, never read with `now()` inside them, so tests can
+//! move it.
+//!
+//! ```no_run
+//! # async fn example(pool: sqlx::PgPool) -> Result<(), jobrunner_client::QueueError> {
+//! use jobrunner_client::{NewJob, Queue};
+//! use serde_json::json;
+//!
+//! let queue = Queue::new(pool.clone());
+//! let mut tx = pool.begin().await?;
+//! // ... the application's own writes in `tx` ...
+//! let job = NewJob::new("send-welcome", json!({"user": 42}));
+//! let enqueued = queue.enqueue(&mut *tx, &job).await?;
+//! tx.commit().await?;
+//! println!("job {}", enqueued.id);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `runner/client/examples/signup.rs` is a whole program doing this; the test suite runs it.
 
 pub mod admin;
-mod claim;
+pub mod clock;
 mod enqueue;
-mod floors;
-mod lease;
+pub mod job;
 mod migrate;
-mod outcome;
-mod runners;
-mod tenants;
-mod vacuum;
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::clock::{Clock, SystemClock};
-use crate::job::{InvalidJob, JobState};
-
-pub use claim::{ClaimRequest, ClaimType, Claimed};
+pub use admin::{AttemptError, JobFilter, JobRecord};
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use enqueue::Enqueued;
-pub use floors::Floors;
-pub use lease::Rescued;
-pub use outcome::{Outcome, Settlement};
-pub use runners::RunnerInfo;
-pub use tenants::TenantOverview;
-pub use vacuum::Vacuum;
+pub use job::{InvalidJob, JobState, NewJob, Schedule, Unique};
 
 /// The LISTEN/NOTIFY channel on which the database announces new jobs.
 pub const WAKE_CHANNEL: &str = "jobrunner_jobs";
-
-/// Longest error message kept per attempt; longer ones are cut, saying so.
-pub const MAX_ERROR_LEN: usize = 8 * 1024;
 
 /// What can go wrong talking to the queue.
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +120,6 @@ pub type Result<T, E = QueueError> = std::result::Result<T, E>;
 pub struct Queue {
     pool: PgPool,
     clock: Arc<dyn Clock>,
-    claim_path: Arc<claim::ClaimPath>,
 }
 
 impl Queue {
@@ -122,11 +130,7 @@ impl Queue {
 
     /// A queue on `pool` using `clock` for every timestamp it reads or writes.
     pub fn with_clock(pool: PgPool, clock: Arc<dyn Clock>) -> Self {
-        Self {
-            pool,
-            clock,
-            claim_path: Arc::default(),
-        }
+        Self { pool, clock }
     }
 
     /// The connection pool.
@@ -134,19 +138,14 @@ impl Queue {
         &self.pool
     }
 
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
     /// The queue's idea of now.
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
-    }
-
-    /// A pooled connection, then the time: a statement that grants a lease from "now" must
-    /// not take a time read before it waited for a connection (the pool exhausted, the
-    /// database away), or the lease it grants may have lapsed before it is written.
-    pub(crate) async fn connection_then_now(
-        &self,
-    ) -> Result<(sqlx::pool::PoolConnection<sqlx::Postgres>, DateTime<Utc>)> {
-        let conn = self.pool.acquire().await?;
-        Ok((conn, self.now()))
     }
 }
 
@@ -161,56 +160,7 @@ async fn wake_runners<'e>(db: impl sqlx::PgExecutor<'e>) -> Result<()> {
     Ok(())
 }
 
-/// Announces jobs that became available again (retried after a failure, requeued, rescued) by
-/// the key of each, once committed, as new jobs announce themselves: idle runners wake, and
-/// claim floors above them come down (see [`Floors`]). The jobs are safe either way, so a
-/// failure is only logged: runners then find them at their next poll, or once they forget
-/// their floors.
-async fn announce_jobs<'e>(
-    db: impl sqlx::PgExecutor<'e>,
-    keys: impl IntoIterator<Item = floors::Key>,
-) {
-    let Some(low) = floors::Key::lower_bound(keys) else {
-        return;
-    };
-    let sent = sqlx::query("SELECT jobrunner.announce_jobs($1, $2, $3)")
-        .bind(low.priority)
-        .bind(low.run_at)
-        .bind(low.id)
-        .execute(db)
-        .await;
-    if let Err(error) = sent {
-        tracing::warn!(%error, "could not announce jobs made available again");
-    }
-}
-
 /// Database integers that the schema keeps non-negative, as Rust counts.
-fn count(value: i32) -> u32 {
+pub fn count(value: i32) -> u32 {
     u32::try_from(value).unwrap_or_default()
-}
-
-/// Cuts `error` to [`MAX_ERROR_LEN`] bytes on a character boundary.
-fn clip_error(error: &str) -> std::borrow::Cow<'_, str> {
-    if error.len() <= MAX_ERROR_LEN {
-        return error.into();
-    }
-    let mut end = MAX_ERROR_LEN;
-    while !error.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{} [cut: {} bytes in all]", &error[..end], error.len()).into()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn long_errors_are_clipped_on_a_char_boundary() {
-        assert_eq!(clip_error("short"), "short");
-        let long = "é".repeat(MAX_ERROR_LEN);
-        let clipped = clip_error(&long);
-        assert!(clipped.len() < long.len());
-        assert!(clipped.ends_with(&format!("[cut: {} bytes in all]", long.len())));
-    }
 }

@@ -1,14 +1,18 @@
 //! The `host.log` import: a guest's log lines, attributed to its job and capped.
 //!
-//! Each line goes to `tracing` (target `jobrunner::guest`) with the job's id, type, tenant and
-//! attempt as fields, so the guest cannot pass itself off as another job. A token bucket caps
-//! the rate and each line is cut at [`MAX_LINE`] bytes; what was dropped is reported once,
-//! when the attempt ends.
+//! Granted to every guest, limited the same for all: each line goes to `tracing` (target
+//! `jobrunner::guest`) with the job's id, type, tenant and attempt as fields, so the guest
+//! cannot pass itself off as another job. A token bucket caps the rate and each line is cut at
+//! [`MAX_LINE`] bytes; what was dropped is reported once, when the attempt ends.
 
 use std::time::Instant;
 
-use super::bindings::Level;
-use crate::job::Job;
+use wasmtime::component::{HasSelf, Linker};
+
+use super::{Capability, GuestState, JobLabel};
+use crate::sandbox::Limits;
+use crate::sandbox::bindings::Level;
+use crate::sandbox::bindings::jobrunner::plugin::host;
 
 /// Longest line kept, in bytes; the rest is cut off and marked.
 pub const MAX_LINE: usize = 4096;
@@ -17,23 +21,28 @@ pub const BURST: f64 = 100.0;
 /// Lines per second a job may write after its burst.
 pub const PER_SECOND: f64 = 20.0;
 
-/// Who is logging: the job a line is attributed to.
-#[derive(Debug, Clone)]
-pub(crate) struct JobLabel {
-    pub id: i64,
-    pub job_type: String,
-    pub tenant: String,
-    pub attempt: u32,
+/// The `host.log` capability.
+pub(crate) struct Log;
+
+impl Capability for Log {
+    type State = GuestLog;
+
+    fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+        host::add_to_linker::<_, HasSelf<GuestState>>(linker, |state| state)
+    }
+
+    fn start(job: &JobLabel, _limits: &Limits) -> GuestLog {
+        GuestLog::new(job.clone())
+    }
+
+    fn finish(state: &mut GuestLog) {
+        state.finish();
+    }
 }
 
-impl From<&Job> for JobLabel {
-    fn from(job: &Job) -> Self {
-        Self {
-            id: job.id,
-            job_type: job.job_type.clone(),
-            tenant: job.tenant.clone(),
-            attempt: job.attempt,
-        }
+impl host::Host for GuestState {
+    async fn log(&mut self, level: Level, message: String) {
+        self.log.write(level, &message);
     }
 }
 

@@ -12,7 +12,9 @@
 //! fifth of the table: a large backlog is vacuumed less often (8 times in the same drain), a
 //! small table as before.
 
-use super::{Queue, Result};
+use jobrunner_client::Result;
+
+use super::Driver;
 
 /// Serialises runner-driven vacuums across runners.
 const VACUUM_LOCK: &str = "jobrunner.vacuum";
@@ -34,7 +36,7 @@ pub enum Vacuum {
     NotOwner,
 }
 
-impl Queue {
+impl Driver {
     /// Vacuums `jobrunner.jobs` if it holds at least `dead_rows` dead row versions, and at
     /// least a fifth of its row versions are dead (by the server's statistics), and no other
     /// runner, nor autovacuum, is vacuuming it.
@@ -46,7 +48,7 @@ impl Queue {
         if dead < i64::try_from(dead_rows).unwrap_or(i64::MAX) || dead < live / 4 {
             return Ok(Vacuum::NotNeeded);
         }
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.queue.pool().acquire().await?;
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
             .bind(VACUUM_LOCK)
             .fetch_one(&mut *conn)
@@ -76,7 +78,7 @@ impl Queue {
                LEFT JOIN pg_stat_user_tables AS s ON s.relid = c.oid
               WHERE c.oid = 'jobrunner.jobs'::regclass",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(self.queue.pool())
         .await?)
     }
 }

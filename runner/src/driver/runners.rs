@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use jobrunner_client::Result;
 use serde::Serialize;
 
-use super::{Queue, Result};
+use super::Driver;
 
 /// Rows of runners not seen for this long are deleted: they died without a clean shutdown.
 const FORGET_AFTER: Duration = Duration::from_secs(3600);
@@ -25,7 +26,7 @@ pub struct RunnerInfo {
     pub plugins: serde_json::Value,
 }
 
-impl Queue {
+impl Driver {
     /// Creates or refreshes runner `owner`'s row, and forgets runners long gone.
     pub async fn announce_runner(
         &self,
@@ -34,7 +35,7 @@ impl Queue {
         started_at: DateTime<Utc>,
         plugins: &serde_json::Value,
     ) -> Result<()> {
-        let now = self.now();
+        let now = self.queue.now();
         let forget_before = now - chrono::Duration::from_std(FORGET_AFTER).unwrap_or_default();
         sqlx::query(
             "WITH forgotten AS (
@@ -52,7 +53,7 @@ impl Queue {
         .bind(now)
         .bind(plugins)
         .bind(forget_before)
-        .execute(&self.pool)
+        .execute(self.queue.pool())
         .await?;
         Ok(())
     }
@@ -61,20 +62,20 @@ impl Queue {
     pub async fn withdraw_runner(&self, owner: &str) -> Result<()> {
         sqlx::query("DELETE FROM jobrunner.runners WHERE owner = $1")
             .bind(owner)
-            .execute(&self.pool)
+            .execute(self.queue.pool())
             .await?;
         Ok(())
     }
 
     /// The runners seen within `within`, by owner.
     pub async fn runners(&self, within: Duration) -> Result<Vec<RunnerInfo>> {
-        let since = self.now() - chrono::Duration::from_std(within).unwrap_or_default();
+        let since = self.queue.now() - chrono::Duration::from_std(within).unwrap_or_default();
         Ok(sqlx::query_as(
             "SELECT owner, plugin_dir, started_at, seen_at, plugins
                FROM jobrunner.runners WHERE seen_at >= $1 ORDER BY owner",
         )
         .bind(since)
-        .fetch_all(&self.pool)
+        .fetch_all(self.queue.pool())
         .await?)
     }
 }

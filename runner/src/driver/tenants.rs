@@ -1,8 +1,9 @@
 //! The published tenant policy, and the per-tenant overview behind `runner tenants`.
 
+use jobrunner_client::Result;
 use serde::Serialize;
 
-use super::{Queue, Result};
+use super::Driver;
 use crate::tenants::{TenantPolicy, Tenants};
 
 /// One tenant as `runner tenants` shows it: its jobs by state and its policy.
@@ -27,11 +28,11 @@ pub struct TenantOverview {
 const POLICY_COLUMNS: &str = "tenant, max_running, rate, burst, weight, job_types, memory, \
                               cpu_budget_ms, timeout_ms";
 
-impl Queue {
+impl Driver {
     /// Replaces the published tenant policy with `tenants`, as runner `by`. Returns the
     /// policy it replaced.
     pub async fn publish_tenants(&self, tenants: &Tenants, by: &str) -> Result<Tenants> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.queue.pool().begin().await?;
         // One publisher at a time, so two runners starting together leave one whole policy.
         sqlx::query("LOCK TABLE jobrunner.tenant_policies IN EXCLUSIVE MODE")
             .execute(&mut *tx)
@@ -44,7 +45,7 @@ impl Queue {
         sqlx::query("DELETE FROM jobrunner.tenant_policies")
             .execute(&mut *tx)
             .await?;
-        let now = self.now();
+        let now = self.queue.now();
         for p in tenants.rows() {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO jobrunner.tenant_policies ({POLICY_COLUMNS}, published_by, \
@@ -73,7 +74,7 @@ impl Queue {
         let rows: Vec<TenantPolicy> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {POLICY_COLUMNS} FROM jobrunner.tenant_policies"
         )))
-        .fetch_all(&self.pool)
+        .fetch_all(self.queue.pool())
         .await?;
         Ok(Tenants::from_rows(rows))
     }
@@ -95,7 +96,7 @@ impl Queue {
               GROUP BY tenant
               ORDER BY tenant",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.queue.pool())
         .await?;
         Ok(rows
             .into_iter()

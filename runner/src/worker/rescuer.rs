@@ -1,0 +1,105 @@
+//! The rescuer: returns expired leases, of any runner, to the queue.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::Level;
+
+use super::outcome_log::OutcomeLine;
+use super::service::Service;
+use super::sleep_or_stop;
+use crate::driver::{Driver, Rescued};
+use crate::executor::Executor;
+use crate::job::JobState;
+use crate::retry::RetryPolicy;
+
+/// Most expired leases taken back per rescue round.
+const RESCUE_BATCH: usize = 1000;
+
+/// Looks for expired leases every `interval` until claiming stops.
+///
+/// When this runner cannot reach the database, or waits on it longer than a heartbeat
+/// interval (here or in its heartbeat), every runner's heartbeats are most likely held up too:
+/// leases that lapse then belong to runners that are alive. So rescues pause until the
+/// database has answered promptly for a lease and a heartbeat interval, long enough for those
+/// runners' heartbeats to land, instead of taking their jobs and running them twice. A runner
+/// that alone lost the database is rescued from as usual, by runners that did not.
+pub(super) struct Rescuer<E> {
+    pub driver: Driver,
+    /// Its job types' max attempts count for the jobs it rescues.
+    pub executor: Arc<E>,
+    pub retry: RetryPolicy,
+    pub interval: Duration,
+    pub lease: Duration,
+    pub heartbeat_interval: Duration,
+    /// The heartbeat stalled since the last round.
+    pub stalls: watch::Receiver<()>,
+}
+
+impl<E: Executor> Service for Rescuer<E> {
+    const NAME: &'static str = "rescuer";
+
+    async fn run(mut self, stop: CancellationToken) {
+        let stall = self.heartbeat_interval;
+        let pause = self.lease + stall;
+        let mut paused_until: Option<Instant> = None;
+        while !sleep_or_stop(&stop, self.interval).await {
+            // Every round looks at the database, paused or not, so a pause lasts until it has
+            // answered promptly for the whole of it.
+            let asked = Instant::now();
+            let probe = self.driver.queue().pool().acquire().await.map(drop);
+            let heartbeat_stalled = self.stalls.has_changed().unwrap_or(false);
+            self.stalls.mark_unchanged();
+            let stalled = heartbeat_stalled || asked.elapsed() > stall;
+            let result = match probe {
+                Ok(()) if !stalled && paused_until.is_none() => {
+                    let types = self.executor.job_types();
+                    self.driver
+                        .rescue_expired(&self.retry, &types, RESCUE_BATCH)
+                        .await
+                }
+                Ok(()) => Ok(Vec::new()),
+                Err(error) => Err(error.into()),
+            };
+            if result.is_err() || stalled || asked.elapsed() > stall {
+                // Said once per stall; a long outage keeps the pause going without repeating it.
+                if paused_until.is_none() {
+                    tracing::warn!(
+                        ?pause,
+                        "the database was unreachable or stalled; pausing \
+                         rescues so that live runners can renew their leases"
+                    );
+                }
+                paused_until = Some(Instant::now() + pause);
+            } else if paused_until.is_some_and(|until| until <= Instant::now()) {
+                paused_until = None;
+            }
+            match result {
+                Ok(rescued) => rescued.iter().for_each(log_rescued),
+                Err(error) => tracing::warn!(%error, "rescuing expired leases failed"),
+            }
+        }
+    }
+}
+
+/// One outcome line per rescued job, as for the attempts a runner records itself.
+fn log_rescued(job: &Rescued) {
+    let error = format!("lease expired: runner {} stopped heartbeating", job.owner);
+    let mut line = OutcomeLine {
+        job_id: job.job_id,
+        job_type: &job.job_type,
+        tenant: &job.tenant,
+        attempt: job.attempt,
+        error: Some(&error),
+        ..OutcomeLine::default()
+    };
+    if job.state == JobState::Failed {
+        line.outcome = "failed";
+        line.log(Level::WARN, "lease expired; no attempts left");
+    } else {
+        line.outcome = "retry";
+        line.log(Level::WARN, "lease expired; job rescued");
+    }
+}
