@@ -46,6 +46,7 @@ pub use admin::{AttemptError, JobFilter, JobRecord};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use enqueue::Enqueued;
 pub use job::{InvalidJob, JobState, NewJob, Schedule, Unique};
+pub use migrate::schema_fingerprint;
 
 /// The LISTEN/NOTIFY channel on which the database announces new jobs.
 pub const WAKE_CHANNEL: &str = "jobrunner_jobs";

@@ -68,6 +68,21 @@ impl Queue {
     }
 }
 
+/// A fingerprint of the schema this build migrates to: its numbered migrations and its
+/// definitions. Two builds with the same fingerprint make the same schema.
+pub fn schema_fingerprint() -> String {
+    let mut hash = Sha256::new();
+    for migration in sqlx::migrate!("../migrations").iter() {
+        hash.update(migration.version.to_be_bytes());
+        hash.update(&migration.checksum);
+    }
+    for (file, text) in DEFINITIONS {
+        hash.update(file);
+        hash.update(text);
+    }
+    hex::encode(hash.finalize())
+}
+
 async fn migrate_locked(conn: &mut PgConnection) -> Result<()> {
     let migrator = sqlx::migrate!("../migrations");
     conn.create_schema_if_not_exists("jobrunner").await?;

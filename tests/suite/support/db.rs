@@ -1,10 +1,9 @@
 //! A fresh, migrated database per test, cloned from a template so that it costs milliseconds.
 //!
-//! The template's name carries a hash of the schema files (migrations and definitions), so
-//! changing one makes a new template; it is created once per machine under an advisory lock,
-//! whichever test process gets there first.
+//! The template's name carries the fingerprint of the schema this build migrates to, so
+//! changing a migration or a definition makes a new template; it is created once per machine
+//! under an advisory lock, whichever test process gets there first.
 
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use runner::{Clock, Queue};
@@ -144,7 +143,10 @@ async fn template() -> &'static str {
 }
 
 async fn create_template() -> String {
-    let name = format!("jobrunner_tpl_{:016x}", migrations_hash());
+    let name = format!(
+        "jobrunner_tpl_{}",
+        &runner::client::schema_fingerprint()[..16]
+    );
     let mut admin = admin().await;
     // Serialises template creation across test processes.
     sqlx::query("SELECT pg_advisory_lock(7312001)")
@@ -203,22 +205,4 @@ async fn create_template() -> String {
         .await
         .unwrap();
     name
-}
-
-fn migrations_hash() -> u64 {
-    let mut files: Vec<_> = ["/migrations", "/sql"]
-        .into_iter()
-        .flat_map(|dir| {
-            std::fs::read_dir(format!("{}{dir}", env!("CARGO_MANIFEST_DIR")))
-                .expect("schema directory")
-                .map(|entry| entry.expect("schema file").path())
-        })
-        .collect();
-    files.sort();
-    let mut hasher = std::hash::DefaultHasher::new();
-    for file in files {
-        file.file_name().hash(&mut hasher);
-        std::fs::read(&file).expect("schema file").hash(&mut hasher);
-    }
-    hasher.finish()
 }
