@@ -1,6 +1,6 @@
 //! Claim floors: per tenant, the key in the claim index below which a runner's last claim
 //! found nothing available, so that its next claim starts there instead of stepping over
-//! every entry claimed since vacuum last ran (see migration 0005 for why those pile up).
+//! every entry claimed since vacuum last ran (see `runner/sql/claim.sql` for why those pile up).
 //!
 //! A floor is only a hint about where to start; it is correct as long as no available job sits
 //! below it. Jobs appear below a floor only through writes that announce their keys on the
