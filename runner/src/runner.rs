@@ -85,7 +85,7 @@ impl RunnerBuilder {
             tenants,
             driver,
             dir,
-            _watching: watching,
+            watching,
             config,
             started,
         })
@@ -97,7 +97,8 @@ pub struct Runner {
     config: RunConfig,
     driver: Driver,
     dir: Arc<PluginDir>,
-    _watching: plugins::Watching,
+    /// Keeps the directory watched while it lives.
+    watching: plugins::Watching,
     executor: WasmExecutor,
     tenants: SharedTenants,
     started: Instant,
@@ -154,7 +155,7 @@ impl Runner {
             worker,
             presence,
             _following,
-            _watching: self._watching,
+            _watching: self.watching,
         }
     }
 }
