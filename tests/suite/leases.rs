@@ -55,16 +55,19 @@ fn completed(job: &runner::Job) -> Settlement {
     }
 }
 
+/// A queue on a clock of the test's own, holding one job of type `t` that sets no max attempts.
+async fn one_job(db: &TestDb) -> (ManualClock, Queue, i64) {
+    let clock = ManualClock::starting_now();
+    let queue = db.queue_with(clock.clone());
+    let job = NewJob::new("t", json!({}));
+    let id = queue.enqueue(&db.pool, &job).await.unwrap().id;
+    (clock, queue, id)
+}
+
 #[tokio::test]
 async fn fencing_rejects_a_stale_runners_outcome() {
     let db = TestDb::new().await;
-    let clock = ManualClock::starting_now();
-    let queue = db.queue_with(clock.clone());
-    let id = queue
-        .enqueue(&db.pool, &NewJob::new("t", json!({})))
-        .await
-        .unwrap()
-        .id;
+    let (clock, queue, id) = one_job(&db).await;
 
     let stale = claim_one(&queue, "runner-a").await;
     clock.advance(LEASE + Duration::from_secs(1));
@@ -179,14 +182,8 @@ async fn an_expired_lease_is_rescued_as_a_counted_attempt() {
 #[tokio::test]
 async fn the_rescuer_counts_attempts_against_the_types_max_attempts() {
     let db = TestDb::new().await;
-    let clock = ManualClock::starting_now();
-    let queue = db.queue_with(clock.clone());
     // The job sets no max attempts; its type (a plugin manifest) allows one, the runner 25.
-    let id = queue
-        .enqueue(&db.pool, &NewJob::new("t", json!({})))
-        .await
-        .unwrap()
-        .id;
+    let (clock, queue, id) = one_job(&db).await;
     let types = [ClaimType {
         max_attempts: Some(1),
         ..ClaimType::from("t")
