@@ -28,6 +28,7 @@ pub mod retry;
 pub mod runner;
 pub mod sandbox;
 pub mod tenants;
+pub mod text;
 pub mod worker;
 
 pub use jobrunner_client as client;

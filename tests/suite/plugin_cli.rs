@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use nix::sys::resource::{UsageWho, getrusage};
 use nix::sys::signal::Signal;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::support::process::{Process, run_cli, runner};
 use crate::support::{TestDb, eventually};
@@ -32,6 +33,45 @@ async fn call_fails(args: &[&str], expected: &str) -> Option<i32> {
         "{args:?}: expected {expected:?} in:\n{stderr}"
     );
     code
+}
+
+/// The largest resident size, in bytes, of the processes this test has waited for (each test
+/// runs in a process of its own).
+fn children_peak_rss() -> u64 {
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
+    u64::try_from(usage.max_rss()).unwrap_or_default() * 1024
+}
+
+#[tokio::test]
+async fn a_huge_log_line_is_cut_where_it_lies_never_copied_whole() {
+    const BYTES: u64 = 96 << 20;
+    let (code, ..) = call(&["call", &plugin("echo"), "--payload", "{}"]).await;
+    assert_eq!(code, Some(0));
+    let idle = children_peak_rss();
+    let payload = json!({ "do": "huge-log", "bytes": BYTES }).to_string();
+    let args = [
+        "call",
+        &plugin("poison"),
+        "--payload",
+        &payload,
+        "--memory",
+        "512MiB",
+    ];
+    let (code, _, stderr) = call(&args).await;
+    assert_eq!(code, Some(0), "{}", &stderr[..stderr.len().min(2000)]);
+    let cut = format!("[cut: {BYTES} bytes in all]");
+    assert!(
+        stderr.contains(&cut),
+        "{}",
+        &stderr[..stderr.len().min(2000)]
+    );
+    assert!(stderr.len() < 64 << 10, "{} bytes on stderr", stderr.len());
+    // The guest's memory holds the line once; a copy in the host would add as much again.
+    let peak = children_peak_rss();
+    assert!(
+        peak < idle + BYTES + (32 << 20),
+        "peak RSS {peak} bytes for a line of {BYTES}, {idle} for an echo"
+    );
 }
 
 #[tokio::test]

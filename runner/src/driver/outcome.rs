@@ -8,6 +8,10 @@ use serde_json::value::RawValue;
 
 use super::floors::Key;
 use super::{Driver, announce_jobs};
+use crate::text::clip;
+
+/// Longest error message kept per attempt; longer ones are cut, saying so.
+pub const MAX_ERROR_LEN: usize = 8 * 1024;
 
 /// What became of one attempt.
 #[derive(Debug, Clone)]
@@ -115,7 +119,7 @@ impl Driver {
                 Outcome::Requeued { run_at, .. } => *run_at,
                 _ => None,
             });
-            errors.push(s.outcome.error().map(clip_error));
+            errors.push(s.outcome.error().map(|e| clip(e, MAX_ERROR_LEN)));
             plugins.push(s.plugin_sha256.as_deref());
             results.push(match &s.outcome {
                 Outcome::Completed {
@@ -193,34 +197,5 @@ impl Driver {
         )
         .await;
         Ok(applied.into_iter().map(|row| row.id).collect())
-    }
-}
-
-/// Longest error message kept per attempt; longer ones are cut, saying so.
-pub const MAX_ERROR_LEN: usize = 8 * 1024;
-
-/// Cuts `error` to [`MAX_ERROR_LEN`] bytes on a character boundary.
-fn clip_error(error: &str) -> std::borrow::Cow<'_, str> {
-    if error.len() <= MAX_ERROR_LEN {
-        return error.into();
-    }
-    let mut end = MAX_ERROR_LEN;
-    while !error.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{} [cut: {} bytes in all]", &error[..end], error.len()).into()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn long_errors_are_clipped_on_a_char_boundary() {
-        assert_eq!(clip_error("short"), "short");
-        let long = "é".repeat(MAX_ERROR_LEN);
-        let clipped = clip_error(&long);
-        assert!(clipped.len() < long.len());
-        assert!(clipped.ends_with(&format!("[cut: {} bytes in all]", long.len())));
     }
 }

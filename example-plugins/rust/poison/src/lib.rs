@@ -10,6 +10,7 @@
 //! | `huge-output` | returns a result of `bytes` bytes (default 8 MiB) | refused, failed |
 //! | `print` | writes `bytes` bytes to stdout and stderr, then succeeds | output captured, capped |
 //! | `log-flood` | calls `log` `lines` times (default 100,000), then succeeds | lines capped |
+//! | `huge-log` | logs one line of `bytes` bytes (default 8 MiB), then succeeds | the line cut, never copied whole |
 //! | `sleep` | sleeps `ms` milliseconds (default 60 s) | the wall-clock timeout, retry |
 //! | `read-file` | reads `path` (default `/etc/passwd`) and lists `/` | finds nothing |
 //! | `read-env` | reads every environment variable and the arguments | finds nothing |
@@ -46,6 +47,10 @@ enum Misbehaviour {
     LogFlood {
         #[serde(default = "many_lines")]
         lines: u32,
+    },
+    HugeLog {
+        #[serde(default = "eight_mib")]
+        bytes: usize,
     },
     Sleep {
         #[serde(default = "a_minute")]
@@ -117,6 +122,10 @@ fn misbehave(job: Job<Misbehaviour>) -> Result<Value, JobError> {
                 log(Level::Info, &format!("flood line {i}"));
             }
             json!({ "logged": lines })
+        }
+        Misbehaviour::HugeLog { bytes } => {
+            log(Level::Info, &"z".repeat(bytes));
+            json!({ "logged_bytes": bytes })
         }
         Misbehaviour::Sleep { ms } => {
             std::thread::sleep(Duration::from_millis(ms));
