@@ -268,6 +268,10 @@ pub struct SandboxSettings {
     /// Most memory any attempt may get: the ceiling for plugin manifests [default: 4GiB]
     #[arg(long, value_parser = parse_size)]
     pub max_memory: Option<ByteSize>,
+    /// The memory caps of all attempts together: an attempt waits for room before it starts
+    /// [default: half the machine's memory, or of the cgroup's limit if lower]
+    #[arg(long, value_parser = parse_size)]
+    pub memory_budget: Option<ByteSize>,
     /// Longest wall-clock time a tenant's override may give an attempt [default: 1h]
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, with = "humantime_serde")]
@@ -304,6 +308,7 @@ impl SandboxSettings {
             cpu_budget: self.cpu_budget.or(fallback.cpu_budget),
             memory: self.memory.or(fallback.memory),
             max_memory: self.max_memory.or(fallback.max_memory),
+            memory_budget: self.memory_budget.or(fallback.memory_budget),
             max_timeout: self.max_timeout.or(fallback.max_timeout),
             max_cpu_budget: self.max_cpu_budget.or(fallback.max_cpu_budget),
             max_payload: self.max_payload.or(fallback.max_payload),
@@ -335,6 +340,7 @@ impl SandboxSettings {
         let config = SandboxConfig {
             instances: self.instances.unwrap_or(c.instances),
             max_memory: self.max_memory.map_or(c.max_memory, |m| m.as_u64()),
+            memory_budget: self.memory_budget.map_or(c.memory_budget, |m| m.as_u64()),
             max_timeout: self.max_timeout.unwrap_or(c.max_timeout),
             max_cpu_budget: self.max_cpu_budget.unwrap_or(c.max_cpu_budget),
             max_stack: size(self.max_stack, c.max_stack),
@@ -361,6 +367,17 @@ impl SandboxSettings {
             "memory",
             (1 << 20..=config.max_memory).contains(&limits.memory),
             || "must be between 1MiB and max_memory".into(),
+        )?;
+        check(
+            "memory_budget",
+            limits.memory <= config.memory_budget,
+            || {
+                format!(
+                    "{} cannot hold one attempt's memory ({}); raise it or lower memory",
+                    ByteSize(config.memory_budget),
+                    ByteSize(limits.memory)
+                )
+            },
         )?;
         check(
             "max_stack",

@@ -137,6 +137,7 @@ impl Runner {
         let worker = self.config.worker;
         tracing::info!(
             owner = %worker.owner, concurrency = worker.concurrency,
+            memory_budget = %bytesize::ByteSize(self.config.sandbox.memory_budget),
             job_types = ?job_type_names(&self.dir),
             ready_ms = self.started.elapsed().as_secs_f64() * 1e3,
             "runner started"

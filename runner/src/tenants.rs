@@ -147,18 +147,21 @@ impl TenantPolicy {
             return Err(invalid(format!("weight must be 1 to 1000, not {weight}")));
         }
         let human = |d: Option<Duration>| d.map(humantime::Duration::from);
-        check_override(tenant, "memory", s.memory, ByteSize(sandbox.max_memory))?;
+        let (largest_memory, bound) = sandbox.largest_memory();
+        check_override(tenant, "memory", s.memory, ByteSize(largest_memory), bound)?;
         check_override(
             tenant,
             "cpu_budget",
             human(s.cpu_budget),
             sandbox.max_cpu_budget.into(),
+            "max_cpu_budget",
         )?;
         check_override(
             tenant,
             "timeout",
             human(s.timeout),
             sandbox.max_timeout.into(),
+            "max_timeout",
         )?;
         Ok(Self {
             tenant: tenant.to_owned(),
@@ -193,7 +196,7 @@ impl TenantPolicy {
             memory: self
                 .memory
                 .map_or(base.memory, |m| m as u64)
-                .min(sandbox.max_memory),
+                .min(sandbox.largest_memory().0),
             cpu_budget: duration(self.cpu_budget_ms, base.cpu_budget, sandbox.max_cpu_budget),
             timeout: duration(self.timeout_ms, base.timeout, sandbox.max_timeout),
             ..base.clone()
@@ -201,15 +204,21 @@ impl TenantPolicy {
     }
 }
 
-/// Refuses an override of zero, or one above the runner's `max_<key>`.
-fn check_override<T>(tenant: &str, key: &str, value: Option<T>, max: T) -> Result<(), InvalidPolicy>
+/// Refuses an override of zero, or one above `max`, the runner's setting `bound`.
+fn check_override<T>(
+    tenant: &str,
+    key: &str,
+    value: Option<T>,
+    max: T,
+    bound: &str,
+) -> Result<(), InvalidPolicy>
 where
     T: PartialOrd + Default + std::fmt::Display,
 {
     let reason = match value {
         Some(value) if value == T::default() => format!("{key} must be positive"),
         Some(value) if value > max => {
-            format!("{key} {value} is above this runner's max_{key} {max}")
+            format!("{key} {value} is above this runner's {bound} {max}")
         }
         _ => return Ok(()),
     };
@@ -391,6 +400,28 @@ mod tests {
         let limits = policy.limits(&Limits::default(), &sandbox);
         assert_eq!(limits.memory, 1 << 30);
         assert_eq!(limits.timeout, sandbox.max_timeout);
+        let small_budget = SandboxConfig {
+            memory_budget: 256 << 20,
+            ..sandbox.clone()
+        };
+        let limits = policy.limits(&Limits::default(), &small_budget);
+        assert_eq!(
+            limits.memory,
+            256 << 20,
+            "no attempt gets more than the budget"
+        );
+        let error = TenantPolicy::resolve(
+            "big",
+            &toml::from_str("memory = \"512MiB\"").unwrap(),
+            &small_budget,
+        )
+        .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("above this runner's memory_budget"),
+            "{error}"
+        );
         assert_eq!(limits.cpu_budget, Duration::from_millis(500));
         assert_eq!(limits.max_payload, Limits::default().max_payload);
     }

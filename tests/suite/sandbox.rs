@@ -1,13 +1,15 @@
 //! Jobs run as WebAssembly components, end to end through PostgreSQL: every row of the
 //! failure model, with the state, attempt and error text the database ends up holding.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use runner::client::JobRecord;
 use runner::plugins::Policy;
 use runner::retry::Backoff;
+use runner::sandbox::Disposition;
 use runner::{
-    Clock, JobState, Limits, ManualClock, NewJob, Queue, RetryPolicy, Sandbox, SandboxConfig,
+    Clock, Job, JobState, Limits, ManualClock, NewJob, Queue, RetryPolicy, Sandbox, SandboxConfig,
     Worker, WorkerConfig, WorkerHandle,
 };
 use serde_json::{Value, json};
@@ -437,4 +439,50 @@ async fn every_job_gets_fresh_memory_even_in_a_reused_sandbox_slot() {
         assert_eq!(result["left_by_earlier_jobs"], 0, "job {n}: {result}");
     }
     worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn attempts_wait_for_room_in_the_memory_budget_and_one_that_can_never_fit_is_refused() {
+    let budget = SandboxConfig {
+        memory_budget: 256 << 20,
+        ..SandboxConfig::default()
+    };
+    let sandbox = Arc::new(Sandbox::new(budget).unwrap());
+    let plugin = Arc::new(sandbox.load(&test_plugins::path("sleep")).unwrap());
+    let limits = Limits {
+        memory: 128 << 20,
+        ..Limits::default()
+    };
+    let started = Instant::now();
+    let runs: Vec<_> = (0..6)
+        .map(|_| {
+            let (sandbox, plugin, limits) = (sandbox.clone(), plugin.clone(), limits.clone());
+            tokio::spawn(async move {
+                let job = Job::standalone("sleep", r#"{"ms": 300}"#);
+                sandbox.run(&plugin, &job, &limits).await.result
+            })
+        })
+        .collect();
+    for run in runs {
+        run.await.unwrap().expect("every attempt runs, in its turn");
+    }
+    // Two caps of 128 MiB fit the budget: six attempts of 300 ms run in three waves.
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900), "took {took:?}");
+
+    let too_big = Limits {
+        memory: 512 << 20,
+        ..limits
+    };
+    let job = Job::standalone("sleep", r#"{"ms": 1}"#);
+    let refused = sandbox
+        .run(&plugin, &job, &too_big)
+        .await
+        .result
+        .unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "a memory cap of 512.0 MiB is more than the runner's memory budget of 256.0 MiB"
+    );
+    assert_eq!(refused.disposition(), Disposition::Fail);
 }

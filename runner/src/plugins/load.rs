@@ -166,7 +166,7 @@ impl Loader {
             manifest::read(
                 &files.manifest,
                 &self.defaults,
-                self.sandbox.config().max_memory,
+                self.sandbox.config().largest_memory(),
             )?
         } else {
             self.defaults.clone()

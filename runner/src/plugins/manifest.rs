@@ -5,7 +5,7 @@
 //! ```toml
 //! timeout = "30s"          # wall-clock time per attempt
 //! cpu_budget = "5s"        # time per attempt spent executing Wasm
-//! memory = "64MiB"         # linear memory per attempt, at most the runner's max_memory
+//! memory = "64MiB"         # linear memory per attempt, at most the runner's max_memory and memory budget
 //! max_attempts = 5         # for jobs that do not set their own
 //! backoff = "exponential"  # or "quadratic"
 //! backoff_base = "2s"
@@ -106,14 +106,19 @@ struct Manifest {
     tenants: Option<Vec<String>>,
 }
 
-/// Reads the manifest at `path` and applies it over `defaults`. `max_memory` is the most
-/// memory the runner's engine can give one job.
-pub fn read(path: &Path, defaults: &Policy, max_memory: u64) -> Result<Policy, ManifestError> {
+/// Reads the manifest at `path` and applies it over `defaults`. `largest_memory` is the most
+/// memory the runner can give one job, with the setting that bounds it
+/// ([`SandboxConfig::largest_memory`](crate::SandboxConfig::largest_memory)).
+pub fn read(
+    path: &Path,
+    defaults: &Policy,
+    largest_memory: (u64, &str),
+) -> Result<Policy, ManifestError> {
     let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
         path: path.to_owned(),
         source,
     })?;
-    parse(&text, defaults, max_memory).map_err(|error| error.at(path))
+    parse(&text, defaults, largest_memory).map_err(|error| error.at(path))
 }
 
 /// A manifest error before the file is known.
@@ -133,7 +138,7 @@ impl Problem {
     }
 }
 
-fn parse(text: &str, defaults: &Policy, max_memory: u64) -> Result<Policy, Problem> {
+fn parse(text: &str, defaults: &Policy, largest_memory: (u64, &str)) -> Result<Policy, Problem> {
     let m: Manifest = toml::from_str(text).map_err(|e| Problem::Parse(e.to_string()))?;
     let mut policy = defaults.clone();
     let limits = &mut policy.limits;
@@ -147,11 +152,11 @@ fn parse(text: &str, defaults: &Policy, max_memory: u64) -> Result<Policy, Probl
     retry.backoff.cap = m.backoff_cap.unwrap_or(retry.backoff.cap);
     policy.concurrency = m.concurrency;
     policy.tenants = m.tenants;
-    check(&policy, max_memory)?;
+    check(&policy, largest_memory)?;
     Ok(policy)
 }
 
-fn check(policy: &Policy, max_memory: u64) -> Result<(), Problem> {
+fn check(policy: &Policy, (max_memory, bound): (u64, &str)) -> Result<(), Problem> {
     let rule = |key, ok: bool, reason: &dyn Fn() -> String| {
         if ok {
             Ok(())
@@ -171,7 +176,7 @@ fn check(policy: &Policy, max_memory: u64) -> Result<(), Problem> {
         (1 << 20..=max_memory).contains(&limits.memory),
         &|| {
             format!(
-                "must be between 1MiB and the runner's max_memory ({})",
+                "must be between 1MiB and the runner's {bound} ({})",
                 ByteSize(max_memory)
             )
         },
@@ -212,7 +217,20 @@ mod tests {
     }
 
     fn parsed(text: &str) -> Result<Policy, Problem> {
-        parse(text, &defaults(), 4 << 30)
+        parse(text, &defaults(), (4 << 30, "max_memory"))
+    }
+
+    #[test]
+    fn a_memory_above_the_budget_is_refused_naming_it() {
+        let error = parse(
+            "memory = \"1GiB\"",
+            &defaults(),
+            (512 << 20, "memory_budget"),
+        )
+        .unwrap_err()
+        .at(Path::new("t.toml"))
+        .to_string();
+        assert!(error.contains("memory_budget (512.0 MiB)"), "{error}");
     }
 
     #[test]

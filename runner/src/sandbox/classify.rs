@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use wasmtime::{PoolConcurrencyLimitError, Trap, WasmBacktrace};
 
+use super::budget::OverBudget;
 use super::limits::MemoryLimitExceeded;
 use super::meter::{CpuBudgetExceeded, TimedOut};
 
@@ -44,6 +45,9 @@ pub enum RunError {
     /// Every sandbox slot of the runner is in use.
     #[error("no free sandbox slot: {0}")]
     Capacity(String),
+    /// The attempt's memory cap is more than the runner's whole memory budget.
+    #[error(transparent)]
+    OverBudget(#[from] OverBudget),
     /// The payload is larger than the job may receive.
     #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]
     PayloadTooLarge {
@@ -85,6 +89,7 @@ impl RunError {
         match self {
             RunError::GuestFail(_)
             | RunError::PayloadTooLarge { .. }
+            | RunError::OverBudget(_)
             | RunError::ResultTooLarge { .. }
             | RunError::InvalidResult(_) => Disposition::Fail,
             RunError::Capacity(_) => Disposition::Requeue,

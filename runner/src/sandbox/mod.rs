@@ -9,6 +9,7 @@
 //! into a [`RunError`].
 
 mod bindings;
+mod budget;
 mod classify;
 mod host;
 mod limits;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
+pub use budget::{MemoryBudget, OverBudget, default_memory_budget};
 pub use classify::{Disposition, RunError, classify_trap};
 pub use limits::{Limits, MemoryLimitExceeded};
 pub use meter::{CpuBudgetExceeded, TimedOut, thread_cpu_time};
@@ -56,6 +58,9 @@ pub struct SandboxConfig {
     pub instances: u32,
     /// The largest memory cap any job may be given, in bytes (the pool's slot size).
     pub max_memory: u64,
+    /// The memory caps of all attempts together, in bytes: an attempt reserves its cap
+    /// before it starts, and waits while the budget is spent.
+    pub memory_budget: u64,
     /// The longest wall-clock time a tenant's override may give an attempt.
     pub max_timeout: Duration,
     /// The most Wasm execution time a tenant's override may give an attempt.
@@ -75,11 +80,24 @@ impl Default for SandboxConfig {
         Self {
             instances: 1000,
             max_memory: 4 << 30,
+            memory_budget: default_memory_budget(),
             max_timeout: Duration::from_secs(3600),
             max_cpu_budget: Duration::from_secs(3600),
             max_stack: 512 << 10,
             keep_resident: 2 << 20,
             epoch_tick: Duration::from_millis(10),
+        }
+    }
+}
+
+impl SandboxConfig {
+    /// The largest memory cap an attempt may get: the pool's slot size, and no more than the
+    /// whole budget. With the setting that bounds it, for messages.
+    pub fn largest_memory(&self) -> (u64, &'static str) {
+        if self.memory_budget < self.max_memory {
+            (self.memory_budget, "memory_budget")
+        } else {
+            (self.max_memory, "max_memory")
         }
     }
 }
@@ -107,6 +125,16 @@ pub struct Run {
 const STDERR_IN_ERROR: usize = 2048;
 
 impl Run {
+    /// An attempt refused before its guest ran.
+    fn refused(error: RunError) -> Self {
+        Run {
+            result: Err(error),
+            backtrace: None,
+            stdout: None,
+            stderr: None,
+        }
+    }
+
     /// The error as stored with the attempt: the classified error, then where the guest was
     /// (backtrace) and the end of its stderr. `None` if the run succeeded.
     pub fn error_report(&self) -> Option<String> {
@@ -130,6 +158,7 @@ pub struct Sandbox {
     engine: Engine,
     linker: Linker<GuestState>,
     config: SandboxConfig,
+    budget: MemoryBudget,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -152,6 +181,7 @@ impl Sandbox {
         Ok(Self {
             engine,
             linker,
+            budget: MemoryBudget::new(config.memory_budget),
             config,
         })
     }
@@ -213,13 +243,13 @@ impl Sandbox {
         if job.payload.len() > limits.max_payload {
             let size = job.payload.len();
             let limit = limits.max_payload;
-            return Run {
-                result: Err(RunError::PayloadTooLarge { size, limit }),
-                backtrace: None,
-                stdout: None,
-                stderr: None,
-            };
+            return Run::refused(RunError::PayloadTooLarge { size, limit });
         }
+        // Before the store, and dropped after it: the instance's memory is accounted for.
+        let _reservation = match self.budget.reserve(limits.memory).await {
+            Ok(reservation) => reservation,
+            Err(over) => return Run::refused(over.into()),
+        };
         let mut store = self.store(job, limits);
         let (result, backtrace) = execute(&mut store, plugin, job, limits).await;
         let state = store.data_mut();

@@ -186,6 +186,10 @@ async fn bad_config_values_and_an_unreadable_plugin_directory_stop_the_runner_at
             "max_payload: must be at most 16MiB",
         ),
         ("[sandbox]\ntimeout = \"0s\"\n", "timeout: must be positive"),
+        (
+            "[sandbox]\nmemory_budget = \"64MiB\"\n",
+            "memory_budget: 64.0 MiB cannot hold one attempt's memory (128.0 MiB)",
+        ),
         ("[worker\n", "invalid config file"),
     ];
     for (text, expected) in cases {
