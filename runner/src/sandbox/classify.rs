@@ -45,6 +45,17 @@ pub enum RunError {
     /// Every sandbox slot of the runner is in use.
     #[error("no free sandbox slot: {0}")]
     Capacity(String),
+    /// The guest handed the host more than [`Limits::max_transfer`] in one call.
+    #[error(
+        "the guest handed the host more than {limit} bytes in one call (a result, error message \
+         or log line); results are limited to {max_result} bytes (max_result)"
+    )]
+    TransferTooLarge {
+        /// The limit of one transfer.
+        limit: usize,
+        /// The attempt's `max_result`.
+        max_result: usize,
+    },
     /// The attempt's memory cap is more than the runner's whole memory budget.
     #[error(transparent)]
     OverBudget(#[from] OverBudget),
@@ -90,6 +101,7 @@ impl RunError {
             RunError::GuestFail(_)
             | RunError::PayloadTooLarge { .. }
             | RunError::OverBudget(_)
+            | RunError::TransferTooLarge { .. }
             | RunError::ResultTooLarge { .. }
             | RunError::InvalidResult(_) => Disposition::Fail,
             RunError::Capacity(_) => Disposition::Requeue,
@@ -106,6 +118,15 @@ impl RunError {
     pub(crate) fn timeout(limit: Duration) -> Self {
         RunError::Timeout(TimedOut { limit })
     }
+}
+
+/// What wasmtime says when a guest hands the host more than its store's hostcall fuel allows
+/// (its error type is private, so the message is what can be recognized).
+const TRANSFER_REFUSED: &str = "fuel allocated for hostcalls has been exhausted";
+
+/// Whether `error` is wasmtime refusing a guest-to-host transfer over the store's limit.
+pub(crate) fn is_transfer_refused(error: &wasmtime::Error) -> bool {
+    format!("{error:#}").contains(TRANSFER_REFUSED)
 }
 
 /// Classifies an error from instantiating or calling a guest, and extracts a short Wasm

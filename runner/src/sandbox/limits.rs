@@ -22,6 +22,25 @@ pub struct Limits {
     pub max_output: usize,
 }
 
+/// What one guest-to-host call may carry at least, whatever `max_result`: room for a log line
+/// or an error message to be cut rather than refused.
+const MIN_TRANSFER: usize = 1 << 20;
+
+/// Above `max_result`, so that a result a little too large is reported with its size.
+const TRANSFER_SLACK: usize = 64 << 10;
+
+impl Limits {
+    /// The most bytes a guest may hand the host in one call (its result, an error message, a
+    /// log line, any import's arguments): wasmtime refuses a larger transfer before copying
+    /// any of it, trapping the guest. A result between `max_result` and this is refused with
+    /// its size.
+    pub fn max_transfer(&self) -> usize {
+        self.max_result
+            .max(MIN_TRANSFER)
+            .saturating_add(TRANSFER_SLACK)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {

@@ -30,6 +30,7 @@ pub use meter::{CpuBudgetExceeded, TimedOut, thread_cpu_time};
 pub use plugin::{Plugin, PluginError};
 
 use bindings::{JobHandlerPre, WitJob, WitJobError};
+use classify::is_transfer_refused;
 use host::{GuestState, JobLabel};
 use meter::Meter;
 
@@ -269,6 +270,7 @@ impl Sandbox {
         let meter = Meter::new(limits.cpu_budget, self.config.epoch_tick, limits.timeout);
         let state = GuestState::new(&JobLabel::from(job), limits, meter);
         let mut store = Store::new(&self.engine, state);
+        store.set_hostcall_fuel(limits.max_transfer());
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|mut store| store.data_mut().meter.tick());
@@ -290,6 +292,11 @@ async fn execute(
         Ok(Ok(Err(WitJobError::Retry(message)))) => (Err(RunError::GuestRetry(message)), None),
         Ok(Ok(Err(WitJobError::Fail(message)))) => (Err(RunError::GuestFail(message)), None),
         Ok(Err(error)) => {
+            if is_transfer_refused(&error) {
+                let limit = limits.max_transfer();
+                let max_result = limits.max_result;
+                return (Err(RunError::TransferTooLarge { limit, max_result }), None);
+            }
             let (error, backtrace) = classify_trap(&error);
             (Err(error), backtrace)
         }

@@ -72,7 +72,8 @@ fn hostile_jobs() -> Vec<(Value, JobState, &'static str)> {
         (
             json!({"do": "huge-output", "bytes": 100 << 20}),
             Failed,
-            "result of 104857611 bytes exceeds the limit of 1048576 bytes",
+            "the guest handed the host more than 1114112 bytes in one call (a result, error \
+             message or log line); results are limited to 1048576 bytes (max_result)",
         ),
         (json!({"do": "log-flood"}), Completed, "logged"),
         (json!({"do": "print"}), Completed, "printed"),
