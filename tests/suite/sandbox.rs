@@ -488,3 +488,11 @@ async fn attempts_wait_for_room_in_the_memory_budget_and_one_that_can_never_fit_
     );
     assert_eq!(refused.disposition(), Disposition::Fail);
 }
+
+#[test]
+fn guests_run_on_threads_of_their_own() {
+    let policy = Policy::new(Limits::default(), config().retry);
+    let executor = executor(&["echo"], SandboxConfig::default(), policy);
+    // worker::jobs_that_hold_their_threads_do_not_hold_up_the_heartbeats shows what for.
+    assert!(runner::Executor::runtime(&executor).is_some());
+}

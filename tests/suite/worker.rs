@@ -3,8 +3,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use runner::driver::Vacuum;
-use runner::{Handlers, JobState, NewJob, Unique, Worker, WorkerConfig};
+use runner::driver::{ClaimType, Vacuum};
+use runner::executor::Execution;
+use runner::sandbox::GuestRuntime;
+use runner::{Executor, Handlers, Job, JobState, NewJob, Unique, Worker, WorkerConfig};
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 
@@ -480,4 +482,75 @@ async fn an_urgent_job_retried_behind_a_claimed_backlog_runs_again_at_once() {
     let ran = starts(&mut started, 51).await;
     assert!(ran.contains(&retried), "the retry ran");
     worker.shutdown().await;
+}
+
+/// Jobs that hold their thread for a while without yielding, as a guest stuck in a long host
+/// call would, run on threads of their own ([`Executor::runtime`]).
+struct ThreadHogs {
+    threads: GuestRuntime,
+}
+
+impl Executor for ThreadHogs {
+    fn job_types(&self) -> Arc<[ClaimType]> {
+        [ClaimType::from("hog")].into()
+    }
+
+    fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        Some(self.threads.handle())
+    }
+
+    async fn execute(&self, _job: &Job) -> Execution {
+        std::thread::sleep(Duration::from_millis(1500));
+        Execution::from(Ok(None))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_that_hold_their_threads_do_not_hold_up_the_heartbeats() {
+    let db = TestDb::new().await;
+    let queue = db.queue();
+    let hogs = ThreadHogs {
+        threads: GuestRuntime::new().unwrap(),
+    };
+    // Renewed every third of a second, a lease lapses unless heartbeats run while every job
+    // thread is blocked for 1.5 s at a time.
+    let config = WorkerConfig {
+        concurrency: 4,
+        lease: Duration::from_secs(1),
+        keep_completed: Some(Duration::from_secs(3600)),
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(queue.clone(), hogs, config.clone()).start();
+    // Another runner, on threads of its own, whose rescuer takes back every lease that lapses.
+    let rescuer = WorkerConfig {
+        rescue_interval: Duration::from_millis(100),
+        ..config
+    };
+    let elsewhere = GuestRuntime::new().unwrap();
+    let other = {
+        let _on_its_threads = elsewhere.handle().enter();
+        let nothing = Handlers::new().on("other", |_| async { Ok(None) });
+        Worker::new(queue.clone(), nothing, rescuer).start()
+    };
+    let jobs: Vec<NewJob> = (0..8)
+        .map(|n| NewJob::new("hog", json!(n)).unique(Unique::Off))
+        .collect();
+    let ids: Vec<i64> = queue
+        .enqueue_many(&db.pool, &jobs)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    for id in ids {
+        let job = crate::support::settled(&queue, id, JobState::Completed).await;
+        assert_eq!(
+            (job.attempt, job.errors.len()),
+            (1, 0),
+            "job {id} lost its lease: {:?}",
+            job.errors
+        );
+    }
+    worker.shutdown().await;
+    other.shutdown().await;
 }

@@ -77,6 +77,13 @@ pub trait Executor: Send + Sync + 'static {
     /// every claim: the set may change while the runner runs.
     fn job_types(&self) -> Arc<[ClaimType]>;
 
+    /// The runtime the worker's executors (which await [`Executor::execute`]) should run on;
+    /// `None`, the default: the worker's own. An executor running untrusted or CPU-heavy code
+    /// gives threads of its own, so that the worker's duties keep theirs.
+    fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        None
+    }
+
     /// Runs one attempt of `job`. The future may be dropped (shutdown deadline, lost lease):
     /// the attempt is then abandoned and the worker records what happened.
     fn execute(&self, job: &Job) -> impl Future<Output = Execution> + Send;

@@ -66,6 +66,10 @@ impl Executor for WasmExecutor {
         self.plugins.claim_types()
     }
 
+    fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        Some(self.sandbox.guest_threads())
+    }
+
     async fn execute(&self, job: &Job) -> Execution {
         // Pinned: a swap while the job runs does not change the code under it.
         let Some(version) = self.plugins.get(&job.job_type) else {

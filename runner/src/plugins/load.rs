@@ -19,8 +19,8 @@ use crate::sandbox::{Plugin, PluginError, Sandbox};
 /// One loaded version of a plugin: what runs its jobs, and what `runner plugins` shows.
 #[derive(Debug)]
 pub struct Version {
-    /// The compiled, type-checked component.
-    pub plugin: Plugin,
+    /// The compiled, type-checked component; shared with the attempts running it.
+    pub plugin: Arc<Plugin>,
     /// The sha256 of the `.wasm` file, hex: the version's identity in logs and error history.
     pub sha256: Arc<str>,
     /// Limits and retry policy, from the manifest over the runner's settings.
@@ -213,7 +213,7 @@ impl Loader {
         // and a slot resets faster (benches/sandbox.rs: Python's reference job 1.24 -> 1.02 ms).
         match cache.load(self.sandbox.engine(), &version.sha256) {
             Some(stored) => Ok(Version {
-                plugin: self.sandbox.prepare(version.plugin.job_type(), &stored)?,
+                plugin: Arc::new(self.sandbox.prepare(version.plugin.job_type(), &stored)?),
                 ..version
             }),
             None => Ok(version),
@@ -246,7 +246,7 @@ impl Source {
         origin: Origin,
     ) -> Result<Version, PluginError> {
         Ok(Version {
-            plugin: sandbox.prepare(&self.job_type, component)?,
+            plugin: Arc::new(sandbox.prepare(&self.job_type, component)?),
             sha256: self.sha256,
             policy: self.policy,
             source: self.path,

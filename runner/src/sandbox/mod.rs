@@ -15,6 +15,7 @@ mod host;
 mod limits;
 mod meter;
 mod plugin;
+mod runtime;
 
 use std::num::NonZeroUsize;
 use std::path::Path;
@@ -28,6 +29,7 @@ pub use classify::{Disposition, RunError, classify_trap};
 pub use limits::{Limits, MemoryLimitExceeded};
 pub use meter::{CpuBudgetExceeded, TimedOut, thread_cpu_time};
 pub use plugin::{Plugin, PluginError};
+pub use runtime::GuestRuntime;
 
 use bindings::{JobHandlerPre, WitJob, WitJobError};
 use classify::is_transfer_refused;
@@ -160,6 +162,7 @@ pub struct Sandbox {
     linker: Linker<GuestState>,
     config: SandboxConfig,
     budget: MemoryBudget,
+    guests: GuestRuntime,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -179,10 +182,13 @@ impl Sandbox {
         let mut linker = Linker::new(&engine);
         host::add_to_linker(&mut linker).map_err(|e| SandboxError(format!("{e:#}")))?;
         start_epoch_ticker(&engine, config.epoch_tick)?;
+        let guests = GuestRuntime::new()
+            .map_err(|e| SandboxError(format!("cannot start the guest threads: {e}")))?;
         Ok(Self {
             engine,
             linker,
             budget: MemoryBudget::new(config.memory_budget),
+            guests,
             config,
         })
     }
@@ -223,6 +229,12 @@ impl Sandbox {
     /// The engine's settings.
     pub fn config(&self) -> &SandboxConfig {
         &self.config
+    }
+
+    /// The guest threads ([`GuestRuntime`]): where the attempts of a runner's worker run,
+    /// apart from its own duties.
+    pub fn guest_threads(&self) -> tokio::runtime::Handle {
+        self.guests.handle()
     }
 
     /// Loads the plugin file `path`; its job type is the file name without `.wasm`.

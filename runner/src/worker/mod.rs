@@ -37,6 +37,7 @@ mod wakeup;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::runtime::Handle;
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -215,16 +216,20 @@ impl<E: Executor> Worker<E> {
         }
 
         let mut running = Stage::new("running");
+        let runtime = executor.runtime().unwrap_or_else(Handle::current);
         for _ in 0..config.concurrency.max(1) {
-            running.start(Attempts {
-                executor: Arc::clone(&executor),
-                queue: self.queue.clone(),
-                inflight: Arc::clone(&inflight),
-                default_backoff: config.retry.backoff,
-                claimed: claimed.clone(),
-                reporter: reporter.clone(),
-                claiming: claiming.token(),
-            });
+            running.start_on(
+                &runtime,
+                Attempts {
+                    executor: Arc::clone(&executor),
+                    queue: self.queue.clone(),
+                    inflight: Arc::clone(&inflight),
+                    default_backoff: config.retry.backoff,
+                    claimed: claimed.clone(),
+                    reporter: reporter.clone(),
+                    claiming: claiming.token(),
+                },
+            );
         }
         drop((claimed, reporter));
 

@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use tokio::runtime::Handle;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -43,11 +44,17 @@ impl Stage {
 
     /// Starts `service` on the current runtime.
     pub fn start<S: Service>(&mut self, service: S) {
+        self.start_on(&Handle::current(), service);
+    }
+
+    /// Starts `service` on `runtime`.
+    pub fn start_on<S: Service>(&mut self, runtime: &Handle, service: S) {
         let shutdown = self.shutdown.clone();
-        self.tasks.spawn(async move {
+        let task = async move {
             service.run(shutdown).await;
             S::NAME
-        });
+        };
+        self.tasks.spawn_on(task, runtime);
     }
 
     /// Services still running.
