@@ -43,6 +43,7 @@ impl Service for Completer {
     async fn run(mut self, give_up: CancellationToken) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while self.reports.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            self.inflight.recording(batch.iter().map(|r| r.ticket));
             self.write(&batch, &give_up).await;
             for report in batch.drain(..) {
                 self.inflight.remove(report.ticket);

@@ -52,10 +52,10 @@ impl Heartbeat {
             .await
         {
             Ok(held) => {
-                if held.len() < due.len() {
-                    tracing::warn!(lost = due.len() - held.len(), "heartbeat found lost leases");
+                let lost = self.inflight.renewed(&due, &held, asked_at);
+                if lost > 0 {
+                    tracing::warn!(lost, "heartbeat found lost leases");
                 }
-                self.inflight.renewed(&due, &held, asked_at);
                 if asked_at.elapsed() > self.interval {
                     self.stalls.send_replace(());
                 }

@@ -17,6 +17,8 @@ struct Entry {
     attempt: u32,
     renewed: Instant,
     lease_lost: CancellationToken,
+    /// Its outcome is being written: a renewal that misses it may come after the commit.
+    recording: bool,
 }
 
 /// One claim of one job.
@@ -49,6 +51,7 @@ impl InFlight {
             attempt: job.attempt,
             renewed: asked_at,
             lease_lost: lease_lost.clone(),
+            recording: false,
         };
         self.jobs().insert(job.id, entry);
         let ticket = Ticket {
@@ -57,6 +60,21 @@ impl InFlight {
             seq,
         };
         (ticket, lease_lost)
+    }
+
+    /// Notes that the outcomes of `tickets` are being written. Their leases are still renewed,
+    /// but one that a renewal misses is not taken for lost: the outcome may have been committed
+    /// meanwhile, and the write's fence decides.
+    pub fn recording(&self, tickets: impl IntoIterator<Item = Ticket>) {
+        let mut jobs = self.jobs();
+        for ticket in tickets {
+            if let Some(entry) = jobs
+                .get_mut(&ticket.job_id)
+                .filter(|e| e.ticket == ticket.seq)
+            {
+                entry.recording = true;
+            }
+        }
     }
 
     /// Forgets a claim whose outcome is recorded (or abandoned).
@@ -85,10 +103,11 @@ impl InFlight {
     }
 
     /// Notes that the leases of `held` were renewed at `at`, and signals the loss of every
-    /// other claim in `asked`.
-    pub fn renewed(&self, asked: &[Ticket], held: &[i64], at: Instant) {
+    /// other claim in `asked` still running here. Returns how many were lost.
+    pub fn renewed(&self, asked: &[Ticket], held: &[i64], at: Instant) -> usize {
         let held: HashSet<i64> = held.iter().copied().collect();
         let mut jobs = self.jobs();
+        let mut lost = 0;
         for ticket in asked {
             let Some(entry) = jobs
                 .get_mut(&ticket.job_id)
@@ -98,10 +117,12 @@ impl InFlight {
             };
             if held.contains(&ticket.job_id) {
                 entry.renewed = at;
-            } else {
+            } else if !entry.recording {
                 entry.lease_lost.cancel();
+                lost += 1;
             }
         }
+        lost
     }
 
     /// How many jobs are in flight.
@@ -133,11 +154,18 @@ mod tests {
         let inflight = InFlight::default();
         let job = Job::standalone("lost", "{}");
         let (old, old_lost) = inflight.insert(&job, Instant::now());
-        inflight.renewed(&[old], &[], Instant::now());
+        assert_eq!(inflight.renewed(&[old], &[], Instant::now()), 1);
         assert!(old_lost.is_cancelled());
 
         let (new, new_lost) = inflight.insert(&job, Instant::now());
         inflight.remove(old);
+        inflight.recording([new]);
+        assert_eq!(
+            inflight.renewed(&[new], &[], Instant::now()),
+            0,
+            "missed while its outcome is written: the outcome may be committed"
+        );
+        assert!(!new_lost.is_cancelled());
         assert_eq!(
             inflight.len(),
             1,

@@ -16,3 +16,4 @@ mod bad_input;
 mod crashes;
 mod database;
 mod hostile;
+mod memory;

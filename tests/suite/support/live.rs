@@ -78,6 +78,11 @@ impl Live {
         self.process.signal(signal);
     }
 
+    /// Its peak resident set so far, in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        self.process.peak_rss()
+    }
+
     /// SIGSTOP, once every thread has stopped: a runner frozen mid-work, as by a long pause
     /// of its machine. [`Live::thaw`] lets it go on.
     pub async fn freeze(&self) {

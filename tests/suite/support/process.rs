@@ -85,6 +85,15 @@ impl Process {
         .await
     }
 
+    /// The largest resident set the process has had so far, in bytes (its `VmHWM`).
+    pub fn peak_rss(&self) -> u64 {
+        let pid = self.child.id().expect("process still running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("its status");
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"));
+        let kib = line.and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok());
+        kib.expect("VmHWM in kB") * 1024
+    }
+
     /// Sends `signal`.
     pub fn signal(&self, signal: Signal) {
         let pid = self.child.id().expect("process still running");
