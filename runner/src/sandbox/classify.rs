@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use wasmtime::{PoolConcurrencyLimitError, Trap, WasmBacktrace};
 
-use super::budget::OverBudget;
+use super::budget::{NoRoom, OverBudget};
 use super::limits::MemoryLimitExceeded;
 use super::meter::{CpuBudgetExceeded, TimedOut};
 
@@ -59,6 +59,10 @@ pub enum RunError {
     /// The attempt's memory cap is more than the runner's whole memory budget.
     #[error(transparent)]
     OverBudget(#[from] OverBudget),
+    /// The runner's memory budget has no room for the attempt now: back to the queue,
+    /// uncounted.
+    #[error("{0}")]
+    NoRoom(String),
     /// The payload is larger than the job may receive.
     #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]
     PayloadTooLarge {
@@ -104,7 +108,7 @@ impl RunError {
             | RunError::TransferTooLarge { .. }
             | RunError::ResultTooLarge { .. }
             | RunError::InvalidResult(_) => Disposition::Fail,
-            RunError::Capacity(_) => Disposition::Requeue,
+            RunError::Capacity(_) | RunError::NoRoom(_) => Disposition::Requeue,
             RunError::GuestRetry(_)
             | RunError::Trap { .. }
             | RunError::CpuBudget(_)
@@ -117,6 +121,15 @@ impl RunError {
     /// A wall-clock timeout noticed outside the guest (it was waiting on the host).
     pub(crate) fn timeout(limit: Duration) -> Self {
         RunError::Timeout(TimedOut { limit })
+    }
+}
+
+impl From<NoRoom> for RunError {
+    fn from(no_room: NoRoom) -> Self {
+        match no_room {
+            NoRoom::Over(over) => RunError::OverBudget(over),
+            busy @ NoRoom::Busy { .. } => RunError::NoRoom(busy.to_string()),
+        }
     }
 }
 

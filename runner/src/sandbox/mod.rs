@@ -24,7 +24,7 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
-pub use budget::{MemoryBudget, OverBudget, default_memory_budget};
+pub use budget::{MemoryBudget, NoRoom, OverBudget, default_memory_budget};
 pub use classify::{Disposition, RunError, classify_trap};
 pub use limits::{Limits, MemoryLimitExceeded};
 pub use meter::{CpuBudgetExceeded, TimedOut, thread_cpu_time};
@@ -259,9 +259,9 @@ impl Sandbox {
             return Run::refused(RunError::PayloadTooLarge { size, limit });
         }
         // Before the store, and dropped after it: the instance's memory is accounted for.
-        let _reservation = match self.budget.reserve(limits.memory).await {
+        let _reservation = match self.budget.reserve(limits.memory, budget::PATIENCE).await {
             Ok(reservation) => reservation,
-            Err(over) => return Run::refused(over.into()),
+            Err(no_room) => return Run::refused(no_room.into()),
         };
         let mut store = self.store(job, limits);
         let (result, backtrace) = execute(&mut store, plugin, job, limits).await;
