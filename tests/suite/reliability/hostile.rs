@@ -1,43 +1,19 @@
 //! Every kind of hostile plugin and payload at once, beside healthy jobs that must not notice.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use runner::client::JobRecord;
 use runner::{JobState, NewJob};
 use serde_json::{Value, json};
 
+use super::healthy_run;
 use crate::hot_reload::bad_files;
 use crate::support::live::Live;
 use crate::support::{TestDb, eventually, publish, settled};
 
 const MINUTE: Duration = Duration::from_secs(60);
-const HEALTHY: i64 = 3000;
-
-/// Enqueues the healthy workload (short sleeps, tenant `good`) and times it until every one of
-/// them has completed.
-async fn healthy_run(db: &TestDb) -> Duration {
-    let jobs: Vec<NewJob> = (0..HEALTHY)
-        .map(|i| {
-            NewJob::new("sleep", json!({"ms": 50, "run": i}))
-                .tenant("good")
-                .unique(runner::Unique::Off)
-        })
-        .collect();
-    let started = Instant::now();
-    db.queue().enqueue_many(&db.pool, &jobs).await.unwrap();
-    eventually("the healthy jobs to complete", 3 * MINUTE, || async {
-        let pending: i64 = db
-            .scalar(
-                "SELECT count(*) FROM jobrunner.jobs
-                  WHERE state IN ('available', 'running') AND tenant = 'good'",
-            )
-            .await;
-        (pending == 0).then_some(())
-    })
-    .await;
-    started.elapsed()
-}
+const HEALTHY: usize = 3000;
 
 /// The hostile jobs, each with what must become of it: its final state and the start of its
 /// last error, or (for those that complete) a check of its result.
@@ -135,7 +111,8 @@ async fn hostile_plugins_all_at_once_fail_alone_and_healthy_jobs_keep_their_pace
     publish(&db.queue(), "[tenants.sleeper]\ntimeout = \"10s\"").await;
     let live = Live::start(&db, dir.path(), &args).await;
     let control = Live::start(&control_db, control_dir.path(), &args).await;
-    let (clean, clean_control) = tokio::join!(healthy_run(&db), healthy_run(&control_db));
+    let (clean, clean_control) =
+        tokio::join!(healthy_run(&db, HEALTHY), healthy_run(&control_db, HEALTHY));
 
     for (n, (_, bytes, _)) in bad_files().into_iter().enumerate() {
         std::fs::write(dir.path().join(format!("bad-{n}.wasm")), bytes).unwrap();
@@ -157,7 +134,8 @@ async fn hostile_plugins_all_at_once_fail_alone_and_healthy_jobs_keep_their_pace
     let deep = enqueue_deep(&db, 125).await.unwrap();
     let error = enqueue_deep(&db, 10_000).await.unwrap_err().to_string();
     assert!(error.contains("payload_nested_at_most_127_deep"), "{error}");
-    let (attacked, attacked_control) = tokio::join!(healthy_run(&db), healthy_run(&control_db));
+    let (attacked, attacked_control) =
+        tokio::join!(healthy_run(&db, HEALTHY), healthy_run(&control_db, HEALTHY));
 
     let ratio = attacked.as_secs_f64() / attacked_control.as_secs_f64();
     eprintln!(

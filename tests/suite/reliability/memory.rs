@@ -4,44 +4,19 @@
 //! healthy jobs beside them are slowed, not stopped.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use runner::{JobState, NewJob, Unique};
 use serde_json::json;
 
+use super::healthy_run;
 use crate::support::fleet::{Endings, Fleet, install_audit};
-use crate::support::{TestDb, eventually, settled};
+use crate::support::{TestDb, settled};
 
-const MINUTE: Duration = Duration::from_secs(60);
 const BUDGET: u64 = 1 << 30;
 /// Beyond the budget: the runner itself, and what each used pool slot keeps resident between
 /// jobs (2 MiB of memory and 256 KiB of tables, for up to 100 slots).
 const OVERHEAD: u64 = 512 << 20;
 const HEALTHY: usize = 1000;
-
-/// Enqueues the healthy workload (short sleeps, tenant `good`) and times it to its end.
-async fn healthy_run(db: &TestDb, run: &str) -> Duration {
-    let jobs: Vec<NewJob> = (0..HEALTHY)
-        .map(|i| {
-            NewJob::new("sleep", json!({ "ms": 50, "run": run, "i": i }))
-                .tenant("good")
-                .unique(Unique::Off)
-        })
-        .collect();
-    let started = Instant::now();
-    db.queue().enqueue_many(&db.pool, &jobs).await.unwrap();
-    eventually("the healthy jobs to complete", 3 * MINUTE, || async {
-        let pending: i64 = db
-            .scalar(
-                "SELECT count(*) FROM jobrunner.jobs
-                  WHERE state IN ('available', 'running') AND tenant = 'good'",
-            )
-            .await;
-        (pending == 0).then_some(())
-    })
-    .await;
-    started.elapsed()
-}
 
 fn plugins(dir: &Path) {
     for job_type in ["sleep", "poison"] {
@@ -82,7 +57,7 @@ async fn a_hundred_memory_hungry_guests_keep_two_runners_within_their_budget_and
         "1GiB",
     ];
     let fleet = Fleet::start(&db.url(), dir.path(), 2, &args).await;
-    let alone = healthy_run(&db, "alone").await;
+    let alone = healthy_run(&db, HEALTHY).await;
 
     let mut ids = Vec::new();
     for n in 0..100 {
@@ -96,7 +71,7 @@ async fn a_hundred_memory_hungry_guests_keep_two_runners_within_their_budget_and
             expected,
         ));
     }
-    let beside = healthy_run(&db, "beside").await;
+    let beside = healthy_run(&db, HEALTHY).await;
     let queue = db.queue();
     for (id, expected) in &ids {
         let job = settled(&queue, *id, JobState::Failed).await;

@@ -17,3 +17,39 @@ mod crashes;
 mod database;
 mod hostile;
 mod memory;
+
+use std::time::{Duration, Instant};
+
+use runner::{NewJob, Unique};
+use serde_json::json;
+
+use crate::support::{TestDb, eventually};
+
+/// Enqueues `n` healthy jobs (50 ms sleeps, tenant `good`) and times them until every one has
+/// completed: the pace the hostile tests compare.
+async fn healthy_run(db: &TestDb, n: usize) -> Duration {
+    let jobs: Vec<NewJob> = (0..n)
+        .map(|i| {
+            NewJob::new("sleep", json!({ "ms": 50, "i": i }))
+                .tenant("good")
+                .unique(Unique::Off)
+        })
+        .collect();
+    let started = Instant::now();
+    db.queue().enqueue_many(&db.pool, &jobs).await.unwrap();
+    eventually(
+        "the healthy jobs to complete",
+        Duration::from_secs(180),
+        || async {
+            let pending: i64 = db
+                .scalar(
+                    "SELECT count(*) FROM jobrunner.jobs
+                  WHERE state IN ('available', 'running') AND tenant = 'good'",
+                )
+                .await;
+            (pending == 0).then_some(())
+        },
+    )
+    .await;
+    started.elapsed()
+}
