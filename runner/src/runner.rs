@@ -113,11 +113,6 @@ impl Runner {
         }
     }
 
-    /// The plugin directory it serves.
-    pub fn plugins(&self) -> &Arc<PluginDir> {
-        &self.dir
-    }
-
     /// Runs jobs until `shutdown` fires, then stops gracefully: claims nothing more, lets
     /// running jobs finish until the shutdown timeout, records every outcome and withdraws
     /// the runner's announcement.

@@ -139,11 +139,6 @@ impl Queue {
         &self.pool
     }
 
-    /// The clock.
-    pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.clock
-    }
-
     /// The queue's idea of now.
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()

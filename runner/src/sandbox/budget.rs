@@ -87,11 +87,6 @@ impl MemoryBudget {
         }
     }
 
-    /// The budget, in bytes.
-    pub fn bytes(&self) -> u64 {
-        self.inner.bytes
-    }
-
     /// Reserves `cap` bytes, waiting up to `patience` for other attempts to give back enough.
     /// Whoever fits when memory is given back goes first, not whoever came first: a small
     /// cap never queues behind a large one.

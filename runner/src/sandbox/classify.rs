@@ -10,7 +10,7 @@ use std::time::Duration;
 use wasmtime::{PoolConcurrencyLimitError, Trap, WasmBacktrace};
 
 use super::budget::{NoRoom, OverBudget};
-use super::limits::MemoryLimitExceeded;
+use super::limits::{Limits, MemoryLimitExceeded};
 use super::meter::{CpuBudgetExceeded, TimedOut};
 
 /// Frames the engine collects for a backtrace, innermost first.
@@ -137,14 +137,14 @@ impl From<NoRoom> for RunError {
 /// (its error type is private, so the message is what can be recognized).
 const TRANSFER_REFUSED: &str = "fuel allocated for hostcalls has been exhausted";
 
-/// Whether `error` is wasmtime refusing a guest-to-host transfer over the store's limit.
-pub(crate) fn is_transfer_refused(error: &wasmtime::Error) -> bool {
-    format!("{error:#}").contains(TRANSFER_REFUSED)
-}
-
-/// Classifies an error from instantiating or calling a guest, and extracts a short Wasm
-/// backtrace if the error carries one.
-pub fn classify_trap(error: &wasmtime::Error) -> (RunError, Option<String>) {
+/// Classifies an error from instantiating or calling a guest held to `limits`, and extracts a
+/// short Wasm backtrace if the error carries one.
+pub fn classify_trap(error: &wasmtime::Error, limits: &Limits) -> (RunError, Option<String>) {
+    let text = format!("{error:#}");
+    if text.contains(TRANSFER_REFUSED) {
+        let (limit, max_result) = (limits.max_transfer(), limits.max_result);
+        return (RunError::TransferTooLarge { limit, max_result }, None);
+    }
     let backtrace = error.downcast_ref::<WasmBacktrace>().map(short_backtrace);
     let run_error = if let Some(limit) = error.downcast_ref::<MemoryLimitExceeded>() {
         RunError::MemoryLimit(*limit)
@@ -160,7 +160,7 @@ pub fn classify_trap(error: &wasmtime::Error) -> (RunError, Option<String>) {
             message: trap.to_string(),
         }
     } else {
-        RunError::Host(format!("{error:#}"))
+        RunError::Host(text)
     };
     (run_error, backtrace)
 }
@@ -225,7 +225,11 @@ mod tests {
             cap: 1,
         };
         let error = wasmtime::Error::new(cap).context("while growing memory");
-        assert_eq!(classify_trap(&error).0, RunError::MemoryLimit(cap));
-        assert_eq!(classify_trap(&error).0.disposition(), Disposition::Retry);
+        let limits = Limits::default();
+        assert_eq!(classify_trap(&error, &limits).0, RunError::MemoryLimit(cap));
+        assert_eq!(
+            classify_trap(&error, &limits).0.disposition(),
+            Disposition::Retry
+        );
     }
 }

@@ -19,6 +19,7 @@ mod runtime;
 
 use std::num::NonZeroUsize;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::component::{Component, Linker};
@@ -32,7 +33,6 @@ pub use plugin::{Plugin, PluginError};
 pub use runtime::GuestRuntime;
 
 use bindings::{JobHandlerPre, WitJob, WitJobError};
-use classify::is_transfer_refused;
 use host::{GuestState, JobLabel};
 use meter::Meter;
 
@@ -280,7 +280,7 @@ impl Sandbox {
     /// meter that the epoch callback consults.
     fn store(&self, job: &Job, limits: &Limits) -> Store<GuestState> {
         let meter = Meter::new(limits.cpu_budget, self.config.epoch_tick, limits.timeout);
-        let state = GuestState::new(&JobLabel::from(job), limits, meter);
+        let state = GuestState::new(&Arc::new(JobLabel::from(job)), limits, meter);
         let mut store = Store::new(&self.engine, state);
         store.set_hostcall_fuel(limits.max_transfer());
         store.limiter(|state| &mut state.limiter);
@@ -304,12 +304,7 @@ async fn execute(
         Ok(Ok(Err(WitJobError::Retry(message)))) => (Err(RunError::GuestRetry(message)), None),
         Ok(Ok(Err(WitJobError::Fail(message)))) => (Err(RunError::GuestFail(message)), None),
         Ok(Err(error)) => {
-            if is_transfer_refused(&error) {
-                let limit = limits.max_transfer();
-                let max_result = limits.max_result;
-                return (Err(RunError::TransferTooLarge { limit, max_result }), None);
-            }
-            let (error, backtrace) = classify_trap(&error);
+            let (error, backtrace) = classify_trap(&error, limits);
             (Err(error), backtrace)
         }
         // The guest was waiting on the host; a running guest is stopped by the meter.

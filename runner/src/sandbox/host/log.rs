@@ -9,6 +9,7 @@
 //! and of a UTF-8 line only the part that is kept is copied, however long the guest made it (a
 //! UTF-16 one is decoded whole first).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::StoreContextMut;
@@ -50,8 +51,8 @@ impl Capability for Log {
         )
     }
 
-    fn start(job: &JobLabel, _limits: &Limits) -> GuestLog {
-        GuestLog::new(job.clone())
+    fn start(job: &Arc<JobLabel>, _limits: &Limits) -> GuestLog {
+        GuestLog::new(Arc::clone(job))
     }
 
     fn finish(state: &mut GuestLog) {
@@ -62,14 +63,14 @@ impl Capability for Log {
 /// One attempt's log: its label and rate budget.
 #[derive(Debug)]
 pub(crate) struct GuestLog {
-    job: JobLabel,
+    job: Arc<JobLabel>,
     tokens: f64,
     refilled: Instant,
     dropped: u64,
 }
 
 impl GuestLog {
-    pub fn new(job: JobLabel) -> Self {
+    pub fn new(job: Arc<JobLabel>) -> Self {
         Self {
             job,
             tokens: BURST,
@@ -146,12 +147,12 @@ mod tests {
     use super::*;
 
     fn log() -> GuestLog {
-        GuestLog::new(JobLabel {
+        GuestLog::new(Arc::new(JobLabel {
             id: 1,
             job_type: "t".into(),
             tenant: "default".into(),
             attempt: 1,
-        })
+        }))
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub(crate) mod log;
 pub(crate) mod output;
 pub(crate) mod wasi;
 
+use std::sync::Arc;
+
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 
 use super::bindings::jobrunner::plugin::types;
@@ -51,7 +53,7 @@ pub(crate) trait Capability {
     fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()>;
 
     /// The state for one attempt of `job`, as `limits` grant it.
-    fn start(job: &JobLabel, limits: &Limits) -> Self::State;
+    fn start(job: &Arc<JobLabel>, limits: &Limits) -> Self::State;
 
     /// The attempt is over: say what was held back or captured.
     fn finish(state: &mut Self::State);
@@ -69,7 +71,7 @@ pub(crate) struct GuestState {
 
 impl GuestState {
     /// A fresh state for one attempt of `job`.
-    pub fn new(job: &JobLabel, limits: &Limits, meter: Meter) -> Self {
+    pub fn new(job: &Arc<JobLabel>, limits: &Limits, meter: Meter) -> Self {
         Self {
             wasi: wasi::Wasi::start(job, limits),
             log: log::Log::start(job, limits),

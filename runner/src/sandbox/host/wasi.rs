@@ -4,6 +4,8 @@
 //! real. stdout and stderr are captured, the last `max_output` bytes of each, and logged with
 //! the job when the attempt ends.
 
+use std::sync::Arc;
+
 use wasmtime::component::Linker;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -18,7 +20,7 @@ pub(crate) struct Wasi;
 /// One attempt's WASI context and its captured output.
 pub(crate) struct WasiState {
     ctx: WasiCtx,
-    job: JobLabel,
+    job: Arc<JobLabel>,
     stdout: CapturedOutput,
     stderr: CapturedOutput,
 }
@@ -37,7 +39,7 @@ impl Capability for Wasi {
         wasmtime_wasi::p2::add_to_linker_async(linker)
     }
 
-    fn start(job: &JobLabel, limits: &Limits) -> WasiState {
+    fn start(job: &Arc<JobLabel>, limits: &Limits) -> WasiState {
         let stdout = CapturedOutput::new(limits.max_output);
         let stderr = CapturedOutput::new(limits.max_output);
         let ctx = WasiCtx::builder()
@@ -49,7 +51,7 @@ impl Capability for Wasi {
             .build();
         WasiState {
             ctx,
-            job: job.clone(),
+            job: Arc::clone(job),
             stdout,
             stderr,
         }
