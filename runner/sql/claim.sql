@@ -23,6 +23,14 @@
 -- announces a key no greater than its rows' on the wake-up channel, after commit, and runners
 -- lower their floors to it on hearing it. An empty payload lowers every floor to the start.
 --
+-- Batch claims: the two claim_unlimited functions given no lease (lease_until NULL) lock the
+-- jobs they pick and change nothing. The caller's batch transaction keeps them locked while
+-- they run and writes their outcomes before it commits (runner/sql/batches.sql); the jobs
+-- they return carry the attempt they run as. No claim takes a job named by a batch's row
+-- (jobrunner.batches): a live batch holds it locked anyway, and a lost batch's jobs wait for
+-- the rescuer to count the attempt they were in (a hashed set of at most a few thousand ids,
+-- built once per claim).
+--
 -- The fast claims' plans are generic (planned once per session), so they must not depend on
 -- statistics. Their UPDATE joins the picked ids to the jobs table. Seen once on an analyzed
 -- table of 200,000 jobs: the generic estimate of the picked rows was 90,000, the planner chose
@@ -257,6 +265,7 @@ BEGIN
             WHERE j.state = 'available' AND j.tenant = scanned[q.ord]
               AND (j.priority, j.run_at, j.id) >= (q.p, q.r, q.i)
               AND j.run_at <= at AND j.job_type = ANY(open_types)
+              AND j.id NOT IN (SELECT unnest(b.job_ids) FROM jobrunner.batches AS b)
             ORDER BY j.priority, j.run_at, j.id
             LIMIT q.quota
               FOR UPDATE SKIP LOCKED
@@ -361,12 +370,14 @@ SET enable_hashjoin = off
 SET enable_mergejoin = off
 AS $$
 BEGIN
-    -- The claim commits without waiting for its WAL to reach the disk (a third of an idle
-    -- claim's time here). Safe: a claim lost in a server crash leaves the job available, as
-    -- if never claimed, and the runner's outcome write, fenced on the claim, then changes
+    -- A leasing claim commits without waiting for its WAL to reach the disk (a third of an
+    -- idle claim's time here). Safe: a claim lost in a server crash leaves the job available,
+    -- as if never claimed, and the runner's outcome write, fenced on the claim, then changes
     -- nothing; the job runs again (at least once). An outcome write waits for the disk, and
-    -- with it every claim before it.
-    PERFORM set_config('synchronous_commit', 'off', true);
+    -- with it every claim before it; so does a batch transaction, which writes outcomes.
+    IF lease_until IS NOT NULL THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
+    END IF;
     RETURN QUERY
     WITH RECURSIVE walk(t, p, r, i, k) AS (
         (SELECT j.tenant, j.priority, j.run_at, j.id, 1
@@ -390,30 +401,44 @@ BEGIN
     ),
     seen AS (SELECT count(*)::integer AS n, max(w.t) AS last FROM walk AS w),
     picked AS (
-        SELECT c.id
+        SELECT c.*
           FROM walk AS w
          CROSS JOIN seen AS s
          CROSS JOIN LATERAL (
-               SELECT j.id
+               SELECT j.id, j.job_type, j.tenant, j.payload::text AS payload, j.priority,
+                      j.attempt, j.max_attempts, j.run_at, j.created_at
                  FROM jobrunner.jobs AS j
                 WHERE j.state = 'available' AND j.tenant = w.t
                   AND (j.priority, j.run_at, j.id) >= (w.p, w.r, w.i)
                   AND j.run_at <= at AND j.job_type = ANY(types)
+                  AND j.id NOT IN (SELECT unnest(b.job_ids) FROM jobrunner.batches AS b)
                 ORDER BY j.priority, j.run_at, j.id
                 -- Taking turns (more ripe tenants than lim, or the tail of a turn that
                 -- started after a tenant): one job each.
                 LIMIT jobrunner.claim_share(lim, s.n, 1, s.n, after_tenant <> '')
                   FOR UPDATE SKIP LOCKED) AS c
     ),
-    claimed AS (
+    leased AS (
         UPDATE jobrunner.jobs AS j
            SET state = 'running', attempt = j.attempt + 1, lease_owner = claimer,
                lease_expires_at = lease_until, updated_at = at
-          FROM picked, unnest(types, type_attempts) AS ty(t, max_attempts)
-         WHERE j.id = picked.id AND ty.t = j.job_type
-     RETURNING j.id, j.job_type, j.tenant, j.payload::text, j.priority, j.attempt,
-               coalesce(j.max_attempts, ty.max_attempts, default_attempts) AS max_attempts, j.run_at,
-               j.created_at
+          FROM picked AS p
+         WHERE j.id = p.id AND lease_until IS NOT NULL
+     RETURNING p.id, p.job_type, p.tenant, p.payload, p.priority, j.attempt, p.max_attempts,
+               p.run_at, p.created_at
+    ),
+    -- A batch claim: the rows stay as they are, locked.
+    claimed AS (
+        SELECT c.id, c.job_type, c.tenant, c.payload, c.priority, c.attempt,
+               coalesce(c.max_attempts, ty.max_attempts, default_attempts) AS max_attempts,
+               c.run_at, c.created_at
+          FROM (SELECT * FROM leased
+                UNION ALL
+                SELECT p.id, p.job_type, p.tenant, p.payload, p.priority, p.attempt + 1,
+                       p.max_attempts, p.run_at, p.created_at
+                  FROM picked AS p
+                 WHERE lease_until IS NULL) AS c
+          JOIN unnest(types, type_attempts) AS ty(t, max_attempts) ON ty.t = c.job_type
     )
     SELECT c.*, NULL::integer, NULL::text, NULL::boolean
       FROM claimed AS c
@@ -471,7 +496,9 @@ SET enable_mergejoin = off
 AS $$
 BEGIN
     -- Asynchronous commit: see the claim_unlimited above.
-    PERFORM set_config('synchronous_commit', 'off', true);
+    IF lease_until IS NOT NULL THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
+    END IF;
     RETURN QUERY
     WITH RECURSIVE
     -- The floors in the index's tenant order: the walk below merges them with the index.
@@ -547,28 +574,42 @@ BEGIN
     hit AS (SELECT * FROM walk AS w WHERE w.hit),
     seen AS (SELECT count(*)::integer AS n, max(h.t) AS last FROM hit AS h),
     picked AS (
-        SELECT c.id
+        SELECT c.*
           FROM hit AS w
          CROSS JOIN seen AS s
          CROSS JOIN LATERAL (
-               SELECT j.id
+               SELECT j.id, j.job_type, j.tenant, j.payload::text AS payload, j.priority,
+                      j.attempt, j.max_attempts, j.run_at, j.created_at
                  FROM jobrunner.jobs AS j
                 WHERE j.state = 'available' AND j.tenant = w.t
                   AND (j.priority, j.run_at, j.id) >= (w.p, w.r, w.i)
                   AND j.run_at <= at AND j.job_type = ANY(types)
+                  AND j.id NOT IN (SELECT unnest(b.job_ids) FROM jobrunner.batches AS b)
                 ORDER BY j.priority, j.run_at, j.id
                 LIMIT jobrunner.claim_share(lim, s.n, 1, s.n, after_tenant <> '')
                   FOR UPDATE SKIP LOCKED) AS c
     ),
-    claimed AS (
+    leased AS (
         UPDATE jobrunner.jobs AS j
            SET state = 'running', attempt = j.attempt + 1, lease_owner = claimer,
                lease_expires_at = lease_until, updated_at = at
-          FROM picked, unnest(types, type_attempts) AS ty(t, max_attempts)
-         WHERE j.id = picked.id AND ty.t = j.job_type
-     RETURNING j.id, j.job_type, j.tenant, j.payload::text, j.priority, j.attempt,
-               coalesce(j.max_attempts, ty.max_attempts, default_attempts) AS max_attempts, j.run_at,
-               j.created_at
+          FROM picked AS p
+         WHERE j.id = p.id AND lease_until IS NOT NULL
+     RETURNING p.id, p.job_type, p.tenant, p.payload, p.priority, j.attempt, p.max_attempts,
+               p.run_at, p.created_at
+    ),
+    -- A batch claim: the rows stay as they are, locked.
+    claimed AS (
+        SELECT c.id, c.job_type, c.tenant, c.payload, c.priority, c.attempt,
+               coalesce(c.max_attempts, ty.max_attempts, default_attempts) AS max_attempts,
+               c.run_at, c.created_at
+          FROM (SELECT * FROM leased
+                UNION ALL
+                SELECT p.id, p.job_type, p.tenant, p.payload, p.priority, p.attempt + 1,
+                       p.max_attempts, p.run_at, p.created_at
+                  FROM picked AS p
+                 WHERE lease_until IS NULL) AS c
+          JOIN unnest(types, type_attempts) AS ty(t, max_attempts) ON ty.t = c.job_type
     ),
     -- Whatever type or ripeness: a job of a type this runner lacks, or one not yet due, holds
     -- the floor where it is.

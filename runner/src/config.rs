@@ -134,6 +134,12 @@ pub struct WorkerSettings {
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, with = "humantime_serde")]
     pub lease: Option<Duration>,
+    /// The longest a batch transaction stays open: short jobs are claimed by locking their rows
+    /// and recorded as it commits; jobs still running then go on under per-job leases. 0 leases
+    /// every job at its claim [default: 1s]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub batch_bound: Option<Duration>,
     /// How often expired leases are rescued [default: 1s]
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, with = "humantime_serde")]
@@ -175,6 +181,7 @@ impl WorkerSettings {
             batch_size: self.batch_size.or(fallback.batch_size),
             poll_interval: self.poll_interval.or(fallback.poll_interval),
             lease: self.lease.or(fallback.lease),
+            batch_bound: self.batch_bound.or(fallback.batch_bound),
             rescue_interval: self.rescue_interval.or(fallback.rescue_interval),
             keep_completed: self.keep_completed.or(fallback.keep_completed),
             shutdown_timeout: self.shutdown_timeout.or(fallback.shutdown_timeout),
@@ -220,6 +227,11 @@ impl WorkerSettings {
             batch_size: self.batch_size.unwrap_or(d.batch_size),
             poll_interval: self.poll_interval.unwrap_or(d.poll_interval),
             lease: self.lease.unwrap_or(d.lease),
+            batch_bound: match self.batch_bound {
+                Some(Duration::ZERO) => None,
+                Some(bound) => Some(bound),
+                None => d.batch_bound,
+            },
             rescue_interval: self.rescue_interval.unwrap_or(d.rescue_interval),
             keep_completed: self.keep_completed.or(d.keep_completed),
             shutdown_timeout: self.shutdown_timeout.unwrap_or(d.shutdown_timeout),
@@ -245,6 +257,13 @@ impl WorkerSettings {
         check("lease", config.lease >= Duration::from_millis(300), || {
             "must be at least 300ms (heartbeats run every third of it)".into()
         })?;
+        check(
+            "batch_bound",
+            config
+                .batch_bound
+                .is_none_or(|bound| bound >= Duration::from_millis(10) && bound <= config.lease),
+            || "must be 0 (off) or between 10ms and the lease".into(),
+        )?;
         Ok(config)
     }
 }

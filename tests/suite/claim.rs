@@ -18,6 +18,7 @@ fn request<'a>(owner: &'a str, types: &'a [ClaimType], limit: usize) -> ClaimReq
         default_max_attempts: 25,
         after_tenant: None,
         floors: None,
+        batch: None,
     }
 }
 

@@ -32,6 +32,7 @@ async fn claim_one(queue: &Queue, owner: &str) -> runner::Job {
         default_max_attempts: 25,
         after_tenant: None,
         floors: None,
+        batch: None,
     };
     let mut jobs = driver(queue).claim(&request).await.unwrap().jobs;
     assert_eq!(jobs.len(), 1, "{owner} claims the job");
@@ -222,6 +223,7 @@ async fn concurrent_rescuers_count_an_expired_lease_once() {
         default_max_attempts: 25,
         after_tenant: None,
         floors: None,
+        batch: None,
     };
     driver(&queue).claim(&request).await.unwrap();
     clock.advance(LEASE * 2);

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod batches;
 mod bench;
 mod claim;
 mod cli;

@@ -254,7 +254,7 @@ async fn a_manifest_concurrency_limit_holds_across_runners() {
         let (running, left): (i64, i64) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE state = 'running'),
                     count(*) FILTER (WHERE state <> 'completed')
-               FROM jobrunner.jobs",
+               FROM jobrunner.job_status",
         )
         .fetch_one(&db.pool)
         .await

@@ -183,6 +183,7 @@ fn request<'a>(types: &'a [ClaimType], limit: usize, after: Option<&'a str>) -> 
         default_max_attempts: 25,
         after_tenant: after,
         floors: None,
+        batch: None,
     }
 }
 

@@ -147,7 +147,7 @@ async fn shutdown_requeues_unstarted_jobs_and_lets_running_ones_finish() {
         .unwrap();
     eventually("one running and four prefetched", WAIT, || async {
         let claimed: i64 = db
-            .scalar("SELECT count(*) FROM jobrunner.jobs WHERE state = 'running'")
+            .scalar("SELECT count(*) FROM jobrunner.job_status WHERE state = 'running'")
             .await;
         (claimed == 5).then_some(())
     })

@@ -1,5 +1,6 @@
 //! What operators see and do: list and show jobs, retry failed ones, cancel available ones,
-//! and prune retained completed jobs.
+//! and prune retained completed jobs. Jobs are read through `jobrunner.job_status`, where a
+//! job inside a runner's batch transaction shows as running, held by that runner.
 
 use std::time::Duration;
 
@@ -45,9 +46,9 @@ pub struct JobRecord {
     pub attempt: u32,
     /// Its own attempt limit; `None` means the runner's default.
     pub max_attempts: Option<u32>,
-    /// The runner holding it, while running.
+    /// The runner holding it, while running (under a lease, or in a batch transaction).
     pub lease_owner: Option<String>,
-    /// When that lease runs out, while running.
+    /// When that lease runs out, while running under one.
     pub lease_expires_at: Option<DateTime<Utc>>,
     /// Its unique key, if deduplicated.
     pub unique_key: Option<String>,
@@ -137,7 +138,7 @@ impl Queue {
     pub async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
         let rows: Vec<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {JOB_COLUMNS}
-               FROM jobrunner.jobs
+               FROM jobrunner.job_status
               WHERE ($1::text IS NULL OR state = $1::jobrunner.job_state)
                 AND ($2::text IS NULL OR job_type = $2)
                 AND ($3::text IS NULL OR tenant = $3)
@@ -160,7 +161,7 @@ impl Queue {
 
     async fn find_job(&self, id: i64) -> Result<Option<JobRecord>> {
         let row: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {JOB_COLUMNS} FROM jobrunner.jobs WHERE id = $1"
+            "SELECT {JOB_COLUMNS} FROM jobrunner.job_status WHERE id = $1"
         )))
         .bind(id)
         .fetch_optional(&self.pool)

@@ -17,10 +17,11 @@ use crate::{Queue, Result};
 
 /// The definitions, in the order they are applied: a SQL function's body is checked against
 /// what exists when it is created, and retired definitions go once their callers are replaced.
-const DEFINITIONS: [(&str, &str); 4] = [
+const DEFINITIONS: [(&str, &str); 5] = [
     ("tenants.sql", include_str!("../../sql/tenants.sql")),
     ("enqueue.sql", include_str!("../../sql/enqueue.sql")),
     ("claim.sql", include_str!("../../sql/claim.sql")),
+    ("batches.sql", include_str!("../../sql/batches.sql")),
     ("retired.sql", include_str!("../../sql/retired.sql")),
 ];
 

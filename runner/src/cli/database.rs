@@ -12,9 +12,9 @@ use sqlx::{ConnectOptions, Connection, PgPool};
 use crate::Queue;
 use crate::private_pg::PrivatePostgres;
 
-/// Enough for the worker's long-lived users (listener, fetcher, completer, heartbeat, rescuer,
-/// pruner) with room for bursts.
-const MAX_CONNECTIONS: u32 = 10;
+/// Enough for the worker's long-lived users (listener, fetchers, open batch transactions,
+/// completer, heartbeat, rescuer, pruner) with room for bursts.
+const MAX_CONNECTIONS: u32 = 14;
 
 /// The `application_name` of the runner's connections.
 pub const APPLICATION_NAME: &str = "jobrunner";

@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use jobrunner_client::{Result, count};
+use sqlx::PgConnection;
 
 use super::Driver;
+use super::batch::OpenBatch;
 use super::floors::{Floors, Key};
 use crate::clock::later;
 use crate::job::Job;
@@ -57,10 +59,14 @@ pub struct ClaimRequest<'a> {
     /// records what the claim finds. Only for a claimer that hears the wake-up channel's
     /// announcements (see [`Floors`]); `None` starts every tenant from the beginning.
     pub floors: Option<&'a Floors>,
+    /// Claim in a batch transaction that the caller commits within this bound (see
+    /// [`OpenBatch`]), rather than under per-job leases. Claims that tenant or type limits
+    /// apply to are leased whatever this says: those limits count running rows.
+    pub batch: Option<Duration>,
 }
 
 /// What a claim returned, and what it says about the next one.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Claimed {
     /// The claimed jobs, most urgent first within each tenant.
     pub jobs: Vec<Job>,
@@ -74,6 +80,9 @@ pub struct Claimed {
     pub held: bool,
     /// Pass as the next request's `after_tenant`.
     pub next_tenant: Option<String>,
+    /// The batch transaction holding `jobs`, for a batch claim that claimed some; otherwise
+    /// each job is leased.
+    pub batch: Option<OpenBatch>,
 }
 
 /// The job columns of a claim's rows; all NULL in its closing status row.
@@ -225,24 +234,54 @@ impl Driver {
 
     /// `jobrunner.claim_unlimited`; `None` if tenant limits apply (nothing was claimed).
     async fn claim_fast(&self, request: &ClaimRequest<'_>) -> Result<Option<Claimed>> {
-        let Some(walk) = self.claim_unlimited(request, request.after_tenant).await? else {
+        let mut batch = match request.batch {
+            Some(bound) => Some(OpenBatch::begin(self.queue.pool(), bound).await?),
+            None => None,
+        };
+        let mut leasing = match batch {
+            Some(_) => None,
+            None => Some(self.queue.pool().acquire().await?),
+        };
+        // Read after the connection is had: see `Driver::connection_then_now`.
+        let now = self.queue.now();
+        let lease_until = batch.is_none().then(|| later(now, request.lease));
+        let conn: &mut PgConnection = match (&mut batch, &mut leasing) {
+            (Some(batch), _) => batch.conn(),
+            (None, Some(conn)) => conn,
+            (None, None) => unreachable!("a claim has a connection"),
+        };
+        let mut after_tenant = request.after_tenant;
+        let mut walk = self
+            .claim_unlimited(conn, now, lease_until, request, after_tenant)
+            .await?;
+        if walk.as_ref().is_some_and(|w| w.tenants == 0) && after_tenant.is_some() {
+            // The turn through the tenants after `after_tenant` is over: the next starts from
+            // the first tenant.
+            after_tenant = None;
+            walk = self
+                .claim_unlimited(conn, now, lease_until, request, None)
+                .await?;
+        }
+        let Some(walk) = walk else {
             return Ok(None);
         };
-        if walk.tenants > 0 || request.after_tenant.is_none() {
-            return Ok(Some(walk.into_claimed(request.limit, request.after_tenant)));
+        let mut claimed = walk.into_claimed(request.limit, after_tenant);
+        if let Some(batch) = batch.filter(|_| !claimed.jobs.is_empty()) {
+            self.register_batch(&batch, request.owner, &claimed.jobs, now)
+                .await?;
+            claimed.batch = Some(batch);
         }
-        // The turn through the tenants after `after_tenant` is over: the next starts from the
-        // first tenant.
-        let walk = self.claim_unlimited(request, None).await?;
-        Ok(walk.map(|walk| walk.into_claimed(request.limit, None)))
+        Ok(Some(claimed))
     }
 
     async fn claim_unlimited(
         &self,
+        conn: &mut PgConnection,
+        now: DateTime<Utc>,
+        lease_until: Option<DateTime<Utc>>,
         request: &ClaimRequest<'_>,
         after_tenant: Option<&str>,
     ) -> Result<Option<FastClaim>> {
-        let (mut conn, now) = self.connection_then_now().await?;
         let (names, max_attempts) = type_columns(request.job_types);
         let floors = request.floors.map(Floors::args).unwrap_or_default();
         let sql = if floors.used {
@@ -254,7 +293,7 @@ impl Driver {
         let mut query = sqlx::query_as::<_, FastRow>(sql)
             .bind(now)
             .bind(request.owner)
-            .bind(later(now, request.lease))
+            .bind(lease_until)
             .bind(names)
             .bind(max_attempts)
             .bind(int(request.default_max_attempts))
@@ -267,7 +306,7 @@ impl Driver {
                 .bind(&floors.run_ats)
                 .bind(&floors.ids);
         }
-        let rows = query.fetch_all(&mut *conn).await?;
+        let rows = query.fetch_all(conn).await?;
         let mut claim = FastClaim::default();
         let mut found = Vec::new();
         for row in rows {

@@ -1,4 +1,5 @@
-//! Leases: heartbeats that extend them, and the rescuer that returns expired ones.
+//! Leases: heartbeats that extend them, and the rescuer that returns expired ones, and the
+//! attempts of batch transactions that ended without committing.
 //!
 //! A runner that stops heartbeating (killed, paused, cut off) loses its jobs once their leases
 //! expire. The rescuer, which every runner runs, counts the interrupted attempt and makes the
@@ -32,6 +33,9 @@ pub struct Rescued {
     pub owner: String,
     /// `Available` (will run again) or `Failed` (no attempts left).
     pub state: JobState,
+    /// The attempt ran in a batch transaction that ended without committing; otherwise its
+    /// lease expired.
+    pub in_batch: bool,
 }
 
 /// A row the rescuer updated.
@@ -48,6 +52,18 @@ struct RescuedRow {
 }
 
 impl RescuedRow {
+    fn into_rescued(self, in_batch: bool) -> Rescued {
+        Rescued {
+            job_id: self.id,
+            job_type: self.job_type,
+            tenant: self.tenant,
+            attempt: count(self.attempt),
+            owner: self.owner,
+            state: self.state.parse().unwrap_or(JobState::Available),
+            in_batch,
+        }
+    }
+
     fn available(&self) -> Option<Key> {
         (self.state == "available").then_some(Key {
             priority: self.priority,
@@ -170,22 +186,40 @@ impl Driver {
         .bind(now)
         .fetch_all(self.queue.pool())
         .await?;
-        // Rescued jobs due now start at once, not at the next poll, and floors come down.
+        Ok(self.announce_rescued(rows, false).await)
+    }
+
+    /// Counts the attempts of up to about `limit` jobs of batch transactions that ended without
+    /// committing (see `jobrunner.rescue_batches`): available again, or failed with no
+    /// attempts left. Max attempts as for [`Driver::rescue_expired`].
+    pub async fn rescue_batches(
+        &self,
+        policy: &RetryPolicy,
+        job_types: &[ClaimType],
+        limit: usize,
+    ) -> Result<Vec<Rescued>> {
+        let (types, type_attempts) = type_columns(job_types);
+        let rows: Vec<RescuedRow> =
+            sqlx::query_as("SELECT * FROM jobrunner.rescue_batches($1, $2, $3, $4, $5)")
+                .bind(self.queue.now())
+                .bind(types)
+                .bind(type_attempts)
+                .bind(i32::try_from(policy.max_attempts).unwrap_or(i32::MAX))
+                .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+                .fetch_all(self.queue.pool())
+                .await?;
+        Ok(self.announce_rescued(rows, true).await)
+    }
+
+    /// Rescued jobs due now start at once, not at the next poll, and floors come down.
+    async fn announce_rescued(&self, rows: Vec<RescuedRow>, in_batch: bool) -> Vec<Rescued> {
         announce_jobs(
             self.queue.pool(),
             rows.iter().filter_map(RescuedRow::available),
         )
         .await;
-        Ok(rows
-            .into_iter()
-            .map(|row| Rescued {
-                job_id: row.id,
-                job_type: row.job_type,
-                tenant: row.tenant,
-                attempt: count(row.attempt),
-                owner: row.owner,
-                state: row.state.parse().unwrap_or(JobState::Available),
-            })
-            .collect())
+        rows.into_iter()
+            .map(|row| row.into_rescued(in_batch))
+            .collect()
     }
 }

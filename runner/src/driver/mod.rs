@@ -1,12 +1,14 @@
 //! The runner's side of the queue: every statement a runner issues beyond what the
 //! [client](jobrunner_client) offers. One file per concern: [claims](Driver::claim) and the
-//! [floors](Floors) they start from, [outcomes](Driver::record_outcomes) in batches,
+//! [floors](Floors) they start from, [batch transactions](OpenBatch),
+//! [outcomes](Driver::record_outcomes) in batches,
 //! [leases](Driver::rescue_expired), the runners' [announcements](Driver::announce_runner),
 //! the [tenant policy](Driver::publish_tenants) and [vacuuming](Driver::vacuum_if_needed).
 //!
 //! A [`Driver`] wraps a client [`Queue`] (its pool and clock) and keeps what only a runner
 //! needs (which claim function suits the tenant policy). Time comes from the queue's clock.
 
+mod batch;
 mod claim;
 mod floors;
 mod lease;
@@ -20,6 +22,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use jobrunner_client::{Queue, Result};
 
+pub use batch::{OpenBatch, cutoff as batch_cutoff};
 pub use claim::{ClaimRequest, ClaimType, Claimed};
 pub use floors::Floors;
 pub use lease::Rescued;

@@ -1,13 +1,18 @@
-//! Writing what became of attempts, many per round trip, each guarded by its fencing token.
+//! Writing what became of attempts, many per round trip, each guarded by its fencing token:
+//! one statement for leased jobs and for the jobs of a batch transaction as it closes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use jobrunner_client::Result;
 use serde_json::value::RawValue;
+use sqlx::PgConnection;
 
+use super::batch::OpenBatch;
 use super::floors::Key;
 use super::{Driver, announce_jobs};
+use crate::clock::later;
 use crate::text::clip;
 
 /// Longest error message kept per attempt; longer ones are cut, saying so.
@@ -97,42 +102,121 @@ impl Applied {
     }
 }
 
-impl Driver {
-    /// Records `settlements` made by runner `owner` in one statement and returns the ids whose
-    /// outcome was applied. A missing id means the fence held: the lease expired and the job
-    /// was rescued or claimed by someone else, so this runner's outcome no longer counts.
-    pub async fn record_outcomes<'a>(
-        &self,
-        owner: &str,
-        keep_completed: bool,
-        settlements: impl IntoIterator<Item = &'a Settlement>,
-    ) -> Result<Vec<i64>> {
-        let (mut ids, mut attempts, mut labels) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut run_ats, mut errors, mut results) = (Vec::new(), Vec::new(), Vec::new());
-        let mut plugins = Vec::new();
+/// The columns of a set of settlements, as the outcome statement takes them.
+#[derive(Default)]
+struct Columns<'a> {
+    ids: Vec<i64>,
+    attempts: Vec<i32>,
+    labels: Vec<&'static str>,
+    run_ats: Vec<Option<DateTime<Utc>>>,
+    errors: Vec<Option<std::borrow::Cow<'a, str>>>,
+    results: Vec<Option<&'a str>>,
+    plugins: Vec<Option<&'a str>>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(settlements: impl IntoIterator<Item = &'a Settlement>, keep_completed: bool) -> Self {
+        let mut c = Columns::default();
         for s in settlements {
-            ids.push(s.job_id);
-            attempts.push(i32::try_from(s.attempt).unwrap_or(i32::MAX));
-            labels.push(s.outcome.label());
-            run_ats.push(match &s.outcome {
+            c.ids.push(s.job_id);
+            c.attempts
+                .push(i32::try_from(s.attempt).unwrap_or(i32::MAX));
+            c.labels.push(s.outcome.label());
+            c.run_ats.push(match &s.outcome {
                 Outcome::Retry { run_at, .. } => Some(*run_at),
                 Outcome::Requeued { run_at, .. } => *run_at,
                 _ => None,
             });
-            errors.push(s.outcome.error().map(|e| clip(e, MAX_ERROR_LEN)));
-            plugins.push(s.plugin_sha256.as_deref());
-            results.push(match &s.outcome {
+            c.errors
+                .push(s.outcome.error().map(|e| clip(e, MAX_ERROR_LEN)));
+            c.plugins.push(s.plugin_sha256.as_deref());
+            c.results.push(match &s.outcome {
                 Outcome::Completed {
                     result: Some(result),
                 } if keep_completed => Some(result.get()),
                 _ => None,
             });
         }
-        if ids.is_empty() {
+        c
+    }
+}
+
+/// How a batch transaction closes, besides its outcomes.
+struct Closing<'a> {
+    batch: i64,
+    /// Its jobs still running: they go on under per-job leases until `lease_until`.
+    running: &'a [i64],
+    lease_until: DateTime<Utc>,
+}
+
+impl Driver {
+    /// Records `settlements` of leased jobs made by runner `owner` in one statement and
+    /// returns the ids whose outcome was applied. A missing id means the fence held: the lease
+    /// expired and the job was rescued or claimed by someone else, so this runner's outcome no
+    /// longer counts.
+    pub async fn record_outcomes<'a>(
+        &self,
+        owner: &str,
+        keep_completed: bool,
+        settlements: impl IntoIterator<Item = &'a Settlement>,
+    ) -> Result<Vec<i64>> {
+        let columns = Columns::of(settlements, keep_completed);
+        if columns.ids.is_empty() {
             return Ok(Vec::new());
         }
+        let mut conn = self.queue.pool().acquire().await?;
+        let applied = self
+            .write_outcomes(&mut conn, owner, keep_completed, &columns, None)
+            .await?;
+        drop(conn);
+        Ok(self.announced(applied).await)
+    }
+
+    /// Closes `batch`, committing in one statement the `settlements` of its jobs that ended,
+    /// per-job leases of `lease` for `owner` on those still `running`, and the removal of the
+    /// batch's row. Returns the ids whose outcome was applied. An error means nothing was
+    /// written: the jobs are claimable again, and the rescuer counts their attempts.
+    pub async fn finish_batch<'a>(
+        &self,
+        mut batch: OpenBatch,
+        owner: &str,
+        keep_completed: bool,
+        lease: Duration,
+        running: &[i64],
+        settlements: impl IntoIterator<Item = &'a Settlement>,
+    ) -> Result<Vec<i64>> {
+        let columns = Columns::of(settlements, keep_completed);
+        let closing = Closing {
+            batch: batch.id(),
+            running,
+            lease_until: later(self.queue.now(), lease),
+        };
+        let applied = self
+            .write_outcomes(
+                batch.conn(),
+                owner,
+                keep_completed,
+                &columns,
+                Some(&closing),
+            )
+            .await?;
+        batch.commit().await?;
+        Ok(self.announced(applied).await)
+    }
+
+    /// The one statement that writes outcomes. Each is fenced: a leased job's by its lease
+    /// (`owner` holds this attempt's), a batch's by the batch transaction's row lock (the row is
+    /// as claimed). `closing` also turns a batch's running jobs into leases and deletes its row.
+    async fn write_outcomes(
+        &self,
+        conn: &mut PgConnection,
+        owner: &str,
+        keep_completed: bool,
+        c: &Columns<'_>,
+        closing: Option<&Closing<'_>>,
+    ) -> Result<Vec<Applied>> {
         let now = self.queue.now();
-        let applied: Vec<Applied> = sqlx::query_as(
+        Ok(sqlx::query_as(
             "WITH input AS (
                  SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[],
                                       $5::text[], $6::text[], $10::text[])
@@ -142,8 +226,12 @@ impl Driver {
                  DELETE FROM jobrunner.jobs AS j
                   USING input AS i
                   WHERE i.outcome = 'completed' AND NOT $9
-                    AND j.id = i.id AND j.attempt = i.attempt
-                    AND j.state = 'running' AND j.lease_owner = $7
+                    AND j.id = i.id
+                    AND CASE WHEN $13::bigint IS NULL
+                             THEN j.state = 'running' AND j.lease_owner = $7
+                                  AND j.attempt = i.attempt
+                             ELSE j.state = 'available' AND j.attempt = i.attempt - 1
+                        END
               RETURNING j.id, false AS available, j.priority, j.run_at
              ),
              updated AS (
@@ -153,8 +241,8 @@ impl Driver {
                                      WHEN 'failed' THEN 'failed'
                                      ELSE 'available'
                                  END)::jobrunner.job_state,
-                        attempt = CASE WHEN i.outcome = 'requeued' THEN j.attempt - 1
-                                       ELSE j.attempt END,
+                        attempt = CASE WHEN i.outcome = 'requeued' THEN i.attempt - 1
+                                       ELSE i.attempt END,
                         run_at = coalesce(i.run_at, j.run_at),
                         lease_owner = NULL,
                         lease_expires_at = NULL,
@@ -170,32 +258,52 @@ impl Driver {
                         updated_at = $8
                    FROM input AS i
                   WHERE (i.outcome <> 'completed' OR $9)
-                    AND j.id = i.id AND j.attempt = i.attempt
-                    AND j.state = 'running' AND j.lease_owner = $7
+                    AND j.id = i.id
+                    AND CASE WHEN $13::bigint IS NULL
+                             THEN j.state = 'running' AND j.lease_owner = $7
+                                  AND j.attempt = i.attempt
+                             ELSE j.state = 'available' AND j.attempt = i.attempt - 1
+                        END
               RETURNING j.id, j.state = 'available' AS available, j.priority, j.run_at
+             ),
+             leased AS (
+                 UPDATE jobrunner.jobs AS j
+                    SET state = 'running', attempt = j.attempt + 1, lease_owner = $7,
+                        lease_expires_at = $12, updated_at = $8
+                  -- Not `state = 'available'`: the planner would read that partial index
+                  -- whole for a bitmap. The batch holds these rows: nothing else changed them.
+                  WHERE j.id = ANY($11::bigint[]) AND j.state <> 'running'
+             ),
+             closed AS (
+                 DELETE FROM jobrunner.batches WHERE id = $13
              )
              SELECT * FROM deleted UNION ALL SELECT * FROM updated",
         )
-        .bind(ids)
-        .bind(attempts)
-        .bind(labels)
-        .bind(run_ats)
-        .bind(errors)
-        .bind(results)
+        .bind(&c.ids)
+        .bind(&c.attempts)
+        .bind(&c.labels)
+        .bind(&c.run_ats)
+        .bind(&c.errors)
+        .bind(&c.results)
         .bind(owner)
         .bind(now)
         .bind(keep_completed)
-        .bind(plugins)
-        .fetch_all(self.queue.pool())
-        .await?;
+        .bind(&c.plugins)
+        .bind(closing.map_or(&[][..], |c| c.running))
+        .bind(closing.map(|c| c.lease_until))
+        .bind(closing.map(|c| c.batch))
+        .fetch_all(conn)
+        .await?)
+    }
 
-        // Retried and requeued jobs: idle runners start them when due, and claim floors above
-        // them come down.
+    /// Announces the jobs available again among `applied` (retried and requeued: idle runners
+    /// start them when due, and claim floors above them come down) and returns the ids.
+    async fn announced(&self, applied: Vec<Applied>) -> Vec<i64> {
         announce_jobs(
             self.queue.pool(),
             applied.iter().filter_map(Applied::available),
         )
         .await;
-        Ok(applied.into_iter().map(|row| row.id).collect())
+        applied.into_iter().map(|row| row.id).collect()
     }
 }

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::batch::Batch;
 use super::inflight::{InFlight, Ticket};
 use super::service::Service;
 use super::slots::Slots;
@@ -24,9 +25,12 @@ use crate::retry::Backoff;
 pub(super) struct ClaimedJob {
     pub job: Job,
     pub ticket: Ticket,
-    /// Fires when the heartbeat finds the claim's lease gone.
+    /// Fires when the heartbeat finds the claim's lease gone, or its batch transaction is.
     pub lease_lost: CancellationToken,
     pub slot: OwnedSemaphorePermit,
+    /// The batch transaction it was claimed in, if any: its outcome goes there while the
+    /// batch is open.
+    pub batch: Option<Arc<Batch>>,
 }
 
 /// An attempt's outcome on its way to the completer, with what the outcome log line needs.
@@ -40,7 +44,7 @@ pub(super) struct Report {
     pub duration: Duration,
 }
 
-/// Queues outcomes for the completer, and frees their jobs' slots.
+/// Queues outcomes for their batch or the completer, and frees their jobs' slots.
 #[derive(Clone)]
 pub(super) struct Reporter {
     pub reports: mpsc::Sender<Report>,
@@ -55,7 +59,7 @@ impl Reporter {
         self.report(claim, outcome, None, Duration::ZERO).await;
     }
 
-    /// Queues the outcome of `claim` for the completer, then frees its slot.
+    /// Queues the outcome of `claim` for its batch or the completer, then frees its slot.
     async fn report(
         &self,
         claim: ClaimedJob,
@@ -64,7 +68,11 @@ impl Reporter {
         duration: Duration,
     ) {
         let ClaimedJob {
-            job, ticket, slot, ..
+            job,
+            ticket,
+            slot,
+            batch,
+            ..
         } = claim;
         let report = Report {
             ticket,
@@ -78,7 +86,13 @@ impl Reporter {
             tenant: job.tenant,
             duration,
         };
-        if self.reports.send(report).await.is_err() {
+        let for_completer = match batch {
+            Some(batch) => batch.keep(report),
+            None => Some(report),
+        };
+        if let Some(report) = for_completer
+            && self.reports.send(report).await.is_err()
+        {
             // Only if the completer died; the lease will expire and the rescuer takes the job.
             tracing::error!(job_id = job.id, "outcome lost: the completer is gone");
         }

@@ -4,19 +4,17 @@
 //! next write takes all of them (up to [`MAX_BATCH`]). An idle runner writes each outcome at
 //! once; a busy one writes hundreds per round trip.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::Level;
 
 use super::attempt::Report;
 use super::inflight::InFlight;
-use super::outcome_log::OutcomeLine;
+use super::outcome_log::log_outcomes;
 use super::service::Service;
 use super::{retry_delay, sleep_or_stop};
-use crate::driver::{Driver, Outcome};
+use crate::driver::Driver;
 
 /// Most outcomes written in one statement.
 const MAX_BATCH: usize = 1000;
@@ -67,14 +65,7 @@ impl Completer {
                     if self.recorded.receiver_count() > 0 {
                         let _ = self.recorded.send(applied.as_slice().into());
                     }
-                    let applied: HashSet<i64> = applied.into_iter().collect();
-                    for report in batch {
-                        log_outcome(
-                            report,
-                            applied.contains(&report.settlement.job_id),
-                            failures > 0,
-                        );
-                    }
+                    log_outcomes(batch, &applied, failures > 0);
                     return;
                 }
                 Err(error) => {
@@ -93,44 +84,6 @@ impl Completer {
                     }
                 }
             }
-        }
-    }
-}
-
-/// The outcome line of one attempt, once its outcome is committed (or refused by the fence).
-fn log_outcome(report: &Report, applied: bool, after_retry: bool) {
-    let settlement = &report.settlement;
-    let mut line = OutcomeLine {
-        job_id: settlement.job_id,
-        job_type: &report.job_type,
-        tenant: &report.tenant,
-        attempt: settlement.attempt,
-        error: settlement.outcome.error(),
-        duration: Some(report.duration),
-        plugin_sha256: settlement.plugin_sha256.as_deref(),
-        ..OutcomeLine::default()
-    };
-    if !applied {
-        line.outcome = "lease_lost";
-        let why = if after_retry {
-            "outcome not applied: recorded by an earlier try whose reply was lost, or the lease \
-             was lost"
-        } else {
-            "outcome not applied: the lease was lost and another runner owns the job"
-        };
-        return line.log(Level::WARN, why);
-    }
-    line.outcome = settlement.outcome.label();
-    match &settlement.outcome {
-        Outcome::Completed { .. } => line.log(Level::INFO, "job completed"),
-        Outcome::Retry { run_at, .. } => {
-            line.retry_at = Some(*run_at);
-            line.log(Level::WARN, "job failed; will retry")
-        }
-        Outcome::Failed { .. } => line.log(Level::ERROR, "job failed"),
-        Outcome::Requeued { reason, .. } => {
-            line.reason = Some(reason);
-            line.log(Level::INFO, "job requeued")
         }
     }
 }

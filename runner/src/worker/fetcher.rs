@@ -1,5 +1,6 @@
 //! The claim loop: whenever slots are free and ripe jobs may exist, claim a batch and hand
-//! each job to the executors. A short batch means the queue looks drained, unless the claim
+//! each job to the executors: in a batch transaction (see [`super::batch`]) when the worker
+//! batches and no tenant or type limit applies, else under per-job leases. A short batch means the queue looks drained, unless the claim
 //! says more is ripe (another tenant's share is left) or a tenant was held back by its limits,
 //! in which case the next look comes when its next token is due or a job completes.
 
@@ -10,6 +11,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::attempt::{ClaimedJob, Reporter};
+use super::batch::Batches;
 use super::inflight::InFlight;
 use super::service::Service;
 use super::slots::Slots;
@@ -36,6 +38,8 @@ pub(super) struct Fetcher<E> {
     /// Outcome batches committed so far: a claim held back by max_running waits for the next
     /// one, and claims again at once if one landed while it ran.
     pub completions: watch::Receiver<u64>,
+    /// The open batch transactions; `None`: claims lease every job.
+    pub batches: Option<Arc<Batches>>,
     pub to_executors: flume::Sender<ClaimedJob>,
     /// The executors' end of the channel: what no executor took goes back at shutdown.
     pub waiting: flume::Receiver<ClaimedJob>,
@@ -68,6 +72,19 @@ impl<E: Executor> Fetcher<E> {
         let mut failures = 0;
         let mut next_tenant: Option<String> = None;
         while let Some(mut slots) = self.slots.take(stop).await {
+            // An idle runner claims under leases: a job then starts one round trip after the
+            // wake-up, where a batch takes three (begin, claim, its row). A busy one batches.
+            let batches = self.batches.as_ref().filter(|_| self.inflight.len() > 0);
+            let room = match batches {
+                Some(batches) => match batches.room(stop).await {
+                    Some(room) => Some(room),
+                    None => {
+                        self.slots.give_back(slots);
+                        break;
+                    }
+                },
+                None => None,
+            };
             let limit = slots.num_permits();
             let job_types = self.executor.job_types();
             let request = ClaimRequest {
@@ -78,13 +95,14 @@ impl<E: Executor> Fetcher<E> {
                 default_max_attempts: self.config.retry.max_attempts,
                 after_tenant: next_tenant.as_deref(),
                 floors: Some(&self.floors),
+                batch: room.as_ref().and(batches).map(|b| b.bound()),
             };
             self.completions.borrow_and_update();
             // The leases start when the claim reads the database's clock, so no later than
             // this: stamping them when the reply arrives would let a slow claim's leases lapse
             // unrenewed.
             let asked_at = Instant::now();
-            let claimed = match self.driver.claim(&request).await {
+            let mut claimed = match self.driver.claim(&request).await {
                 Ok(claimed) => claimed,
                 Err(error) => {
                     self.slots.give_back(slots);
@@ -104,17 +122,29 @@ impl<E: Executor> Fetcher<E> {
             let drained = claimed.jobs.len() < limit
                 && !claimed.more
                 && !(claimed.held && completed_meanwhile);
-            next_tenant = claimed.next_tenant;
-            for job in claimed.jobs {
+            next_tenant = claimed.next_tenant.take();
+            let leased = claimed.batch.is_none();
+            let tickets: Vec<_> = claimed
+                .jobs
+                .iter()
+                .map(|job| self.inflight.insert(job, asked_at, leased))
+                .collect();
+            let batch = match (claimed.batch.take(), batches, room) {
+                (Some(open), Some(batches), Some(room)) => {
+                    Some(batches.keep(open, tickets.clone(), room))
+                }
+                _ => None,
+            };
+            for (job, (ticket, lease_lost)) in claimed.jobs.into_iter().zip(tickets) {
                 let slot = slots
                     .split(1)
                     .expect("one slot was reserved per claimed job");
-                let (ticket, lease_lost) = self.inflight.insert(&job, asked_at);
                 let claim = ClaimedJob {
                     job,
                     ticket,
                     lease_lost,
                     slot,
+                    batch: batch.clone(),
                 };
                 // Unbounded, as the slots bound what is claimed and not yet run. Cannot fail:
                 // `waiting` keeps the channel open.

@@ -1,4 +1,5 @@
-//! The jobs this runner has claimed and not yet recorded: what the heartbeat renews.
+//! The jobs this runner has claimed and not yet recorded; the heartbeat renews those held by a
+//! lease (a batch transaction holds the others).
 //!
 //! Entries are keyed by job id and stamped with a ticket unique to the claim, so that the
 //! completer forgetting an old claim can never drop a newer claim of the same job.
@@ -19,6 +20,8 @@ struct Entry {
     lease_lost: CancellationToken,
     /// Its outcome is being written: a renewal that misses it may come after the commit.
     recording: bool,
+    /// Held by a per-job lease, which the heartbeat renews; else by a batch transaction.
+    leased: bool,
 }
 
 /// One claim of one job.
@@ -41,9 +44,14 @@ impl InFlight {
         self.jobs.lock().expect("in-flight lock poisoned")
     }
 
-    /// Records a job claimed by a claim asked for at `asked_at` (its lease started after that).
-    /// The token fires when the heartbeat finds that this claim's lease is gone.
-    pub fn insert(&self, job: &Job, asked_at: Instant) -> (Ticket, CancellationToken) {
+    /// Records a job claimed by a claim asked for at `asked_at` (its lease, if `leased`,
+    /// started after that). The token fires when this claim's lease or batch is found gone.
+    pub fn insert(
+        &self,
+        job: &Job,
+        asked_at: Instant,
+        leased: bool,
+    ) -> (Ticket, CancellationToken) {
         let seq = self.next_ticket.fetch_add(1, Ordering::Relaxed);
         let lease_lost = CancellationToken::new();
         let entry = Entry {
@@ -52,6 +60,7 @@ impl InFlight {
             renewed: asked_at,
             lease_lost: lease_lost.clone(),
             recording: false,
+            leased,
         };
         self.jobs().insert(job.id, entry);
         let ticket = Ticket {
@@ -77,6 +86,20 @@ impl InFlight {
         }
     }
 
+    /// Notes that `tickets`, claimed in a batch, went on under leases that started after `at`.
+    pub fn leased(&self, tickets: impl IntoIterator<Item = Ticket>, at: Instant) {
+        let mut jobs = self.jobs();
+        for ticket in tickets {
+            if let Some(entry) = jobs
+                .get_mut(&ticket.job_id)
+                .filter(|e| e.ticket == ticket.seq)
+            {
+                entry.leased = true;
+                entry.renewed = at;
+            }
+        }
+    }
+
     /// Forgets a claim whose outcome is recorded (or abandoned).
     pub fn remove(&self, ticket: Ticket) {
         let mut jobs = self.jobs();
@@ -88,12 +111,12 @@ impl InFlight {
         }
     }
 
-    /// Claims whose lease was last renewed at least `age` ago.
+    /// Leased claims whose lease was last renewed at least `age` ago.
     pub fn renewal_due(&self, age: Duration) -> Vec<Ticket> {
         let now = Instant::now();
         self.jobs()
             .iter()
-            .filter(|(_, e)| now.duration_since(e.renewed) >= age)
+            .filter(|(_, e)| e.leased && now.duration_since(e.renewed) >= age)
             .map(|(id, e)| Ticket {
                 job_id: *id,
                 attempt: e.attempt,
@@ -141,7 +164,7 @@ mod tests {
         let interval = Duration::from_secs(1);
         // A claim that took two intervals to come back: its lease began before it did.
         let asked_at = Instant::now() - 2 * interval;
-        let (ticket, lease_lost) = inflight.insert(&Job::standalone("slow", "{}"), asked_at);
+        let (ticket, lease_lost) = inflight.insert(&Job::standalone("slow", "{}"), asked_at, true);
         assert_eq!(inflight.renewal_due(interval), vec![ticket]);
 
         inflight.renewed(&[ticket], &[ticket.job_id], Instant::now());
@@ -150,14 +173,24 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_claim_is_renewed_only_once_it_goes_on_under_a_lease() {
+        let inflight = InFlight::default();
+        let long_ago = Instant::now() - Duration::from_secs(10);
+        let (ticket, _) = inflight.insert(&Job::standalone("short", "{}"), long_ago, false);
+        assert!(inflight.renewal_due(Duration::ZERO).is_empty());
+        inflight.leased([ticket], Instant::now());
+        assert_eq!(inflight.renewal_due(Duration::ZERO), vec![ticket]);
+    }
+
+    #[test]
     fn a_lease_missing_from_a_renewal_is_signalled_lost_and_a_newer_claim_is_kept() {
         let inflight = InFlight::default();
         let job = Job::standalone("lost", "{}");
-        let (old, old_lost) = inflight.insert(&job, Instant::now());
+        let (old, old_lost) = inflight.insert(&job, Instant::now(), true);
         assert_eq!(inflight.renewed(&[old], &[], Instant::now()), 1);
         assert!(old_lost.is_cancelled());
 
-        let (new, new_lost) = inflight.insert(&job, Instant::now());
+        let (new, new_lost) = inflight.insert(&job, Instant::now(), true);
         inflight.remove(old);
         inflight.recording([new]);
         assert_eq!(

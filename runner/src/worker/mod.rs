@@ -1,11 +1,11 @@
 //! The loop that ties the queue to an executor.
 //!
 //! ```text
-//!  LISTEN / poll ─wake─> fetcher ──claim N──> executors ──reports──> completer ──batch──> Postgres
-//!                          │  (slots:                 │ (`concurrency`          │
+//!  LISTEN / poll ─wake─> fetcher ──claim N──> executors ──reports──> batch keeper ──commit──> Postgres
+//!                          │  (slots:                 │ (`concurrency`   or completer ──batch──> Postgres
 //!                          │   concurrency+prefetch)  │  long-lived tasks)      └─> outcome log line
-//!              heartbeat ──┴── extends the leases of everything claimed and not yet recorded
-//!              rescuer   ───── returns other runners' expired leases
+//!              heartbeat ──┴── extends the leases of everything claimed under a lease
+//!              rescuer   ───── returns other runners' expired leases and lost batches' jobs
 //!              pruner    ───── deletes retained completed jobs when they age out
 //!              vacuum    ───── vacuums the jobs table when dead row versions pile up
 //! ```
@@ -15,12 +15,16 @@
 //! state through channels (claimed jobs, reports, committed batches, heartbeat stalls) and
 //! owned handles (the slots, the in-flight table, the claim floors).
 //!
-//! A job holds a *slot* from claim until its outcome is queued for writing; slots beyond the
-//! executors are the prefetch buffer of claimed jobs waiting for one. Shutdown stops claiming
+//! Jobs are claimed in *batch transactions* ([`batch`]): locked by a transaction that stays
+//! open while they run and writes their outcomes as it commits, within `batch_bound`; jobs
+//! still running then go on under per-job leases, as do all jobs of claims that tenant or type
+//! limits apply to. A job holds a *slot* from claim until its outcome is queued for writing;
+//! slots beyond the executors are the prefetch buffer of claimed jobs waiting for one. Shutdown stops claiming
 //! at once, requeues claimed jobs that never started, lets running ones finish until the
 //! deadline, requeues the rest, and flushes every outcome before returning.
 
 mod attempt;
+mod batch;
 mod completer;
 mod fetcher;
 mod heartbeat;
@@ -47,6 +51,8 @@ use crate::executor::Executor;
 use crate::retry::RetryPolicy;
 
 use attempt::{Attempts, Reporter};
+pub use batch::{BatchStats, OPEN_BATCHES};
+use batch::{Batches, Closing};
 use completer::Completer;
 use fetcher::Fetcher;
 use heartbeat::Heartbeat;
@@ -75,6 +81,9 @@ pub struct WorkerConfig {
     pub poll_interval: Duration,
     /// How long a claim is valid without a heartbeat. Heartbeats run every third of it.
     pub lease: Duration,
+    /// The longest a batch transaction stays open: jobs still running then go on under
+    /// per-job leases. `None`: no batch transactions, every job is leased when claimed.
+    pub batch_bound: Option<Duration>,
     /// How often the rescuer looks for expired leases.
     pub rescue_interval: Duration,
     /// Keep completed jobs (with their result) this long instead of deleting them at once.
@@ -99,6 +108,7 @@ impl Default for WorkerConfig {
             // A killed runner's jobs are back within lease + rescue interval + backoff + poll:
             // 5 + 1 + 1 + 1 seconds, inside the 10 s the design promises.
             lease: Duration::from_secs(5),
+            batch_bound: Some(Duration::from_secs(1)),
             rescue_interval: Duration::from_secs(1),
             keep_completed: None,
             shutdown_timeout: Duration::from_secs(30),
@@ -167,6 +177,19 @@ impl<E: Executor> Worker<E> {
             reports,
             slots: Arc::clone(&slots),
         };
+        let batches = config.batch_bound.map(|bound| {
+            Arc::new(Batches::new(Closing {
+                driver: driver.clone(),
+                owner: config.owner.clone(),
+                lease: config.lease,
+                bound,
+                keep_completed: config.keep_completed.is_some(),
+                inflight: Arc::clone(&inflight),
+                completions: completions.clone(),
+                recorded: recorded.clone(),
+                completer: reporter.reports.clone(),
+            }))
+        });
         let (to_executors, claimed) = flume::unbounded();
 
         let mut claiming = Stage::new("claiming");
@@ -180,6 +203,7 @@ impl<E: Executor> Worker<E> {
                 floors: Arc::clone(&floors),
                 wake: Arc::clone(&wake),
                 completions: completions_rx.clone(),
+                batches: batches.clone(),
                 to_executors: to_executors.clone(),
                 waiting: claimed.clone(),
                 reporter: reporter.clone(),
@@ -264,6 +288,7 @@ impl<E: Executor> Worker<E> {
             wake: Waker(wake),
             recorded,
             inflight,
+            batches,
             listening: listening_rx,
         }
     }
@@ -282,6 +307,7 @@ pub struct WorkerHandle {
     wake: Waker,
     recorded: broadcast::Sender<Arc<[i64]>>,
     inflight: Arc<InFlight>,
+    batches: Option<Arc<Batches>>,
     listening: watch::Receiver<bool>,
 }
 
@@ -311,6 +337,14 @@ impl WorkerHandle {
         self.inflight.len()
     }
 
+    /// What this worker's batch transactions did so far (all zero without them).
+    pub fn batch_stats(&self) -> BatchStats {
+        self.batches
+            .as_ref()
+            .map(|b| b.counts.stats())
+            .unwrap_or_default()
+    }
+
     /// Stops gracefully: claims nothing more, requeues claimed jobs that have not started,
     /// waits up to the shutdown timeout for running jobs, interrupts and requeues those still
     /// running, and returns once every outcome is written (or, if the database stays
@@ -324,6 +358,7 @@ impl WorkerHandle {
             mut recording,
             renewing,
             shutdown_timeout: timeout,
+            batches,
             ..
         } = self;
         maintaining.cancel();
@@ -336,7 +371,11 @@ impl WorkerHandle {
             );
         }
         running.stop().await;
-        // Every attempt has queued its report; the completer ends once they are written.
+        // Every attempt has reported: batches close now, handing late reports to the completer.
+        if let Some(batches) = batches {
+            batches.closed().await;
+        }
+        // The completer ends once every report queued for it is written.
         if !recording.finish_within(timeout).await {
             tracing::warn!("outcomes still unwritten a shutdown timeout later; giving up on them");
         }

@@ -1,4 +1,5 @@
-//! The rescuer: returns expired leases, of any runner, to the queue.
+//! The rescuer: returns expired leases, of any runner, to the queue, and counts the attempts
+//! of batch transactions that ended without committing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,13 +55,7 @@ impl<E: Executor> Service for Rescuer<E> {
             self.stalls.mark_unchanged();
             let stalled = heartbeat_stalled || asked.elapsed() > stall;
             let result = match probe {
-                Ok(()) if !stalled && paused_until.is_none() => {
-                    let types = self.executor.job_types();
-                    self.driver
-                        .rescue_expired(&self.retry, &types, RESCUE_BATCH)
-                        .await
-                }
-                Ok(()) => Ok(Vec::new()),
+                Ok(()) => self.rescue(!stalled && paused_until.is_none()).await,
                 Err(error) => Err(error.into()),
             };
             if result.is_err() || stalled || asked.elapsed() > stall {
@@ -84,9 +79,38 @@ impl<E: Executor> Service for Rescuer<E> {
     }
 }
 
+impl<E: Executor> Rescuer<E> {
+    /// Counts the attempts of lost batches, and if `leases`, rescues expired leases. A lost
+    /// batch is known for certain (its transaction's lock is free), however slow the database
+    /// was: no pause holds it back.
+    async fn rescue(&self, leases: bool) -> jobrunner_client::Result<Vec<Rescued>> {
+        let types = self.executor.job_types();
+        let mut rescued = self
+            .driver
+            .rescue_batches(&self.retry, &types, RESCUE_BATCH)
+            .await?;
+        if leases {
+            rescued.extend(
+                self.driver
+                    .rescue_expired(&self.retry, &types, RESCUE_BATCH)
+                    .await?,
+            );
+        }
+        Ok(rescued)
+    }
+}
+
 /// One outcome line per rescued job, as for the attempts a runner records itself.
 fn log_rescued(job: &Rescued) {
-    let error = format!("lease expired: runner {} stopped heartbeating", job.owner);
+    let error = if job.in_batch {
+        format!(
+            "runner {} died while running the job: its batch transaction ended without \
+             committing",
+            job.owner
+        )
+    } else {
+        format!("lease expired: runner {} stopped heartbeating", job.owner)
+    };
     let mut line = OutcomeLine {
         job_id: job.job_id,
         job_type: &job.job_type,
@@ -95,11 +119,12 @@ fn log_rescued(job: &Rescued) {
         error: Some(&error),
         ..OutcomeLine::default()
     };
-    if job.state == JobState::Failed {
-        line.outcome = "failed";
-        line.log(Level::WARN, "lease expired; no attempts left");
-    } else {
-        line.outcome = "retry";
-        line.log(Level::WARN, "lease expired; job rescued");
-    }
+    let (outcome, message) = match (job.state == JobState::Failed, job.in_batch) {
+        (true, false) => ("failed", "lease expired; no attempts left"),
+        (false, false) => ("retry", "lease expired; job rescued"),
+        (true, true) => ("failed", "batch transaction lost; no attempts left"),
+        (false, true) => ("retry", "batch transaction lost; job rescued"),
+    };
+    line.outcome = outcome;
+    line.log(Level::WARN, message);
 }

@@ -11,10 +11,10 @@ use crate::support::{TestDb, eventually};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-/// `(id, attempt)` of the jobs `owner` holds.
+/// `(id, attempt)` of the jobs `owner` holds, under leases or in batch transactions.
 async fn held_by(pool: &PgPool, owner: &str) -> Vec<(i64, i32)> {
     sqlx::query_as(
-        "SELECT id, attempt FROM jobrunner.jobs WHERE state = 'running' AND lease_owner = $1",
+        "SELECT id, attempt FROM jobrunner.job_status WHERE state = 'running' AND lease_owner = $1",
     )
     .bind(owner)
     .fetch_all(pool)
@@ -23,14 +23,18 @@ async fn held_by(pool: &PgPool, owner: &str) -> Vec<(i64, i32)> {
 }
 
 /// Of `jobs` (id, attempt when `owner` held them): how many `owner` no longer holds, and how
-/// many have been claimed again (a higher attempt) or have ended.
+/// many have been claimed again (a higher attempt, or held by another runner) or have ended
+/// (failed, or completed: kept or deleted).
 async fn released_and_resumed(pool: &PgPool, owner: &str, jobs: &[(i64, i32)]) -> (usize, usize) {
     let (ids, attempts): (Vec<i64>, Vec<i32>) = jobs.iter().copied().unzip();
     let (released, claimed_again): (i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE j.state <> 'running' OR j.lease_owner <> $1),
-                count(*) FILTER (WHERE j.attempt > t.attempt OR j.state IN ('completed', 'failed'))
+        "SELECT count(*) FILTER (WHERE j.id IS NULL OR j.state <> 'running'
+                                        OR j.lease_owner <> $1),
+                count(*) FILTER (WHERE j.id IS NULL OR j.attempt > t.attempt
+                                        OR j.state IN ('completed', 'failed')
+                                        OR (j.state = 'running' AND j.lease_owner <> $1))
            FROM unnest($2::bigint[], $3::int[]) AS t(id, attempt)
-           JOIN jobrunner.jobs j USING (id)",
+           LEFT JOIN jobrunner.job_status j USING (id)",
     )
     .bind(owner)
     .bind(&ids)
@@ -225,7 +229,7 @@ async fn sigterm_with_a_thousand_jobs_in_flight_loses_and_counts_none_of_them() 
     )
     .await;
     let running = || async {
-        db.scalar::<i64>("SELECT count(*) FROM jobrunner.jobs WHERE state = 'running'")
+        db.scalar::<i64>("SELECT count(*) FROM jobrunner.job_status WHERE state = 'running'")
             .await
     };
     let signalled = Instant::now();

@@ -13,6 +13,7 @@
 //! run -E 'test(reliability::)' --no-capture` shows them.
 
 mod bad_input;
+mod batches;
 mod crashes;
 mod database;
 mod hostile;

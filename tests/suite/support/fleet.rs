@@ -125,8 +125,11 @@ pub async fn install_audit(pool: &PgPool) {
         "CREATE FUNCTION public.record_ending() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
              IF TG_OP = 'DELETE' THEN
+                 -- A job completed in a batch transaction is deleted as claimed: available,
+                 -- its attempt not yet counted.
                  INSERT INTO public.endings (job_id, attempt, owner, state)
-                 VALUES (OLD.id, OLD.attempt, OLD.lease_owner, 'completed');
+                 VALUES (OLD.id, OLD.attempt + (OLD.state = 'available')::int,
+                         OLD.lease_owner, 'completed');
              ELSE
                  INSERT INTO public.endings (job_id, attempt, owner, state)
                  VALUES (NEW.id, NEW.attempt, OLD.lease_owner, NEW.state::text);
@@ -136,7 +139,7 @@ pub async fn install_audit(pool: &PgPool) {
         "CREATE TRIGGER record_ending AFTER UPDATE ON jobrunner.jobs FOR EACH ROW
          WHEN (NEW.state IN ('completed', 'failed')) EXECUTE FUNCTION public.record_ending()",
         "CREATE TRIGGER record_completed_delete AFTER DELETE ON jobrunner.jobs FOR EACH ROW
-         WHEN (OLD.state = 'running') EXECUTE FUNCTION public.record_ending()",
+         WHEN (OLD.state IN ('running', 'available')) EXECUTE FUNCTION public.record_ending()",
     ] {
         sqlx::query(statement).execute(pool).await.expect(statement);
     }

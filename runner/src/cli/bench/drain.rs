@@ -14,7 +14,7 @@ use super::Bench;
 use super::cpu::CpuTimes;
 use crate::Queue;
 use crate::executor::WasmExecutor;
-use crate::worker::{Worker, WorkerConfig, WorkerHandle};
+use crate::worker::{BatchStats, Worker, WorkerConfig, WorkerHandle};
 
 /// Drains the queue with `bench.workers` workers; returns jobs/s.
 pub(super) async fn run(
@@ -69,7 +69,9 @@ pub(super) async fn run(
     let cpu = CpuTimes::now(queue)
         .await
         .per_job_since(&cpu_before, bench.jobs);
+    let mut batches = BatchStats::default();
     for worker in workers {
+        batches += worker.batch_stats();
         worker.shutdown().await;
     }
     counters.into_iter().for_each(|c| c.abort());
@@ -81,11 +83,17 @@ pub(super) async fn run(
     let rate = bench.jobs as f64 / elapsed.as_secs_f64();
     println!(
         "2. drain    {} jobs, each in a fresh sandbox: {:.2} s, {rate:.0} jobs/s (runner RSS \
-         {} MiB before, peak {} MiB{bloat})\n           CPU per job: {cpu}",
+         {} MiB before, peak {} MiB{bloat})\n           CPU per job: {cpu}\n           \
+         batch transactions: {} committed, {} of them within the bound, {} jobs went on under \
+         leases, {} lost",
         bench.jobs,
         elapsed.as_secs_f64(),
         rss_before / 1024,
         peak_rss.max(rss_kib()) / 1024,
+        batches.committed,
+        batches.within_bound,
+        batches.leased,
+        batches.lost,
     );
     Ok(rate)
 }

@@ -31,6 +31,7 @@ use crate::job::{Job, NewJob, Unique};
 use crate::plugins::PluginDir;
 use crate::runner::{RunConfig, load_plugins};
 use crate::sandbox::wasm_job_type;
+use crate::worker::OPEN_BATCHES;
 
 use stats::Percentiles;
 
@@ -150,7 +151,8 @@ pub async fn bench(db: &Database, bench: Bench) -> anyhow::Result<ExitCode> {
         "{} did not load (see the log above)",
         bench.plugin.display()
     );
-    let connections = (bench.workers as u32 * 4).max(8);
+    // As many as separate runners would have: the claims' and the batch transactions' own.
+    let connections = (bench.workers * (OPEN_BATCHES + 6)) as u32;
     let database = bench_database();
     let pool = db.fresh_database(&database, connections).await?;
     let queue = Queue::new(pool);
