@@ -222,6 +222,8 @@ impl Driver {
                                       $5::text[], $6::text[], $10::text[])
                           AS t(id, attempt, outcome, run_at, error, result, plugin)
              ),
+             -- The fence is in each statement's own WHERE, not in a shared CTE: only there
+             -- is it checked again on the row version a concurrent rescue may have written.
              deleted AS (
                  DELETE FROM jobrunner.jobs AS j
                   USING input AS i

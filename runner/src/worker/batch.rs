@@ -305,6 +305,9 @@ impl Batches {
                 self.counts.committed(within_bound, running.len());
                 c.inflight
                     .leased(running.iter().map(|(ticket, _)| *ticket), asked_at);
+                for report in &reports {
+                    c.inflight.remove(report.ticket);
+                }
                 if c.recorded.receiver_count() > 0 {
                     let _ = c.recorded.send(applied.as_slice().into());
                 }
@@ -325,11 +328,9 @@ impl Batches {
                 }
                 for report in &reports {
                     log_outcome(report, Recorded::BatchLost);
+                    c.inflight.remove(report.ticket);
                 }
             }
-        }
-        for report in &reports {
-            c.inflight.remove(report.ticket);
         }
         c.completions.send_modify(|n| *n += 1);
         finished_ok

@@ -43,15 +43,19 @@ impl Service for Completer {
         while self.reports.recv_many(&mut batch, MAX_BATCH).await > 0 {
             self.inflight.recording(batch.iter().map(|r| r.ticket));
             self.write(&batch, &give_up).await;
-            for report in batch.drain(..) {
-                self.inflight.remove(report.ticket);
-            }
+            batch.clear();
             self.completions.send_modify(|n| *n += 1);
         }
     }
 }
 
 impl Completer {
+    fn forget(&self, batch: &[Report]) {
+        for report in batch {
+            self.inflight.remove(report.ticket);
+        }
+    }
+
     async fn write(&self, batch: &[Report], give_up: &CancellationToken) {
         let mut failures = 0;
         loop {
@@ -62,6 +66,9 @@ impl Completer {
                 .await
             {
                 Ok(applied) => {
+                    // Forgotten before anyone hears of the commit: a runner with nothing in
+                    // flight claims its next job the fast way (see the fetcher).
+                    self.forget(batch);
                     if self.recorded.receiver_count() > 0 {
                         let _ = self.recorded.send(applied.as_slice().into());
                     }
@@ -80,6 +87,7 @@ impl Completer {
                             "giving up on recording these outcomes at shutdown; \
                              the jobs run again once their leases expire"
                         );
+                        self.forget(batch);
                         return;
                     }
                 }

@@ -75,27 +75,26 @@ impl InFlight {
     /// but one that a renewal misses is not taken for lost: the outcome may have been committed
     /// meanwhile, and the write's fence decides.
     pub fn recording(&self, tickets: impl IntoIterator<Item = Ticket>) {
-        let mut jobs = self.jobs();
-        for ticket in tickets {
-            if let Some(entry) = jobs
-                .get_mut(&ticket.job_id)
-                .filter(|e| e.ticket == ticket.seq)
-            {
-                entry.recording = true;
-            }
-        }
+        self.update(tickets, |entry| entry.recording = true);
     }
 
     /// Notes that `tickets`, claimed in a batch, went on under leases that started after `at`.
     pub fn leased(&self, tickets: impl IntoIterator<Item = Ticket>, at: Instant) {
+        self.update(tickets, |entry| {
+            entry.leased = true;
+            entry.renewed = at;
+        });
+    }
+
+    /// Applies `change` to the entry of each of `tickets` still held by that claim.
+    fn update(&self, tickets: impl IntoIterator<Item = Ticket>, change: impl Fn(&mut Entry)) {
         let mut jobs = self.jobs();
         for ticket in tickets {
             if let Some(entry) = jobs
                 .get_mut(&ticket.job_id)
                 .filter(|e| e.ticket == ticket.seq)
             {
-                entry.leased = true;
-                entry.renewed = at;
+                change(entry);
             }
         }
     }
