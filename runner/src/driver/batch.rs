@@ -14,7 +14,7 @@ use crate::job::Job;
 /// How long Postgres lets a batch transaction sit idle, or run one statement, before it ends
 /// it: twice the runner's bound plus a second, so that a live runner on a busy machine
 /// commits well before, and a frozen one loses its jobs within seconds.
-pub fn cutoff(bound: Duration) -> Duration {
+fn cutoff(bound: Duration) -> Duration {
     bound * 2 + Duration::from_secs(1)
 }
 

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use jobrunner_client::{Result, count};
-use sqlx::PgConnection;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, Postgres};
 
 use super::Driver;
 use super::batch::OpenBatch;
@@ -234,22 +235,18 @@ impl Driver {
 
     /// `jobrunner.claim_unlimited`; `None` if tenant limits apply (nothing was claimed).
     async fn claim_fast(&self, request: &ClaimRequest<'_>) -> Result<Option<Claimed>> {
-        let mut batch = match request.batch {
-            Some(bound) => Some(OpenBatch::begin(self.queue.pool(), bound).await?),
-            None => None,
-        };
-        let mut leasing = match batch {
-            Some(_) => None,
-            None => Some(self.queue.pool().acquire().await?),
+        // A batch claims on its transaction's connection; a leasing claim on any.
+        let (mut batch, mut leasing): (Option<OpenBatch>, Option<PoolConnection<Postgres>>) =
+            (None, None);
+        let conn: &mut PgConnection = match request.batch {
+            Some(bound) => batch
+                .insert(OpenBatch::begin(self.queue.pool(), bound).await?)
+                .conn(),
+            None => &mut *leasing.insert(self.queue.pool().acquire().await?),
         };
         // Read after the connection is had: see `Driver::connection_then_now`.
         let now = self.queue.now();
-        let lease_until = batch.is_none().then(|| later(now, request.lease));
-        let conn: &mut PgConnection = match (&mut batch, &mut leasing) {
-            (Some(batch), _) => batch.conn(),
-            (None, Some(conn)) => conn,
-            (None, None) => unreachable!("a claim has a connection"),
-        };
+        let lease_until = request.batch.is_none().then(|| later(now, request.lease));
         let mut after_tenant = request.after_tenant;
         let mut walk = self
             .claim_unlimited(conn, now, lease_until, request, after_tenant)

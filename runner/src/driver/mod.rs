@@ -22,7 +22,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use jobrunner_client::{Queue, Result};
 
-pub use batch::{OpenBatch, cutoff as batch_cutoff};
+pub use batch::OpenBatch;
 pub use claim::{ClaimRequest, ClaimType, Claimed};
 pub use floors::Floors;
 pub use lease::Rescued;

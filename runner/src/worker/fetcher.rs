@@ -95,7 +95,7 @@ impl<E: Executor> Fetcher<E> {
                 default_max_attempts: self.config.retry.max_attempts,
                 after_tenant: next_tenant.as_deref(),
                 floors: Some(&self.floors),
-                batch: room.as_ref().and(batches).map(|b| b.bound()),
+                batch: batches.map(|b| b.bound()),
             };
             self.completions.borrow_and_update();
             // The leases start when the claim reads the database's clock, so no later than
