@@ -42,6 +42,10 @@
 //!   and the path of the field that did not fit.
 //! - A panic traps the instance: the runner retries the job with backoff and keeps the panic
 //!   message (the guest's stderr) and a backtrace with the error.
+//!
+//! Outgoing HTTP, to the hosts the plugin's manifest grants: [`http`].
+
+pub mod http;
 
 use std::fmt::Display;
 
@@ -58,6 +62,8 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__export_job_handler",
         default_bindings_module: "jobrunner_plugin_sdk::bindings",
+        // wasi:http included: guests call it through `wstd`, which brings its own bindings.
+        generate_all,
     });
 }
 

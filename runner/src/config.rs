@@ -12,7 +12,7 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use crate::retry::{Backoff, BackoffKind, RetryPolicy};
-use crate::sandbox::{Limits, SandboxConfig};
+use crate::sandbox::{HttpDoor, HttpSettings, Limits, SandboxConfig};
 use crate::tenants::{InvalidPolicy, TenantSettings, Tenants};
 use crate::worker::{WorkerConfig, default_owner};
 
@@ -75,6 +75,10 @@ pub struct FileConfig {
     /// The `[sandbox]` table.
     #[serde(default)]
     pub sandbox: SandboxSettings,
+    /// The `[http]` table: outgoing HTTP's network settings and request limits for every
+    /// plugin (hosts are granted per plugin, in its manifest).
+    #[serde(default)]
+    pub http: HttpSettings,
     /// The `[tenant_defaults]` table: the policy of tenants not listed under `[tenants]`.
     pub tenant_defaults: Option<TenantSettings>,
     /// The `[tenants.<name>]` tables: each tenant's own policy.
@@ -97,6 +101,21 @@ impl FileConfig {
                 key: "tenants",
                 reason,
             })
+    }
+
+    /// The engine configuration and per-attempt limits: `flags` over this file's `[sandbox]`
+    /// and `[http]` tables over the defaults, checked.
+    pub fn sandbox(&self, flags: SandboxSettings) -> Result<(SandboxConfig, Limits), ConfigError> {
+        let (mut config, mut limits) = flags.or(self.sandbox.clone()).resolve()?;
+        self.http
+            .check(HttpDoor::Runner)
+            .map_err(|e| ConfigError::Invalid {
+                key: "http",
+                reason: e.to_string(),
+            })?;
+        self.http.apply(&mut limits.http);
+        config.http = self.http.network();
+        Ok((config, limits))
     }
 
     /// Reads and parses `path`.
@@ -355,6 +374,7 @@ impl SandboxSettings {
             max_payload: size(self.max_payload, l.max_payload),
             max_result: size(self.max_result, l.max_result),
             max_output: size(self.max_output, l.max_output),
+            http: l.http,
         };
         let config = SandboxConfig {
             instances: self.instances.unwrap_or(c.instances),
@@ -365,6 +385,7 @@ impl SandboxSettings {
             max_stack: size(self.max_stack, c.max_stack),
             keep_resident: size(self.keep_resident, c.keep_resident),
             epoch_tick: c.epoch_tick,
+            http: c.http,
         };
         let positive = || "must be positive".to_string();
         check("timeout", !limits.timeout.is_zero(), positive)?;

@@ -20,6 +20,10 @@
 //! memory = "256MiB"          # sandbox overrides, at most the runner's max_memory,
 //! cpu_budget = "10s"         #   max_cpu_budget and max_timeout
 //! timeout = "30s"
+//!
+//! [tenants.acme.http]        # narrows what plugins' manifests grant, never widens it
+//! allowed_hosts = ["https://hooks.slack.com"]  # only these of the granted hosts
+//! max_requests = 5           # request limits can only be lowered
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
@@ -32,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use crate::driver::Driver;
-use crate::sandbox::{Limits, SandboxConfig};
+use crate::sandbox::{HttpDoor, HttpSettings, Limits, SandboxConfig};
 
 /// The name under which the defaults are stored: not a valid tenant for the jobs table's
 /// purposes, since no operator would name a tenant `*`.
@@ -63,6 +67,8 @@ pub struct TenantSettings {
     /// Wall-clock time per attempt.
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    /// Outgoing HTTP: hosts narrowing the plugins' grants, and lower request limits.
+    pub http: Option<HttpSettings>,
 }
 
 impl TenantSettings {
@@ -79,6 +85,10 @@ impl TenantSettings {
             memory: self.memory.or(fallback.memory),
             cpu_budget: self.cpu_budget.or(fallback.cpu_budget),
             timeout: self.timeout.or(fallback.timeout),
+            http: match (&self.http, &fallback.http) {
+                (Some(own), Some(fallback)) => Some(own.or(fallback)),
+                (own, fallback) => own.clone().or_else(|| fallback.clone()),
+            },
         }
     }
 }
@@ -104,6 +114,8 @@ pub struct TenantPolicy {
     pub cpu_budget_ms: Option<i64>,
     /// Wall-clock time per attempt, in milliseconds; `None`: the job type's.
     pub timeout_ms: Option<i64>,
+    /// Outgoing HTTP: hosts narrowing the plugins' grants, and lower request limits.
+    pub http: sqlx::types::Json<HttpSettings>,
 }
 
 impl TenantPolicy {
@@ -119,6 +131,7 @@ impl TenantPolicy {
             memory: None,
             cpu_budget_ms: None,
             timeout_ms: None,
+            http: Default::default(),
         }
     }
 
@@ -163,7 +176,11 @@ impl TenantPolicy {
             sandbox.max_timeout.into(),
             "max_timeout",
         )?;
+        let http = s.http.clone().unwrap_or_default();
+        http.check(HttpDoor::Tenant)
+            .map_err(|e| invalid(e.to_string()))?;
         Ok(Self {
+            http: sqlx::types::Json(http),
             tenant: tenant.to_owned(),
             max_running: s.max_running.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
             burst: s
@@ -192,7 +209,7 @@ impl TenantPolicy {
             ms.map_or(base, |ms| Duration::from_millis(ms.max(1) as u64))
                 .min(max)
         };
-        Limits {
+        let mut limits = Limits {
             memory: self
                 .memory
                 .map_or(base.memory, |m| m as u64)
@@ -200,7 +217,9 @@ impl TenantPolicy {
             cpu_budget: duration(self.cpu_budget_ms, base.cpu_budget, sandbox.max_cpu_budget),
             timeout: duration(self.timeout_ms, base.timeout, sandbox.max_timeout),
             ..base.clone()
-        }
+        };
+        self.http.narrow(&mut limits.http);
+        limits
     }
 }
 

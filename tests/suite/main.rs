@@ -11,6 +11,7 @@ mod conformance;
 mod embed;
 mod enqueue;
 mod hot_reload;
+mod http;
 mod leases;
 mod plugin_cli;
 mod plugin_dir;

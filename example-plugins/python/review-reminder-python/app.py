@@ -11,7 +11,7 @@ import json
 import wit_world
 from componentize_py_types import Err
 from wit_world.imports import host
-from wit_world.imports.types import Job, JobError_Fail, JobError_Retry
+from wit_world.imports.jobrunner_plugin_types import Job, JobError_Fail, JobError_Retry
 
 
 class InvalidPayload(Exception):

@@ -1,13 +1,17 @@
 //! `runner call`: one job through the production sandbox and limits, without a database. The
-//! plugin author's loop: build, call, read the result or the classified error.
+//! plugin author's loop: build, call, read the result or the classified error. The plugin's
+//! manifest (`<job-type>.toml` beside the `.wasm`) and the config file's policy for the job's
+//! tenant apply as they would in a runner: its limits, and the hosts it may call.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 
 use crate::config::{FileConfig, SandboxSettings};
 use crate::job::{InvalidJob, Job, validate_job_type};
+use crate::plugins::{Policy, read_manifest};
+use crate::retry::RetryPolicy;
 use crate::sandbox::{Disposition, Limits, Sandbox, SandboxConfig, wasm_job_type};
 
 /// Flags of `runner call`.
@@ -55,7 +59,8 @@ impl CallArgs {
             }
             None => wasm_job_type(&self.plugin)?,
         };
-        let (sandbox, limits) = self.sandbox.or(file.sandbox.clone()).resolve()?;
+        let (sandbox, limits) = file.sandbox(self.sandbox)?;
+        let limits = policy_limits(&self.plugin, &self.tenant, file, &sandbox, limits)?;
         let job = Job {
             tenant: self.tenant,
             attempt: self.attempt,
@@ -69,6 +74,28 @@ impl CallArgs {
             limits,
         })
     }
+}
+
+/// `limits` with the manifest beside `plugin`, if there is one, and `tenant`'s policy from the
+/// config file.
+fn policy_limits(
+    plugin: &Path,
+    tenant: &str,
+    file: &FileConfig,
+    sandbox: &SandboxConfig,
+    limits: Limits,
+) -> anyhow::Result<Limits> {
+    let manifest = plugin.with_extension("toml");
+    let limits = if manifest.exists() {
+        let defaults = Policy::new(limits, RetryPolicy::default());
+        read_manifest(&manifest, &defaults, sandbox.largest_memory())?.limits
+    } else {
+        limits
+    };
+    Ok(match file.tenants(sandbox)? {
+        Some(tenants) => tenants.policy(tenant).limits(&limits, sandbox),
+        None => limits,
+    })
 }
 
 /// Runs the call: the result on stdout, or the classified error on stderr and exit code 1.

@@ -30,7 +30,7 @@ pub struct RunArgs {
 impl RunArgs {
     /// These flags over the config file over the defaults, checked.
     pub fn resolve(self, file: &FileConfig) -> Result<RunConfig, ConfigError> {
-        let (sandbox, limits) = self.sandbox.or(file.sandbox.clone()).resolve()?;
+        let (sandbox, limits) = file.sandbox(self.sandbox)?;
         let plugins = self
             .plugins
             .or(file.plugins.clone())

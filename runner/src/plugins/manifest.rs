@@ -12,6 +12,10 @@
 //! backoff_cap = "10m"
 //! concurrency = 4          # jobs of this type running at once, across all runners
 //! tenants = ["acme"]       # only these tenants' jobs run; others fail [default: all]
+//!
+//! [http]                   # outgoing HTTP: no table, no HTTP at all
+//! allowed_hosts = ["https://api.github.com", "https://*.example.com:8443"]
+//! max_requests = 10        # and the other request limits of the runner's [http] table
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -21,7 +25,7 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use crate::retry::{BackoffKind, RetryPolicy};
-use crate::sandbox::Limits;
+use crate::sandbox::{HttpDoor, HttpSettings, Limits};
 
 /// How jobs of one plugin version run: the runner's settings with the manifest's overrides.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +108,8 @@ struct Manifest {
     backoff_cap: Option<Duration>,
     concurrency: Option<u32>,
     tenants: Option<Vec<String>>,
+    #[serde(default)]
+    http: HttpSettings,
 }
 
 /// Reads the manifest at `path` and applies it over `defaults`. `largest_memory` is the most
@@ -152,6 +158,10 @@ fn parse(text: &str, defaults: &Policy, largest_memory: (u64, &str)) -> Result<P
     retry.backoff.cap = m.backoff_cap.unwrap_or(retry.backoff.cap);
     policy.concurrency = m.concurrency;
     policy.tenants = m.tenants;
+    m.http
+        .check(HttpDoor::Manifest)
+        .map_err(|e| Problem::Invalid("http", e.to_string()))?;
+    m.http.apply(&mut policy.limits.http);
     check(&policy, largest_memory)?;
     Ok(policy)
 }
@@ -212,6 +222,22 @@ fn check(policy: &Policy, (max_memory, bound): (u64, &str)) -> Result<(), Proble
 mod tests {
     use super::*;
 
+    #[test]
+    fn http_is_granted_by_the_manifest_alone() {
+        let policy = parsed(
+            r#"
+            [http]
+            allowed_hosts = ["https://api.github.com"]
+            max_requests = 5
+            "#,
+        )
+        .unwrap();
+        let http = &policy.limits.http;
+        assert_eq!(http.hosts.plugin[0].to_string(), "https://api.github.com");
+        assert_eq!(http.max_requests, 5);
+        assert_eq!(http.connect_timeout, Limits::default().http.connect_timeout);
+    }
+
     fn defaults() -> Policy {
         Policy::new(Limits::default(), RetryPolicy::default())
     }
@@ -254,6 +280,7 @@ mod tests {
         assert_eq!(policy.concurrency, Some(4));
         assert!(policy.allows("acme") && !policy.allows("globex"));
         assert_eq!(parsed("").unwrap(), defaults());
+        assert!(defaults().limits.http.hosts.plugin.is_empty());
         assert!(defaults().allows("anyone"));
     }
 
@@ -268,6 +295,12 @@ mod tests {
             ("concurrency = 0", "concurrency"),
             ("tenants = []", "tenants"),
             ("backoff = \"linear\"", "backoff"),
+            ("[http]\nallowed_hosts = [\"github.com\"]", "no scheme"),
+            (
+                "[http]\nallow_networks = [\"10.0.0.0/8\"]",
+                "http.allow_networks",
+            ),
+            ("[http]\nmax_requests = 0", "http.max_requests"),
         ];
         for (text, key) in cases {
             let error = parsed(text)

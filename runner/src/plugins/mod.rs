@@ -30,7 +30,7 @@ use std::path::PathBuf;
 pub use cache::ArtifactCache;
 pub use dir::{PluginDir, job_type_of};
 pub use load::{Files, LoadError, Loader, Origin, Version};
-pub use manifest::{ManifestError, Policy};
+pub use manifest::{ManifestError, Policy, read as read_manifest};
 pub use presence::Presence;
 pub use registry::{PluginStatus, Registry, ServingVersion, Superseded};
 pub use watch::{Watching, watch};

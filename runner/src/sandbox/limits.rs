@@ -4,8 +4,10 @@ use std::time::Duration;
 
 use wasmtime::ResourceLimiter;
 
+use super::host::http::settings::HttpLimits;
+
 /// The resources one attempt may use. Runner-wide defaults; the plugin manifest and tenant
-/// policy (later issues) narrow them per job type and tenant.
+/// policy narrow them per job type and tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Wall-clock time for instantiation plus `run`, waiting included.
@@ -20,6 +22,8 @@ pub struct Limits {
     pub max_result: usize,
     /// Bytes of stdout, and of stderr, kept per attempt (the tail; the rest is counted).
     pub max_output: usize,
+    /// Outgoing HTTP: the hosts granted (none by default) and the request limits.
+    pub http: HttpLimits,
 }
 
 /// What one guest-to-host call may carry at least, whatever `max_result`: room for a log line
@@ -50,6 +54,7 @@ impl Default for Limits {
             max_payload: 1 << 20,
             max_result: 1 << 20,
             max_output: 16 << 10,
+            http: HttpLimits::default(),
         }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! A guest gets what the capabilities in [`host`] grant it: WASI preview 2 with nothing
 //! behind it (no preopened directories, environment, arguments or network; stdout and stderr
-//! captured with a cap) and the `host` interface of the `job-handler` world. Per attempt it is held to [`Limits`]: wall-clock time, CPU
+//! captured with a cap), the `host` interface of the `job-handler` world, and outgoing HTTP
+//! to the hosts its manifest grants. Per attempt it is held to [`Limits`]: wall-clock time, CPU
 //! time (its thread's CPU clock, read at every epoch tick while it executes), memory (a
 //! limiter), Wasm stack, payload and result size. Everything that can go wrong is classified
 //! into a [`RunError`].
@@ -27,13 +28,18 @@ use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationCon
 
 pub use budget::{MemoryBudget, NoRoom, OverBudget, default_memory_budget};
 pub use classify::{Disposition, RunError, classify_trap};
+pub use host::http::grant::{BadHostPattern, Denied, Destination, HostGrant, HostPattern};
+pub use host::http::guard::{AddressGuard, Blocked};
+pub use host::http::settings::{
+    HttpDoor, HttpLimits, HttpNetworkConfig, HttpSettings, InvalidHttpSetting,
+};
 pub use limits::{Limits, MemoryLimitExceeded};
 pub use meter::{CpuBudgetExceeded, TimedOut, thread_cpu_time};
 pub use plugin::{Plugin, PluginError};
 pub use runtime::GuestRuntime;
 
 use bindings::{JobHandlerPre, WitJob, WitJobError};
-use host::{GuestState, JobLabel};
+use host::{GuestState, JobLabel, Services};
 use meter::Meter;
 
 use crate::job::Job;
@@ -76,6 +82,9 @@ pub struct SandboxConfig {
     pub keep_resident: usize,
     /// The epoch tick: the granularity of CPU accounting, timeouts and yielding.
     pub epoch_tick: Duration,
+    /// Outgoing HTTP: the networks the SSRF guard lets through, extra trusted roots, and the
+    /// requests in flight at once.
+    pub http: HttpNetworkConfig,
 }
 
 impl Default for SandboxConfig {
@@ -89,6 +98,7 @@ impl Default for SandboxConfig {
             max_stack: 512 << 10,
             keep_resident: 2 << 20,
             epoch_tick: Duration::from_millis(10),
+            http: HttpNetworkConfig::default(),
         }
     }
 }
@@ -163,6 +173,7 @@ pub struct Sandbox {
     config: SandboxConfig,
     budget: MemoryBudget,
     guests: GuestRuntime,
+    services: Services,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -184,7 +195,11 @@ impl Sandbox {
         start_epoch_ticker(&engine, config.epoch_tick)?;
         let guests = GuestRuntime::new()
             .map_err(|e| SandboxError(format!("cannot start the guest threads: {e}")))?;
+        let services = Services {
+            network: host::http::Network::new(&config.http).map_err(SandboxError)?,
+        };
         Ok(Self {
+            services,
             engine,
             linker,
             budget: MemoryBudget::new(config.memory_budget),
@@ -280,7 +295,12 @@ impl Sandbox {
     /// meter that the epoch callback consults.
     fn store(&self, job: &Job, limits: &Limits) -> Store<GuestState> {
         let meter = Meter::new(limits.cpu_budget, self.config.epoch_tick, limits.timeout);
-        let state = GuestState::new(&Arc::new(JobLabel::from(job)), limits, meter);
+        let state = GuestState::new(
+            &Arc::new(JobLabel::from(job)),
+            limits,
+            &self.services,
+            meter,
+        );
         let mut store = Store::new(&self.engine, state);
         store.set_hostcall_fuel(limits.max_transfer());
         store.limiter(|state| &mut state.limiter);

@@ -2,6 +2,7 @@
 
 pub mod db;
 pub mod fleet;
+pub mod http_server;
 pub mod live;
 pub mod plugins;
 pub mod process;

@@ -15,7 +15,7 @@ use std::time::Instant;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, WasmStr};
 
-use super::{Capability, GuestState, JobLabel};
+use super::{Capability, GuestState, JobLabel, Services};
 use crate::sandbox::Limits;
 use crate::sandbox::bindings::Level;
 use crate::text::clip;
@@ -51,7 +51,7 @@ impl Capability for Log {
         )
     }
 
-    fn start(job: &Arc<JobLabel>, _limits: &Limits) -> GuestLog {
+    fn start(job: &Arc<JobLabel>, _limits: &Limits, _services: &Services) -> GuestLog {
         GuestLog::new(Arc::clone(job))
     }
 

@@ -5,13 +5,16 @@
 //! - [`wasi`]: WASI preview 2 with nothing behind it: no files, environment, arguments or
 //!   network; stdout and stderr captured with a cap.
 //! - [`log`]: the world's `host.log`, attributed to the job and rate-limited.
+//! - [`http`]: outgoing HTTP (`wasi:http/outgoing-handler`) to the hosts the plugin's
+//!   manifest grants, through an SSRF guard, within limits, one log line per request.
 //!
-//! Adding a capability (outgoing HTTP, config, follow-up jobs): add its import to the world in
+//! Adding a capability (config, follow-up jobs): add its import to the world in
 //! `wit/`, add a sibling module with a [`Capability`] implementation and its per-attempt state
 //! as a field of [`GuestState`], and resolve its grant with the other per-attempt settings in
 //! [`Limits`] (the runner's defaults, narrowed by the plugin's manifest and the tenant's
 //! policy). Deny by default: without a grant, the import is linked but refuses.
 
+pub(crate) mod http;
 pub(crate) mod log;
 pub(crate) mod output;
 pub(crate) mod wasi;
@@ -53,10 +56,17 @@ pub(crate) trait Capability {
     fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()>;
 
     /// The state for one attempt of `job`, as `limits` grant it.
-    fn start(job: &Arc<JobLabel>, limits: &Limits) -> Self::State;
+    fn start(job: &Arc<JobLabel>, limits: &Limits, services: &Services) -> Self::State;
 
     /// The attempt is over: say what was held back or captured.
     fn finish(state: &mut Self::State);
+}
+
+/// What the runner's capabilities share across attempts.
+#[derive(Debug, Clone)]
+pub(crate) struct Services {
+    /// Outgoing HTTP's guard, TLS setup and slots.
+    pub network: http::Network,
 }
 
 /// Everything a store holds for one attempt: each capability's state, the resource table
@@ -64,6 +74,7 @@ pub(crate) trait Capability {
 pub(crate) struct GuestState {
     pub wasi: <wasi::Wasi as Capability>::State,
     pub log: <log::Log as Capability>::State,
+    pub http: <http::Http as Capability>::State,
     pub table: ResourceTable,
     pub limiter: MemoryLimiter,
     pub meter: Meter,
@@ -71,10 +82,11 @@ pub(crate) struct GuestState {
 
 impl GuestState {
     /// A fresh state for one attempt of `job`.
-    pub fn new(job: &Arc<JobLabel>, limits: &Limits, meter: Meter) -> Self {
+    pub fn new(job: &Arc<JobLabel>, limits: &Limits, services: &Services, meter: Meter) -> Self {
         Self {
-            wasi: wasi::Wasi::start(job, limits),
-            log: log::Log::start(job, limits),
+            wasi: wasi::Wasi::start(job, limits, services),
+            log: log::Log::start(job, limits, services),
+            http: http::Http::start(job, limits, services),
             table: ResourceTable::default(),
             limiter: MemoryLimiter::new(limits.memory),
             meter,
@@ -83,6 +95,7 @@ impl GuestState {
 
     /// The attempt is over: every capability reports.
     pub fn finish(&mut self) {
+        http::Http::finish(&mut self.http);
         log::Log::finish(&mut self.log);
         wasi::Wasi::finish(&mut self.wasi);
     }
@@ -92,6 +105,7 @@ impl GuestState {
 pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
     types::add_to_linker::<_, HasSelf<GuestState>>(linker, |state| state)?;
     wasi::Wasi::add_to_linker(linker)?;
+    http::Http::add_to_linker(linker)?;
     log::Log::add_to_linker(linker)
 }
 

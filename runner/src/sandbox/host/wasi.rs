@@ -11,7 +11,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::log::emit_output;
 use super::output::CapturedOutput;
-use super::{Capability, GuestState, JobLabel};
+use super::{Capability, GuestState, JobLabel, Services};
 use crate::sandbox::Limits;
 
 /// The WASI capability.
@@ -39,7 +39,7 @@ impl Capability for Wasi {
         wasmtime_wasi::p2::add_to_linker_async(linker)
     }
 
-    fn start(job: &Arc<JobLabel>, limits: &Limits) -> WasiState {
+    fn start(job: &Arc<JobLabel>, limits: &Limits, _services: &Services) -> WasiState {
         let stdout = CapturedOutput::new(limits.max_output);
         let stderr = CapturedOutput::new(limits.max_output);
         let ctx = WasiCtx::builder()
