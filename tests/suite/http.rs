@@ -9,7 +9,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use runner::client::JobState;
 use runner::plugins::Policy;
-use runner::sandbox::{Disposition, HttpNetworkConfig, Run, RunError};
+use runner::sandbox::{Disposition, HttpNetworkConfig, Plugin, Run, RunError};
 use runner::{
     Job, Limits, NewJob, Queue, RetryPolicy, Sandbox, SandboxConfig, Worker, WorkerConfig,
 };
@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::support::http_server::TestServer;
 use crate::support::process::runner;
-use crate::support::{TestDb, driver, plugins, publish, settled};
+use crate::support::{TestDb, driver, eventually, plugins, publish, settled};
 
 /// Limits granting `hosts`, the runner's defaults otherwise.
 fn granting(hosts: &[&str]) -> Limits {
@@ -56,21 +56,17 @@ async fn call_file(
     limits: &Limits,
     config: SandboxConfig,
 ) -> Run {
-    let sandbox = Sandbox::new(config).unwrap();
-    let (file, name) = (file.to_owned(), job_type.to_owned());
-    let (sandbox, plugin) = tokio::task::spawn_blocking(move || {
-        let plugin = sandbox.load_as(&file, &name).unwrap();
-        (sandbox, plugin)
-    })
-    .await
-    .unwrap();
-    sandbox
-        .run(
-            &plugin,
-            &Job::standalone(job_type, payload.to_string()),
-            limits,
-        )
+    let sandbox = Arc::new(Sandbox::new(config).unwrap());
+    let plugin = load(&sandbox, file, job_type).await;
+    let job = Job::standalone(job_type, payload.to_string());
+    sandbox.run(&plugin, &job, limits).await
+}
+
+async fn load(sandbox: &Arc<Sandbox>, file: &Path, job_type: &str) -> Plugin {
+    let (sandbox, file, name) = (Arc::clone(sandbox), file.to_owned(), job_type.to_owned());
+    tokio::task::spawn_blocking(move || sandbox.load_as(&file, &name).unwrap())
         .await
+        .unwrap()
 }
 
 fn result(run: Run) -> Value {
@@ -206,6 +202,57 @@ async fn requests_per_attempt_are_capped() {
         );
     }
     assert_eq!(server.seen().len(), 3);
+}
+
+/// One request in flight for the whole runner: a second job's request waits for the slot no
+/// longer than its connect timeout, and the slot is free again once the first attempt ends.
+#[tokio::test]
+async fn requests_in_flight_are_capped_across_the_runners_jobs() {
+    let server = TestServer::start("127.0.0.1").await;
+    let mut config = allowing(&["127.0.0.1/32"]);
+    config.http.max_concurrent = 1;
+    let sandbox = Arc::new(Sandbox::new(config).unwrap());
+    let poison = Arc::new(load(&sandbox, &test_plugins::path("poison"), "poison").await);
+    let mut limits = granting(&[&server.origin()]);
+    limits.timeout = Duration::from_secs(3);
+    limits.http.connect_timeout = Duration::from_millis(300);
+    let fetch = |path: &str| {
+        Job::standalone(
+            "poison",
+            json!({"do": "fetch", "url": server.url(path)}).to_string(),
+        )
+    };
+
+    let holder = tokio::spawn({
+        let (sandbox, poison, limits, job) = (
+            Arc::clone(&sandbox),
+            Arc::clone(&poison),
+            limits.clone(),
+            fetch("/never"),
+        );
+        async move { sandbox.run(&poison, &job, &limits).await }
+    });
+    eventually(
+        "the first request to reach the server",
+        Duration::from_secs(10),
+        || async { (!server.seen().is_empty()).then_some(()) },
+    )
+    .await;
+    let waiter = requests(sandbox.run(&poison, &fetch("/second"), &limits).await);
+    assert_eq!(
+        waiter[0]["error"], "http error: ErrorCode::ConnectionLimitReached",
+        "{waiter:?}"
+    );
+
+    assert!(matches!(
+        error(&holder.await.unwrap()),
+        RunError::Timeout(_)
+    ));
+    let after = requests(sandbox.run(&poison, &fetch("/third"), &limits).await);
+    assert_eq!(
+        after[0]["status"], 200,
+        "the slot was given back: {after:?}"
+    );
 }
 
 #[tokio::test]
@@ -618,4 +665,58 @@ async fn the_config_file_refuses_hosts_and_bad_networks_with_the_key() {
             "{toml}: {stderr}"
         );
     }
+}
+
+/// The README's demo, from nothing: its webhooks reach its own server on 127.0.0.2, retry on
+/// a 503, and the two it aims elsewhere are refused with the reason.
+#[tokio::test]
+async fn the_demo_delivers_webhooks_to_its_own_server_and_refuses_the_others() {
+    let db = TestDb::new().await;
+    let output = runner(&["demo", "--plugins", test_plugins::dir().to_str().unwrap()])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let webhooks: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("Webhooks"))
+        .take(9)
+        .collect();
+    let row = |url: &str| {
+        *webhooks
+            .iter()
+            .find(|l| l.contains(url))
+            .unwrap_or_else(|| panic!("{url}:\n{stdout}"))
+    };
+    let delivered = row("127.0.0.2");
+    assert!(
+        delivered.contains("completed") && delivered.contains(r#"{"status":204}"#),
+        "{stdout}"
+    );
+    assert!(row("/hooks/flaky").contains("completed"), "{stdout}");
+    assert!(
+        row("127.0.0.3").contains("failed    ") && row("127.0.0.3").contains("not granted"),
+        "{stdout}"
+    );
+    assert!(
+        row("localhost").contains("network the runner blocks"),
+        "{stdout}"
+    );
+    assert_eq!(
+        webhooks
+            .iter()
+            .filter(|l| l.trim_start().starts_with("POST /hooks/flaky"))
+            .count(),
+        2,
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("localhost resolved only to refused addresses"),
+        "{stderr}"
+    );
 }

@@ -1,5 +1,7 @@
 //! `runner demo`: starts from nothing and shows jobs running.
 
+mod webhooks;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -55,6 +57,7 @@ pub async fn demo(db: &Database, mut config: RunConfig) -> anyhow::Result<ExitCo
     let queue = Queue::new(pool.clone());
     let file: FileConfig = toml::from_str(TENANT_POLICY).context("the demo's tenant policy")?;
     config.tenants = file.tenants(&config.sandbox)?;
+    let webhooks = webhooks::Receiver::start(&mut config).await?;
     // Migrates, loads the plugins and publishes the policy; runs nothing yet.
     let runner = Runner::builder(config).queue(queue.clone()).build().await?;
     let url = demo_url(db.options());
@@ -65,6 +68,7 @@ pub async fn demo(db: &Database, mut config: RunConfig) -> anyhow::Result<ExitCo
 
     println!("\n== 3. Enqueue jobs through every door");
     enqueue_jobs(&queue).await?;
+    webhooks.enqueue(&queue).await?;
 
     println!("\n== 4. A runner works the queue (one log line per attempt, on stderr)");
     let shutdown = CancellationToken::new();
@@ -86,6 +90,7 @@ pub async fn demo(db: &Database, mut config: RunConfig) -> anyhow::Result<ExitCo
     jobs.retain(|job| job.tenant != BACKLOG_TENANT);
     print_list(&jobs, &crate::retry::RetryPolicy::default());
     print_reminders(&queue).await?;
+    webhooks.report(&queue).await?;
     print_fairness(&queue).await?;
     if db.is_private() {
         println!("\nThe private cluster stops now; its data stays for the next command.");

@@ -1,0 +1,188 @@
+//! The demo's outgoing HTTP: a small web server of its own on 127.0.0.2, granted to the
+//! `webhook` plugin by a manifest and let through the SSRF guard by the runner's config, and
+//! webhook jobs that reach it, retry on its 503, and are refused: a host the manifest does
+//! not grant, and a granted name (`localhost`) whose address is outside `allow_networks`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::Queue;
+use crate::job::NewJob;
+use crate::runner::RunConfig;
+
+/// Where the demo's server listens: a loopback address of its own, allowed by the demo's
+/// config, so that the rest of loopback stays refused.
+const SERVER_IP: &str = "127.0.0.2";
+
+/// What the server received: path and body, in order.
+type Received = Arc<Mutex<Vec<(String, String)>>>;
+
+/// The demo's web server, running until dropped.
+pub struct Receiver {
+    addr: SocketAddr,
+    received: Received,
+    task: JoinHandle<()>,
+    /// The demo's plugin directory: the given one's plugins, and a manifest for `webhook`.
+    plugins: tempfile::TempDir,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Receiver {
+    /// Starts the server and points `config` at a plugin directory that grants it to
+    /// `webhook`, with the server's network allowed.
+    pub async fn start(config: &mut RunConfig) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind((SERVER_IP, 0))
+            .await
+            .with_context(|| format!("the demo's web server binds {SERVER_IP}"))?;
+        let addr = listener.local_addr()?;
+        let received = Received::default();
+        let task = tokio::spawn(serve(listener, Arc::clone(&received)));
+        let plugins = granting_plugin_dir(&config.plugins, addr.port())?;
+        config.plugins = plugins.path().to_owned();
+        config.sandbox.http.allow_networks = vec![format!("{SERVER_IP}/32").parse()?];
+        Ok(Self {
+            addr,
+            received,
+            task,
+            plugins,
+        })
+    }
+
+    /// Enqueues the webhook jobs and says what each shows.
+    pub async fn enqueue(&self, queue: &Queue) -> anyhow::Result<()> {
+        let manifest = std::fs::read_to_string(self.plugins.path().join("webhook.toml"))?;
+        println!("Config:            [http] allow_networks = [\"{SERVER_IP}/32\"]");
+        println!("webhook.toml:      {}", manifest.trim().replace('\n', "  "));
+        let port = self.addr.port();
+        for (what, url) in [
+            (
+                "delivered",
+                format!("http://{SERVER_IP}:{port}/hooks/deploy"),
+            ),
+            (
+                "503 once, retried",
+                format!("http://{SERVER_IP}:{port}/hooks/flaky"),
+            ),
+            (
+                "host not granted",
+                format!("http://127.0.0.3:{port}/hooks/deploy"),
+            ),
+            (
+                "granted, but localhost is outside allow_networks",
+                format!("http://localhost:{port}/hooks/deploy"),
+            ),
+        ] {
+            let body = json!({"text": format!("webhook demo: {what}")});
+            let job = NewJob::new("webhook", json!({"url": url, "body": body})).max_attempts(3);
+            let id = queue.enqueue(queue.pool(), &job).await?.id;
+            println!("Rust, webhook:     {what} ({url}) -> id {id}");
+        }
+        Ok(())
+    }
+
+    /// How each webhook job ended, and what the server received.
+    pub async fn report(&self, queue: &Queue) -> anyhow::Result<()> {
+        let jobs: Vec<(
+            i64,
+            String,
+            String,
+            Option<serde_json::Value>,
+            Option<String>,
+        )> = sqlx::query_as(
+            "SELECT id, payload->>'url', state::text, result, errors->-1->>'error'
+               FROM jobrunner.jobs WHERE job_type = 'webhook' ORDER BY id",
+        )
+        .fetch_all(queue.pool())
+        .await?;
+        println!("\nWebhooks (outgoing HTTP, one `jobrunner::http` log line per request above):");
+        for (id, url, state, result, error) in jobs {
+            let outcome = match (result, error) {
+                (Some(result), _) => result.to_string(),
+                (None, Some(error)) => error,
+                (None, None) => String::new(),
+            };
+            println!("  {id:>4} {state:<9} {url:<40} {outcome}");
+        }
+        println!("The demo's server at {} received:", self.addr);
+        for (path, body) in self.received.lock().expect("not poisoned").iter() {
+            println!("  POST {path} {body}");
+        }
+        Ok(())
+    }
+}
+
+/// A plugin directory with links to every plugin of `from` and a manifest granting the
+/// server to `webhook` (by address, and by a name that resolves outside the allowed network).
+fn granting_plugin_dir(from: &Path, port: u16) -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("jobrunner-demo-plugins")
+        .tempdir()?;
+    for entry in std::fs::read_dir(from)
+        .with_context(|| format!("cannot read plugin directory {}", from.display()))?
+    {
+        let path: PathBuf = entry?.path();
+        if path.is_file() {
+            let from = path.canonicalize()?;
+            std::os::unix::fs::symlink(
+                &from,
+                dir.path().join(path.file_name().expect("a file name")),
+            )?;
+        }
+    }
+    let manifest = format!(
+        "[http]\nallowed_hosts = [\"http://{SERVER_IP}:{port}\", \"http://localhost:{port}\"]\n"
+    );
+    let manifest_path = dir.path().join("webhook.toml");
+    let _ = std::fs::remove_file(&manifest_path);
+    std::fs::write(manifest_path, manifest)?;
+    Ok(dir)
+}
+
+async fn serve(listener: TcpListener, received: Received) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let received = Arc::clone(&received);
+        tokio::spawn(async move {
+            let service = service_fn(move |request| answer(Arc::clone(&received), request));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// 204 for every request, but a 503 for the first to `/hooks/flaky`.
+async fn answer(
+    received: Received,
+    request: hyper::Request<Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let path = request.uri().path().to_owned();
+    let body = match request.into_body().collect().await {
+        Ok(body) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+        Err(_) => String::new(),
+    };
+    let mut received = received.lock().expect("not poisoned");
+    let first_flaky = path == "/hooks/flaky" && !received.iter().any(|(p, _)| *p == path);
+    received.push((path, body));
+    let status = if first_flaky { 503 } else { 204 };
+    Ok(hyper::Response::builder()
+        .status(status)
+        .body(Full::new(Bytes::new()))
+        .expect("a valid response"))
+}
