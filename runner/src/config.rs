@@ -579,6 +579,37 @@ mod tests {
     }
 
     #[test]
+    fn the_http_table_sets_network_and_request_limits_but_no_hosts() {
+        let file: FileConfig = toml::from_str(
+            "[http]\nallow_networks = [\"10.0.0.0/8\"]\nmax_concurrent = 8\nmax_requests = 5",
+        )
+        .unwrap();
+        let (config, limits) = file.sandbox(SandboxSettings::default()).unwrap();
+        assert_eq!(
+            config.http.allow_networks,
+            vec!["10.0.0.0/8".parse().unwrap()]
+        );
+        assert_eq!(
+            (config.http.max_concurrent, limits.http.max_requests),
+            (8, 5)
+        );
+        assert!(
+            limits.http.hosts.plugin.is_empty(),
+            "no host is granted by the runner"
+        );
+        let hosts: FileConfig =
+            toml::from_str("[http]\nallowed_hosts = [\"https://a.test\"]").unwrap();
+        let error = hosts
+            .sandbox(SandboxSettings::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("invalid setting http: http.allowed_hosts"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn durations_are_human() {
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));

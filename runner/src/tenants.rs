@@ -346,6 +346,37 @@ mod tests {
     }
 
     #[test]
+    fn a_tenants_http_table_narrows_hosts_and_lowers_limits_key_by_key() {
+        let t = tenants(
+            r#"
+            [tenant_defaults.http]
+            max_requests = 4
+            [tenants.acme.http]
+            allowed_hosts = ["https://hooks.slack.com"]
+            "#,
+        )
+        .unwrap();
+        let mut base = Limits::default();
+        base.http.hosts.plugin = vec![
+            "https://hooks.slack.com".parse().unwrap(),
+            "https://api.github.com".parse().unwrap(),
+        ]
+        .into();
+        let acme = t.policy("acme").limits(&base, &SandboxConfig::default());
+        assert_eq!(acme.http.max_requests, 4, "from the defaults");
+        assert_eq!(acme.http.hosts.tenant.as_deref().map(<[_]>::len), Some(1));
+        let other = t.policy("globex").limits(&base, &SandboxConfig::default());
+        assert_eq!(
+            (other.http.max_requests, other.http.hosts.tenant.is_none()),
+            (4, true)
+        );
+        assert_eq!(
+            Tenants::from_rows(t.rows().into_iter().cloned().collect()),
+            t
+        );
+    }
+
+    #[test]
     fn named_tenants_fall_back_to_the_defaults_key_by_key() {
         let t = tenants(
             r#"
@@ -396,10 +427,22 @@ mod tests {
                 "above this runner's max_timeout",
             ),
             ("[tenants.\"*\"]\nweight = 2", "cannot name a tenant"),
+            (
+                "[tenants.a.http]\nca_file = \"/ca.pem\"",
+                "tenant \"a\": http.ca_file: only the runner's config file sets this",
+            ),
         ] {
             let error = tenants(toml).unwrap_err().to_string();
             assert!(error.contains(expected), "{toml}: {error}");
         }
+        let bad_host = "[tenants.a.http]\nallowed_hosts = [\"github.com\"]";
+        let bad_host = toml::from_str::<FileConfig>(bad_host)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bad_host.contains("invalid host \"github.com\": no scheme"),
+            "{bad_host}"
+        );
         let unknown = toml::from_str::<FileConfig>("[tenants.a]\nmax_runing = 3").unwrap_err();
         assert!(unknown.to_string().contains("max_runing"));
     }

@@ -5,7 +5,7 @@ use crate::support::db::admin_url;
 use crate::support::process::runner;
 
 /// The summary line's keys, in order.
-const KEYS: [&str; 7] = [
+const KEYS: [&str; 9] = [
     "enqueue_jobs_per_s",
     "drain_jobs_per_s",
     "latency_start_p50_ms",
@@ -13,6 +13,8 @@ const KEYS: [&str; 7] = [
     "latency_done_p50_ms",
     "latency_done_p99_ms",
     "instantiate_call_p50_us",
+    "http_jobs_per_s",
+    "http_native_per_s",
 ];
 
 #[tokio::test]
@@ -26,6 +28,8 @@ async fn runner_bench_runs_every_phase_and_ends_with_the_summary_line() {
         "20",
         "--sandbox-calls",
         "200",
+        "--http-jobs",
+        "300",
         "--hold-snapshot",
         "--plugin",
         echo.to_str().unwrap(),
@@ -37,7 +41,13 @@ async fn runner_bench_runs_every_phase_and_ends_with_the_summary_line() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
-    for phase in ["1. enqueue", "2. drain", "3. latency", "4. sandbox"] {
+    for phase in [
+        "1. enqueue",
+        "2. drain",
+        "3. latency",
+        "4. sandbox",
+        "5. http",
+    ] {
         assert!(stdout.contains(phase), "no {phase:?} in:\n{stdout}");
     }
     assert!(stdout.contains("a snapshot held throughout"), "{stdout}");

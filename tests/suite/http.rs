@@ -78,10 +78,10 @@ fn result(run: Run) -> Value {
 }
 
 fn error(run: &Run) -> &RunError {
-    run.result.as_ref().err().expect("the job to fail")
+    run.result.as_ref().expect_err("the job to fail")
 }
 
-/// The outcomes of poison's `fetch` requests.
+/// The outcomes of `fetch-rust`'s requests.
 fn requests(run: Run) -> Vec<Value> {
     result(run)["requests"].as_array().unwrap().clone()
 }
@@ -153,13 +153,19 @@ async fn a_host_the_manifest_does_not_grant_is_refused_without_a_connection() {
 async fn a_granted_name_that_resolves_to_loopback_is_refused_unless_its_network_is_allowed() {
     let server = TestServer::start("127.0.0.1").await;
     let limits = granting(&[&server.origin_as("localhost"), &server.origin()]);
-    let by_name =
-        json!({"do": "fetch", "url": format!("{}/by-name", server.origin_as("localhost"))});
-    let by_ip = json!({"do": "fetch", "url": server.url("/by-ip")});
+    let by_name = json!({"url": format!("{}/by-name", server.origin_as("localhost"))});
+    let by_ip = json!({"url": server.url("/by-ip")});
 
     for payload in [&by_name, &by_ip] {
-        let outcome =
-            &requests(call("poison", payload.clone(), &limits, SandboxConfig::default()).await)[0];
+        let outcome = &requests(
+            call(
+                "fetch-rust",
+                payload.clone(),
+                &limits,
+                SandboxConfig::default(),
+            )
+            .await,
+        )[0];
         assert_eq!(outcome["refused"], true, "{outcome}");
         assert!(
             outcome["error"]
@@ -171,13 +177,13 @@ async fn a_granted_name_that_resolves_to_loopback_is_refused_unless_its_network_
     }
     // Allowed: an address outside the allowed network is still refused.
     let other = allowing(&["127.0.0.2/32"]);
-    let outcome = &requests(call("poison", by_ip.clone(), &limits, other).await)[0];
+    let outcome = &requests(call("fetch-rust", by_ip.clone(), &limits, other).await)[0];
     assert_eq!(outcome["refused"], true, "{outcome}");
     assert!(server.seen().is_empty(), "nothing reached the server");
 
     let allowed = || allowing(&["127.0.0.1/32", "::1/128"]);
     for payload in [by_name, by_ip] {
-        let outcome = &requests(call("poison", payload, &limits, allowed()).await)[0];
+        let outcome = &requests(call("fetch-rust", payload, &limits, allowed()).await)[0];
         assert_eq!(outcome["status"], 200, "{outcome}");
     }
     assert_eq!(server.seen().len(), 2);
@@ -188,8 +194,9 @@ async fn requests_per_attempt_are_capped() {
     let server = TestServer::start("127.0.0.1").await;
     let mut limits = granting(&[&server.origin()]);
     limits.http.max_requests = 3;
-    let payload = json!({"do": "fetch", "url": server.url("/n"), "times": 5});
-    let outcomes = requests(call("poison", payload, &limits, allowing(&["127.0.0.1/32"])).await);
+    let payload = json!({"url": server.url("/n"), "times": 5});
+    let outcomes =
+        requests(call("fetch-rust", payload, &limits, allowing(&["127.0.0.1/32"])).await);
     let statuses: Vec<&Value> = outcomes.iter().map(|o| &o["status"]).collect();
     assert_eq!(statuses[..3], [&json!(200); 3]);
     for outcome in &outcomes[3..] {
@@ -212,25 +219,21 @@ async fn requests_in_flight_are_capped_across_the_runners_jobs() {
     let mut config = allowing(&["127.0.0.1/32"]);
     config.http.max_concurrent = 1;
     let sandbox = Arc::new(Sandbox::new(config).unwrap());
-    let poison = Arc::new(load(&sandbox, &test_plugins::path("poison"), "poison").await);
+    let plugin = Arc::new(load(&sandbox, &test_plugins::path("fetch-rust"), "fetch-rust").await);
     let mut limits = granting(&[&server.origin()]);
     limits.timeout = Duration::from_secs(3);
     limits.http.connect_timeout = Duration::from_millis(300);
-    let fetch = |path: &str| {
-        Job::standalone(
-            "poison",
-            json!({"do": "fetch", "url": server.url(path)}).to_string(),
-        )
-    };
+    let fetch =
+        |path: &str| Job::standalone("fetch-rust", json!({"url": server.url(path)}).to_string());
 
     let holder = tokio::spawn({
-        let (sandbox, poison, limits, job) = (
+        let (sandbox, plugin, limits, job) = (
             Arc::clone(&sandbox),
-            Arc::clone(&poison),
+            Arc::clone(&plugin),
             limits.clone(),
             fetch("/never"),
         );
-        async move { sandbox.run(&poison, &job, &limits).await }
+        async move { sandbox.run(&plugin, &job, &limits).await }
     });
     eventually(
         "the first request to reach the server",
@@ -238,7 +241,7 @@ async fn requests_in_flight_are_capped_across_the_runners_jobs() {
         || async { (!server.seen().is_empty()).then_some(()) },
     )
     .await;
-    let waiter = requests(sandbox.run(&poison, &fetch("/second"), &limits).await);
+    let waiter = requests(sandbox.run(&plugin, &fetch("/second"), &limits).await);
     assert_eq!(
         waiter[0]["error"], "http error: ErrorCode::ConnectionLimitReached",
         "{waiter:?}"
@@ -248,7 +251,7 @@ async fn requests_in_flight_are_capped_across_the_runners_jobs() {
         error(&holder.await.unwrap()),
         RunError::Timeout(_)
     ));
-    let after = requests(sandbox.run(&poison, &fetch("/third"), &limits).await);
+    let after = requests(sandbox.run(&plugin, &fetch("/third"), &limits).await);
     assert_eq!(
         after[0]["status"], 200,
         "the slot was given back: {after:?}"
@@ -259,8 +262,9 @@ async fn requests_in_flight_are_capped_across_the_runners_jobs() {
 async fn redirects_reach_the_guest_and_are_not_followed() {
     let server = TestServer::start("127.0.0.1").await;
     let limits = granting(&[&server.origin()]);
-    let payload = json!({"do": "fetch", "url": server.url("/redirect")});
-    let outcome = &requests(call("poison", payload, &limits, allowing(&["127.0.0.1/32"])).await)[0];
+    let payload = json!({"url": server.url("/redirect")});
+    let outcome =
+        &requests(call("fetch-rust", payload, &limits, allowing(&["127.0.0.1/32"])).await)[0];
     assert_eq!(outcome["status"], 302);
     let targets: Vec<String> = server.seen().into_iter().map(|s| s.target).collect();
     assert_eq!(targets, ["/redirect"]);
@@ -275,8 +279,8 @@ async fn a_response_over_the_cap_is_cut_while_it_streams() {
     limits.memory = 32 << 20;
     let config = || allowing(&["127.0.0.1/32"]);
 
-    let streamed = json!({"do": "fetch", "url": server.url("/stream/268435456")});
-    let outcome = &requests(call("poison", streamed, &limits, config()).await)[0];
+    let streamed = json!({"url": server.url("/stream/268435456")});
+    let outcome = &requests(call("fetch-rust", streamed, &limits, config()).await)[0];
     let error = outcome["error"].as_str().unwrap();
     assert_eq!(
         error,
@@ -288,8 +292,8 @@ async fn a_response_over_the_cap_is_cut_while_it_streams() {
         "the server was stopped after {sent} bytes, not allowed to send 256 MiB"
     );
 
-    let declared = json!({"do": "fetch", "url": server.url("/sized/2097152")});
-    let outcome = &requests(call("poison", declared, &limits, config()).await)[0];
+    let declared = json!({"url": server.url("/sized/2097152")});
+    let outcome = &requests(call("fetch-rust", declared, &limits, config()).await)[0];
     assert!(
         outcome["error"]
             .as_str()
@@ -298,8 +302,8 @@ async fn a_response_over_the_cap_is_cut_while_it_streams() {
         "{outcome}"
     );
 
-    let within = json!({"do": "fetch", "url": server.url("/stream/1048576")});
-    let outcome = &requests(call("poison", within, &limits, config()).await)[0];
+    let within = json!({"url": server.url("/stream/1048576")});
+    let outcome = &requests(call("fetch-rust", within, &limits, config()).await)[0];
     assert_eq!(outcome["bytes"], 1 << 20);
 }
 
@@ -331,8 +335,8 @@ async fn a_server_that_never_answers_is_stopped_by_the_wall_clock_not_the_cpu_bu
     limits.timeout = Duration::from_secs(2);
     // Far less than the wait: waiting on the network costs no CPU time.
     limits.cpu_budget = Duration::from_millis(500);
-    let payload = json!({"do": "fetch", "url": server.url("/never")});
-    let run = call("poison", payload, &limits, allowing(&["127.0.0.1/32"])).await;
+    let payload = json!({"url": server.url("/never")});
+    let run = call("fetch-rust", payload, &limits, allowing(&["127.0.0.1/32"])).await;
     match error(&run) {
         RunError::Timeout(timeout) => assert_eq!(timeout.limit, Duration::from_secs(2)),
         other => panic!("expected the wall-clock timeout, got {other}"),
@@ -345,8 +349,9 @@ async fn a_server_that_trickles_is_stopped_by_the_idle_timeout() {
     let server = TestServer::start("127.0.0.1").await;
     let mut limits = granting(&[&server.origin()]);
     limits.http.between_bytes_timeout = Duration::from_millis(300);
-    let payload = json!({"do": "fetch", "url": server.url("/trickle")});
-    let outcome = &requests(call("poison", payload, &limits, allowing(&["127.0.0.1/32"])).await)[0];
+    let payload = json!({"url": server.url("/trickle")});
+    let outcome =
+        &requests(call("fetch-rust", payload, &limits, allowing(&["127.0.0.1/32"])).await)[0];
     assert_eq!(
         outcome["error"], "http error: connection read timeout",
         "{outcome}"
@@ -374,10 +379,10 @@ async fn https_is_verified_against_the_private_ca_in_the_runner_config() {
     let server = TestServer::start_tls("127.0.0.1", pki.acceptor()).await;
     let origin = server.origin_as("localhost");
     let limits = granting(&[&origin]);
-    let payload = json!({"do": "fetch", "url": format!("{origin}/secure")});
+    let payload = json!({"url": format!("{origin}/secure")});
 
     let untrusted = allowing(&["127.0.0.1/32", "::1/128"]);
-    let outcome = &requests(call("poison", payload.clone(), &limits, untrusted).await)[0];
+    let outcome = &requests(call("fetch-rust", payload.clone(), &limits, untrusted).await)[0];
     assert!(
         outcome["error"]
             .as_str()
@@ -388,7 +393,7 @@ async fn https_is_verified_against_the_private_ca_in_the_runner_config() {
 
     let mut trusted = allowing(&["127.0.0.1/32", "::1/128"]);
     trusted.http.ca_file = Some(pki.ca_file());
-    let outcome = &requests(call("poison", payload, &limits, trusted).await)[0];
+    let outcome = &requests(call("fetch-rust", payload, &limits, trusted).await)[0];
     assert_eq!(outcome["status"], 200, "{outcome}");
     assert_eq!(server.seen().last().unwrap().target, "/secure");
 }
@@ -533,9 +538,13 @@ async fn webhook_worker(queue: &Queue, limits: Limits) -> runner::WorkerHandle {
 async fn runner_call_logs_one_line_per_request_without_query_or_headers() {
     let server = TestServer::start("127.0.0.1").await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(test_plugins::path("poison"), dir.path().join("poison.wasm")).unwrap();
+    std::fs::copy(
+        test_plugins::path("fetch-rust"),
+        dir.path().join("fetch-rust.wasm"),
+    )
+    .unwrap();
     std::fs::write(
-        dir.path().join("poison.toml"),
+        dir.path().join("fetch-rust.toml"),
         format!(
             "[http]\nallowed_hosts = [{:?}]\nmax_requests = 2\n",
             server.origin()
@@ -545,7 +554,6 @@ async fn runner_call_logs_one_line_per_request_without_query_or_headers() {
     let config = dir.path().join("runner.toml");
     std::fs::write(&config, "[http]\nallow_networks = [\"127.0.0.1/32\"]\n").unwrap();
     let payload = json!({
-        "do": "fetch",
         "url": server.url("/api/items?token=QUERY-SECRET"),
         "headers": [["authorization", "Bearer HEADER-SECRET"]],
         "times": 4,
@@ -554,7 +562,7 @@ async fn runner_call_logs_one_line_per_request_without_query_or_headers() {
         "--config",
         config.to_str().unwrap(),
         "call",
-        dir.path().join("poison.wasm").to_str().unwrap(),
+        dir.path().join("fetch-rust.wasm").to_str().unwrap(),
         "--payload",
         &payload.to_string(),
     ])
@@ -603,7 +611,7 @@ async fn runner_call_logs_one_line_per_request_without_query_or_headers() {
     assert!(
         lines
             .iter()
-            .all(|l| l.contains("job_id=0 job_type=poison tenant=default attempt=1")),
+            .all(|l| l.contains("job_id=0 job_type=fetch-rust tenant=default attempt=1")),
         "{stderr}"
     );
     assert!(
@@ -612,12 +620,12 @@ async fn runner_call_logs_one_line_per_request_without_query_or_headers() {
     );
 
     // Refused hosts are named with the reason.
-    let refused = json!({"do": "fetch", "url": "http://127.0.0.1:9/elsewhere?token=QUERY-SECRET"});
+    let refused = json!({"url": "http://127.0.0.1:9/elsewhere?token=QUERY-SECRET"});
     let output = runner(&[
         "--config",
         config.to_str().unwrap(),
         "call",
-        dir.path().join("poison.wasm").to_str().unwrap(),
+        dir.path().join("fetch-rust.wasm").to_str().unwrap(),
         "--payload",
         &refused.to_string(),
     ])

@@ -15,7 +15,6 @@
 //! | `read-file` | reads `path` (default `/etc/passwd`) and lists `/` | finds nothing |
 //! | `read-env` | reads every environment variable and the arguments | finds nothing |
 //! | `socket` | connects to `addr` (default `127.0.0.1:5432`) | cannot connect |
-//! | `fetch` | GETs `url` `times` times (default 1) with `headers`, reading each body whole | each request's status and size, or its error |
 //! | `remember` | counts the bytes an earlier job left in a 4 MiB static buffer, then dirties every page of it | finds none: each job gets fresh memory |
 //!
 //! The probes succeed and report what they found, so a test can assert on it.
@@ -24,7 +23,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use jobrunner_plugin_sdk::{Job, JobError, Level, handler, http, log};
+use jobrunner_plugin_sdk::{Job, JobError, Level, handler, log};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -67,17 +66,6 @@ enum Misbehaviour {
         addr: String,
     },
     Remember,
-    Fetch {
-        url: String,
-        #[serde(default = "once")]
-        times: u32,
-        #[serde(default)]
-        headers: Vec<(String, String)>,
-    },
-}
-
-fn once() -> u32 {
-    1
 }
 
 /// Zero in a fresh instance (it lives in the zero-initialized data of linear memory); larger
@@ -161,14 +149,6 @@ fn misbehave(job: Job<Misbehaviour>) -> Result<Value, JobError> {
             Ok(_) => json!({ "found": true }),
             Err(e) => json!({ "found": false, "error": e.to_string() }),
         },
-        Misbehaviour::Fetch {
-            url,
-            times,
-            headers,
-        } => {
-            let outcomes: Vec<Value> = (0..times).map(|_| fetch(&url, &headers)).collect();
-            json!({ "requests": outcomes })
-        }
         Misbehaviour::Remember => {
             let left = MEMORY
                 .iter()
@@ -180,21 +160,6 @@ fn misbehave(job: Job<Misbehaviour>) -> Result<Value, JobError> {
             json!({ "left_by_earlier_jobs": left })
         }
     })
-}
-
-fn fetch(url: &str, headers: &[(String, String)]) -> Value {
-    let mut request = http::Request::get(url);
-    for (name, value) in headers {
-        request = request.header(name, value);
-    }
-    let request = match request.body(Vec::new()) {
-        Ok(request) => request,
-        Err(e) => return json!({ "error": e.to_string() }),
-    };
-    match http::send(request) {
-        Ok(reply) => json!({ "status": reply.status, "bytes": reply.body.len() }),
-        Err(e) => json!({ "error": e.to_string(), "refused": e.is_refused() }),
-    }
 }
 
 #[allow(unconditional_recursion)] // the point: a stack overflow

@@ -5,13 +5,16 @@
 //! 2. drain of those jobs by the runner's worker, every job in a fresh sandbox instance;
 //! 3. on the idle queue, sequential jobs timed from the committed enqueue to the sandbox call
 //!    and to the committed outcome;
-//! 4. the sandbox alone: instantiate + call of the plugin, no database.
+//! 4. the sandbox alone: instantiate + call of the plugin, no database;
+//! 5. outgoing HTTP: jobs that each make one GET to a local server, against a native client
+//!    making the same requests.
 //!
 //! The last line sums it up for machines. The benchmark works in a database of its own,
 //! created afresh and dropped at the end.
 
 mod cpu;
 mod drain;
+mod http;
 mod latency;
 mod stats;
 
@@ -55,6 +58,12 @@ pub struct BenchArgs {
     /// Sandbox-only calls (instantiate + call, no database).
     #[arg(long, default_value_t = 20_000)]
     sandbox_calls: usize,
+    /// Jobs that each make one GET to a local server (0: skip the phase).
+    #[arg(long, default_value_t = 10_000)]
+    http_jobs: usize,
+    /// The plugin those jobs run [default: fetch-rust.wasm beside --plugin]
+    #[arg(long)]
+    http_plugin: Option<PathBuf>,
     /// The plugin every job runs: a no-op component; its file name is the job type [default:
     /// target/plugins/echo.wasm, built by example-plugins/build]
     #[arg(long)]
@@ -79,6 +88,8 @@ pub struct Bench {
     jobs: usize,
     latency_samples: usize,
     sandbox_calls: usize,
+    http_jobs: usize,
+    http_plugin: PathBuf,
     workers: usize,
     hold_snapshot: bool,
     job_type: String,
@@ -100,6 +111,15 @@ impl BenchArgs {
             plugin.display()
         );
         anyhow::ensure!(self.workers >= 1, "--workers must be at least 1");
+        let http_plugin = self
+            .http_plugin
+            .unwrap_or_else(|| http::default_plugin(&plugin));
+        anyhow::ensure!(
+            self.http_jobs == 0 || http_plugin.is_file(),
+            "no plugin at {} for the HTTP phase: build the example plugins, pass --http-plugin \
+             FILE, or --http-jobs 0",
+            http_plugin.display()
+        );
         let cache = plugin
             .parent()
             .unwrap_or(Path::new("."))
@@ -115,6 +135,8 @@ impl BenchArgs {
             jobs: self.jobs.max(1),
             latency_samples: self.latency_samples,
             sandbox_calls: self.sandbox_calls,
+            http_jobs: self.http_jobs,
+            http_plugin,
             workers: self.workers,
             hold_snapshot: self.hold_snapshot,
             job_type,
@@ -132,6 +154,7 @@ struct Summary {
     start: Percentiles,
     done: Percentiles,
     call: Percentiles,
+    http: http::Rates,
 }
 
 /// Runs every phase and prints the summary line.
@@ -141,10 +164,18 @@ pub async fn bench(db: &Database, bench: Bench) -> anyhow::Result<ExitCode> {
     let staged_plugin = staged.path().join(format!("{}.wasm", bench.job_type));
     std::fs::copy(&bench.plugin, &staged_plugin)
         .with_context(|| format!("cannot copy {}", bench.plugin.display()))?;
-    let run = RunConfig {
+    let mut run = RunConfig {
         plugins: staged.path().to_owned(),
         ..bench.run.clone()
     };
+    let server = http::Server::start().await?;
+    if bench.http_jobs > 0 {
+        server.stage(&bench.http_plugin, staged.path())?;
+        run.sandbox
+            .http
+            .allow_networks
+            .push("127.0.0.1/32".parse()?);
+    }
     let (dir, _) = load_plugins(&run).await?;
     anyhow::ensure!(
         dir.registry().get(&bench.job_type).is_some(),
@@ -159,7 +190,7 @@ pub async fn bench(db: &Database, bench: Bench) -> anyhow::Result<ExitCode> {
     let result = async {
         queue.migrate().await?;
         print_header(&bench, &queue, &database).await?;
-        phases(&bench, &queue, &dir, &run).await
+        phases(&bench, &queue, &dir, &run, &server).await
     }
     .await;
     queue.pool().close().await;
@@ -168,7 +199,7 @@ pub async fn bench(db: &Database, bench: Bench) -> anyhow::Result<ExitCode> {
     println!(
         "bench enqueue_jobs_per_s={:.0} drain_jobs_per_s={:.0} latency_start_p50_ms={:.3} \
          latency_start_p99_ms={:.3} latency_done_p50_ms={:.3} latency_done_p99_ms={:.3} \
-         instantiate_call_p50_us={:.1}",
+         instantiate_call_p50_us={:.1} http_jobs_per_s={:.0} http_native_per_s={:.0}",
         summary.enqueue_per_s,
         summary.drain_per_s,
         summary.start.p50 * 1e3,
@@ -176,6 +207,8 @@ pub async fn bench(db: &Database, bench: Bench) -> anyhow::Result<ExitCode> {
         summary.done.p50 * 1e3,
         summary.done.p99 * 1e3,
         summary.call.p50 * 1e6,
+        summary.http.jobs_per_s,
+        summary.http.native_per_s,
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -185,6 +218,7 @@ async fn phases(
     queue: &Queue,
     dir: &Arc<PluginDir>,
     run: &RunConfig,
+    server: &http::Server,
 ) -> anyhow::Result<Summary> {
     let executor = || WasmExecutor::new(Arc::clone(dir.loader().sandbox()), dir.registry().clone());
     let mut summary = Summary {
@@ -194,6 +228,9 @@ async fn phases(
     summary.drain_per_s = drain::run(bench, queue, executor, &run.worker).await?;
     (summary.start, summary.done) = latency::run(bench, queue, executor(), &run.worker).await?;
     summary.call = sandbox_calls(bench, dir, run).await?;
+    if bench.http_jobs > 0 {
+        summary.http = http::run(bench.http_jobs, queue, executor(), &run.worker, server).await?;
+    }
     Ok(summary)
 }
 

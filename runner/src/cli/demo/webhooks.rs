@@ -99,25 +99,15 @@ impl Receiver {
 
     /// How each webhook job ended, and what the server received.
     pub async fn report(&self, queue: &Queue) -> anyhow::Result<()> {
-        let jobs: Vec<(
-            i64,
-            String,
-            String,
-            Option<serde_json::Value>,
-            Option<String>,
-        )> = sqlx::query_as(
-            "SELECT id, payload->>'url', state::text, result, errors->-1->>'error'
+        let jobs: Vec<(i64, String, String, String)> = sqlx::query_as(
+            "SELECT id, payload->>'url', state::text,
+                    coalesce(result::text, errors->-1->>'error', '')
                FROM jobrunner.jobs WHERE job_type = 'webhook' ORDER BY id",
         )
         .fetch_all(queue.pool())
         .await?;
         println!("\nWebhooks (outgoing HTTP, one `jobrunner::http` log line per request above):");
-        for (id, url, state, result, error) in jobs {
-            let outcome = match (result, error) {
-                (Some(result), _) => result.to_string(),
-                (None, Some(error)) => error,
-                (None, None) => String::new(),
-            };
+        for (id, url, state, outcome) in jobs {
             println!("  {id:>4} {state:<9} {url:<40} {outcome}");
         }
         println!("The demo's server at {} received:", self.addr);
