@@ -138,11 +138,12 @@ pub fn send(request: Request<Vec<u8>>) -> Result<Reply, HttpError> {
     let fields = types::Fields::from_list(&headers).map_err(|e| invalid(format!("{e:?}")))?;
     let outgoing = types::OutgoingRequest::new(fields);
     set_target(&outgoing, &parts.method, &parts.uri)?;
-    let outgoing_body = outgoing.body().expect("a new request's body");
+    // Without a body the request goes out as one write, with no body framing at all.
+    let outgoing_body = (!body.is_empty()).then(|| outgoing.body().expect("a new request's body"));
     let pending = outgoing_handler::handle(outgoing, None)?;
     // A refused request fails its body's stream too: its response says why, so it is
     // awaited whatever the write did.
-    let written = write_body(outgoing_body, &body);
+    let written = outgoing_body.map_or(Ok(()), |outgoing_body| write_body(outgoing_body, &body));
     let response = loop {
         match pending.get() {
             Some(response) => break response.expect("a response is taken once")?,

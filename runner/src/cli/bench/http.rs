@@ -17,7 +17,6 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
 use super::ENQUEUE_CHUNK;
 use crate::Queue;
@@ -35,47 +34,50 @@ pub(super) struct Rates {
     pub native_per_s: f64,
 }
 
-/// The benchmark's web server: `200 ok` to everything, requests counted.
+/// The benchmark's web server: `200 ok` to everything, requests counted. It runs on a thread
+/// of its own, as a server in another process would, so that neither client shares its
+/// runtime's threads with it.
 pub(super) struct Server {
     addr: SocketAddr,
     served: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop.take().map(|stop| stop.send(()));
     }
 }
 
 impl Server {
     /// Starts the server on a free port of 127.0.0.1.
     pub async fn start() -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
             .context("the HTTP phase's server binds 127.0.0.1")?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let served = Arc::new(AtomicUsize::new(0));
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let counter = Arc::clone(&served);
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let counter = Arc::clone(&counter);
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |_request| {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        async {
-                            Ok::<_, Infallible>(hyper::Response::new(Full::new(
-                                Bytes::from_static(b"ok"),
-                            )))
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+        std::thread::Builder::new()
+            .name("bench-http-server".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = TcpListener::from_std(listener).expect("a tokio listener");
+                    tokio::select! {
+                        () = serve(listener, counter) => {}
+                        _ = stopped => {}
+                    }
                 });
-            }
-        });
-        Ok(Self { addr, served, task })
+            })?;
+        Ok(Self {
+            addr,
+            served,
+            stop: Some(stop),
+        })
     }
 
     /// Puts the phase's plugin into the plugin directory `dir`, with a manifest granting this
@@ -90,6 +92,23 @@ impl Server {
 
     fn url(&self) -> String {
         format!("http://{}/ok", self.addr)
+    }
+}
+
+async fn serve(listener: TcpListener, counter: Arc<AtomicUsize>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let counter = Arc::clone(&counter);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |_request| {
+                counter.fetch_add(1, Ordering::Relaxed);
+                async {
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
     }
 }
 

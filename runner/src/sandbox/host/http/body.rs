@@ -142,8 +142,10 @@ impl Body for ResponseBody {
         }
     }
 
+    /// Only once the end was seen: a reader stopping at the inner body's end would never let
+    /// this one write the request's log line.
     fn is_end_stream(&self) -> bool {
-        self.done || self.inner.is_end_stream()
+        self.done
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use http::Request;
 use wasmtime::component::Linker;
+use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::{
     Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
@@ -144,6 +145,11 @@ impl Hooks {
 }
 
 impl WasiHttpHooks for Hooks {
+    /// Without the default's unattributed log line: the request's own line has the error.
+    fn p2_error_from_hyper(&mut self, _error: &hyper::Error) -> ErrorCode {
+        ErrorCode::HttpProtocolError
+    }
+
     fn send_request(
         &mut self,
         request: Request<WasiBody>,

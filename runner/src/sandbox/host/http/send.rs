@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response, Uri};
@@ -86,7 +86,8 @@ pub(crate) async fn send(
     limits: RequestLimits,
     mut exchange: Exchange,
 ) -> Result<Sent, Error> {
-    match exchange_with(network, request, destination, limits, &mut exchange).await {
+    let bytes_out = Arc::clone(&exchange.bytes_out);
+    match round_trip(network, request, destination, limits, bytes_out).await {
         Ok((response, permit, connection)) => {
             exchange.responded(response.status().as_u16());
             let response = response.map(|incoming| {
@@ -100,6 +101,12 @@ pub(crate) async fn send(
                 )
                 .boxed_unsync()
             });
+            // A connection that fails later fails the response body, which the guest sees
+            // and the request's log line records; wasmtime would log it again, unattributed.
+            let connection = async move {
+                let _ = connection.await;
+                Ok(())
+            };
             Ok((response, Box::new(connection)))
         }
         Err(failure) => {
@@ -116,14 +123,16 @@ pub(crate) async fn send(
 
 type Connection = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 
-async fn exchange_with(
+/// Connects and sends the request; the response's head, the slot it holds, and the
+/// connection to drive while its body is read.
+async fn round_trip(
     network: Network,
     mut request: Request<WasiBody>,
     destination: Destination,
     limits: RequestLimits,
-    exchange: &mut Exchange,
+    bytes_out: Arc<AtomicU64>,
 ) -> Result<(Response<Incoming>, OwnedSemaphorePermit, Connection), Failure> {
-    if let Some(length) = content_length(&request)
+    if let Some(length) = content_length(request.headers())
         && length > limits.max_request_body
     {
         return Err(Failure::limit(
@@ -141,13 +150,11 @@ async fn exchange_with(
     let stream = timeout(limits.connect_timeout, connect(&network, &destination))
         .await
         .map_err(|_| Failure::limit(Error::ConnectionTimeout, "connect_timeout"))??;
-    let (mut sender, connection) = timeout(
-        limits.connect_timeout,
-        hyper::client::conn::http1::handshake::<_, CappedBody>(TokioIo::new(stream)),
-    )
-    .await
-    .map_err(|_| Failure::limit(Error::ConnectionTimeout, "connect_timeout"))?
-    .map_err(Error::from)?;
+    // No I/O: the handshake only sets up the connection's state.
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake::<_, CappedBody>(TokioIo::new(stream))
+            .await
+            .map_err(Error::from)?;
     let mut connection: Connection = Box::pin(async move { connection.await.map_err(Error::from) });
 
     // hyper sends the URI as given: the origin form, without scheme and host, for a server.
@@ -155,7 +162,7 @@ async fn exchange_with(
     let tripped = Arc::new(AtomicBool::new(false));
     let request = request.map(|body| CappedBody {
         inner: body,
-        sent: Arc::clone(&exchange.bytes_out),
+        sent: bytes_out,
         limit: limits.max_request_body,
         tripped: Arc::clone(&tripped),
     });
@@ -178,7 +185,7 @@ async fn exchange_with(
     let response = response
         .map_err(|_| Failure::limit(Error::HttpResponseTimeout, "first_byte_timeout"))?
         .map_err(|e| request_failure(Error::from(e), &tripped))?;
-    if let Some(length) = content_length(&response)
+    if let Some(length) = content_length(response.headers())
         && length > limits.max_response_body
     {
         return Err(Failure::limit(
@@ -198,33 +205,13 @@ fn request_failure(error: Error, body_tripped: &AtomicBool) -> Failure {
     }
 }
 
-fn content_length<T>(message: &T) -> Option<u64>
-where
-    T: HasHeaders,
-{
-    message
-        .headers()
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
         .get(http::header::CONTENT_LENGTH)?
         .to_str()
         .ok()?
         .parse()
         .ok()
-}
-
-trait HasHeaders {
-    fn headers(&self) -> &http::HeaderMap;
-}
-
-impl<B> HasHeaders for Request<B> {
-    fn headers(&self) -> &http::HeaderMap {
-        Request::headers(self)
-    }
-}
-
-impl<B> HasHeaders for Response<B> {
-    fn headers(&self) -> &http::HeaderMap {
-        Response::headers(self)
-    }
 }
 
 fn origin_form(uri: &Uri) -> Uri {
