@@ -6,18 +6,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use runner::client::JobState;
-use runner::plugins::Policy;
 use runner::sandbox::{Disposition, HttpNetworkConfig, Plugin, Run, RunError};
-use runner::{
-    Job, Limits, NewJob, Queue, RetryPolicy, Sandbox, SandboxConfig, Worker, WorkerConfig,
-};
+use runner::{Job, Limits, NewJob, Queue, Sandbox, SandboxConfig};
 use serde_json::{Value, json};
 
 use crate::support::http_server::TestServer;
 use crate::support::process::runner;
-use crate::support::{TestDb, driver, eventually, plugins, publish, settled};
+use crate::support::{TestDb, eventually, plugins, publish, settled};
 
 /// Limits granting `hosts`, the runner's defaults otherwise.
 fn granting(hosts: &[&str]) -> Limits {
@@ -518,18 +514,7 @@ async fn a_tenant_narrows_the_plugins_grant_and_cannot_widen_it() {
 }
 
 async fn webhook_worker(queue: &Queue, limits: Limits) -> runner::WorkerHandle {
-    let tenants = Arc::new(ArcSwap::from_pointee(
-        driver(queue).tenants().await.unwrap(),
-    ));
-    let policy = Policy::new(limits, RetryPolicy::default());
-    let executor =
-        plugins::executor(&["webhook"], allowing(&["127.0.0.1/32"]), policy).with_tenants(tenants);
-    let config = WorkerConfig {
-        poll_interval: Duration::from_millis(20),
-        keep_completed: Some(Duration::from_secs(3600)),
-        ..WorkerConfig::default()
-    };
-    Worker::new(queue.clone(), executor, config).start()
+    plugins::tenant_worker(queue, &["webhook"], allowing(&["127.0.0.1/32"]), limits).await
 }
 
 /// Through the binary: the manifest and config file grant and allow, and each request's log
@@ -558,17 +543,19 @@ async fn runner_call_logs_one_line_per_request_without_query_or_headers() {
         "headers": [["authorization", "Bearer HEADER-SECRET"]],
         "times": 4,
     });
-    let output = runner(&[
-        "--config",
-        config.to_str().unwrap(),
-        "call",
-        dir.path().join("fetch-rust.wasm").to_str().unwrap(),
-        "--payload",
-        &payload.to_string(),
-    ])
-    .output()
-    .await
-    .unwrap();
+    let plugin = dir.path().join("fetch-rust.wasm");
+    let call = |payload: Value| {
+        let args = [
+            "--config",
+            config.to_str().unwrap(),
+            "call",
+            plugin.to_str().unwrap(),
+        ];
+        let mut command = runner(&args);
+        command.arg("--payload").arg(payload.to_string());
+        async move { command.output().await.unwrap() }
+    };
+    let output = call(payload).await;
     let (stdout, stderr) = (
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr),
@@ -621,17 +608,7 @@ async fn runner_call_logs_one_line_per_request_without_query_or_headers() {
 
     // Refused hosts are named with the reason.
     let refused = json!({"url": "http://127.0.0.1:9/elsewhere?token=QUERY-SECRET"});
-    let output = runner(&[
-        "--config",
-        config.to_str().unwrap(),
-        "call",
-        dir.path().join("fetch-rust.wasm").to_str().unwrap(),
-        "--payload",
-        &refused.to_string(),
-    ])
-    .output()
-    .await
-    .unwrap();
+    let output = call(refused).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains(

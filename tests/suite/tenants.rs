@@ -5,12 +5,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use runner::driver::{ClaimRequest, ClaimType, Claimed};
-use runner::plugins::Policy;
 use runner::{
-    Handlers, JobState, Limits, ManualClock, NewJob, Queue, QueueError, RetryPolicy, SandboxConfig,
-    Unique, Worker, WorkerConfig, WorkerHandle,
+    Handlers, JobState, Limits, ManualClock, NewJob, Queue, QueueError, SandboxConfig, Unique,
+    Worker, WorkerConfig, WorkerHandle,
 };
 use serde_json::{Value, json};
 
@@ -397,18 +395,7 @@ async fn a_tenants_memory_override_decides_whether_the_same_plugin_fits() {
 /// A worker running `job_types` from the example plugins under `limits`, applying the
 /// published tenant policy.
 async fn wasm_worker(queue: &Queue, job_types: &[&str], limits: Limits) -> WorkerHandle {
-    let tenants = Arc::new(ArcSwap::from_pointee(
-        driver(queue).tenants().await.unwrap(),
-    ));
-    let policy = Policy::new(limits, RetryPolicy::default());
-    let executor =
-        plugins::executor(job_types, SandboxConfig::default(), policy).with_tenants(tenants);
-    let config = WorkerConfig {
-        poll_interval: Duration::from_millis(20),
-        keep_completed: Some(Duration::from_secs(3600)),
-        ..WorkerConfig::default()
-    };
-    Worker::new(queue.clone(), executor, config).start()
+    plugins::tenant_worker(queue, job_types, SandboxConfig::default(), limits).await
 }
 
 /// Through the binary: a runner publishes its config's policy, enqueue refuses what it

@@ -1,9 +1,16 @@
 //! Workers that run the example plugins in a real sandbox.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use runner::plugins::{Files, Loader, Policy, Registry};
-use runner::{Sandbox, SandboxConfig, WasmExecutor};
+use runner::{
+    Limits, Queue, RetryPolicy, Sandbox, SandboxConfig, WasmExecutor, Worker, WorkerConfig,
+    WorkerHandle,
+};
+
+use super::driver;
 
 /// An executor for the example plugins `job_types`, built from the test build's plugin
 /// directory, each run under `policy`.
@@ -20,4 +27,25 @@ pub fn executor(job_types: &[&str], config: SandboxConfig, policy: Policy) -> Wa
         registry.install(job_type, generation, version).unwrap();
     }
     WasmExecutor::new(sandbox, registry)
+}
+
+/// A worker running `job_types` from the example plugins in a sandbox set up by `config`,
+/// under `limits`, applying the published tenant policy.
+pub async fn tenant_worker(
+    queue: &Queue,
+    job_types: &[&str],
+    config: SandboxConfig,
+    limits: Limits,
+) -> WorkerHandle {
+    let tenants = Arc::new(ArcSwap::from_pointee(
+        driver(queue).tenants().await.unwrap(),
+    ));
+    let policy = Policy::new(limits, RetryPolicy::default());
+    let executor = executor(job_types, config, policy).with_tenants(tenants);
+    let config = WorkerConfig {
+        poll_interval: Duration::from_millis(20),
+        keep_completed: Some(Duration::from_secs(3600)),
+        ..WorkerConfig::default()
+    };
+    Worker::new(queue.clone(), executor, config).start()
 }
