@@ -680,7 +680,7 @@ async fn the_demo_delivers_webhooks_to_its_own_server_and_refuses_the_others() {
     };
     let delivered = row("127.0.0.2");
     assert!(
-        delivered.contains("completed") && delivered.contains(r#"{"status":204}"#),
+        delivered.contains("completed") && delivered.contains(r#"{"status": 204}"#),
         "{stdout}"
     );
     assert!(row("/hooks/flaky").contains("completed"), "{stdout}");
