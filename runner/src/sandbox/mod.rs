@@ -196,7 +196,7 @@ impl Sandbox {
         let guests = GuestRuntime::new()
             .map_err(|e| SandboxError(format!("cannot start the guest threads: {e}")))?;
         let services = Services {
-            network: host::http::Network::new(&config.http).map_err(SandboxError)?,
+            network: Arc::new(host::http::Network::new(&config.http).map_err(SandboxError)?),
         };
         Ok(Self {
             services,

@@ -66,7 +66,7 @@ pub(crate) trait Capability {
 #[derive(Debug, Clone)]
 pub(crate) struct Services {
     /// Outgoing HTTP's guard, TLS setup and slots.
-    pub network: http::Network,
+    pub network: Arc<http::Network>,
 }
 
 /// Everything a store holds for one attempt: each capability's state, the resource table

@@ -50,7 +50,7 @@ pub(crate) struct HttpState {
 struct Hooks {
     job: Arc<JobLabel>,
     limits: HttpLimits,
-    network: Network,
+    network: Arc<Network>,
     requests: u32,
     /// Requests refused over `max_requests` after the first (logged once, counted here).
     over_cap: u64,
@@ -69,7 +69,7 @@ impl Capability for Http {
             hooks: Hooks {
                 job: Arc::clone(job),
                 limits: limits.http.clone(),
-                network: services.network.clone(),
+                network: Arc::clone(&services.network),
                 requests: 0,
                 over_cap: 0,
             },
@@ -158,7 +158,7 @@ impl WasiHttpHooks for Hooks {
     ) -> SendFuture {
         match self.admit(&request, options) {
             Ok((destination, limits, exchange)) => Box::new(send::send(
-                self.network.clone(),
+                Arc::clone(&self.network),
                 request,
                 destination,
                 limits,

@@ -12,10 +12,9 @@ use tokio_rustls::TlsConnector;
 use super::guard::AddressGuard;
 use super::settings::HttpNetworkConfig;
 
-/// The runner's network for guests.
-#[derive(Clone)]
+/// The runner's network for guests, one per runner, shared by every attempt.
 pub(crate) struct Network {
-    pub guard: Arc<AddressGuard>,
+    pub guard: AddressGuard,
     pub tls: TlsConnector,
     pub slots: Arc<Semaphore>,
 }
@@ -32,7 +31,7 @@ impl Network {
     /// The network `config` describes; fails if its CA file cannot be used.
     pub fn new(config: &HttpNetworkConfig) -> Result<Self, String> {
         Ok(Self {
-            guard: Arc::new(AddressGuard::new(config.allow_networks.clone())),
+            guard: AddressGuard::new(config.allow_networks.clone()),
             tls: tls_connector(config.ca_file.as_deref())?,
             slots: Arc::new(Semaphore::new(config.max_concurrent)),
         })

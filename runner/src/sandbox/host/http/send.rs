@@ -80,7 +80,7 @@ impl From<Error> for Failure {
 
 /// Sends `request` to `destination`, writing its log line through `exchange`.
 pub(crate) async fn send(
-    network: Network,
+    network: Arc<Network>,
     request: Request<WasiBody>,
     destination: Destination,
     limits: RequestLimits,
@@ -126,7 +126,7 @@ type Connection = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 /// Connects and sends the request; the response's head, the slot it holds, and the
 /// connection to drive while its body is read.
 async fn round_trip(
-    network: Network,
+    network: Arc<Network>,
     mut request: Request<WasiBody>,
     destination: Destination,
     limits: RequestLimits,
