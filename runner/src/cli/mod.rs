@@ -6,6 +6,7 @@ mod database;
 mod demo;
 mod enqueue;
 mod jobs;
+mod local_server;
 mod plugins;
 mod run;
 mod tenants;

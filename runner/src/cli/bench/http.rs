@@ -4,7 +4,6 @@
 //! concurrency, each on a new connection as the guest's are. The ratio of the two rates is
 //! what the sandbox, the queue and the policy cost a job that calls an API.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::ENQUEUE_CHUNK;
 use crate::Queue;
+use crate::cli::local_server::serve;
 use crate::executor::WasmExecutor;
 use crate::job::{NewJob, Unique};
 use crate::worker::{Worker, WorkerConfig};
@@ -51,7 +51,7 @@ impl Drop for Server {
 
 impl Server {
     /// Starts the server on a free port of 127.0.0.1.
-    pub async fn start() -> anyhow::Result<Self> {
+    pub fn start() -> anyhow::Result<Self> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")
             .context("the HTTP phase's server binds 127.0.0.1")?;
         listener.set_nonblocking(true)?;
@@ -67,8 +67,14 @@ impl Server {
             .spawn(move || {
                 runtime.block_on(async move {
                     let listener = TcpListener::from_std(listener).expect("a tokio listener");
+                    let answer = move |_request| {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        std::future::ready(hyper::Response::new(Full::new(Bytes::from_static(
+                            b"ok",
+                        ))))
+                    };
                     tokio::select! {
-                        () = serve(listener, counter) => {}
+                        () = serve(listener, answer) => {}
                         _ = stopped => {}
                     }
                 });
@@ -92,23 +98,6 @@ impl Server {
 
     fn url(&self) -> String {
         format!("http://{}/ok", self.addr)
-    }
-}
-
-async fn serve(listener: TcpListener, counter: Arc<AtomicUsize>) {
-    while let Ok((stream, _)) = listener.accept().await {
-        let counter = Arc::clone(&counter);
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |_request| {
-                counter.fetch_add(1, Ordering::Relaxed);
-                async {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
     }
 }
 

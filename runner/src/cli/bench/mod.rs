@@ -168,14 +168,17 @@ pub async fn bench(db: &Database, bench: Bench) -> anyhow::Result<ExitCode> {
         plugins: staged.path().to_owned(),
         ..bench.run.clone()
     };
-    let server = http::Server::start().await?;
-    if bench.http_jobs > 0 {
+    let server = if bench.http_jobs > 0 {
+        let server = http::Server::start()?;
         server.stage(&bench.http_plugin, staged.path())?;
         run.sandbox
             .http
             .allow_networks
             .push("127.0.0.1/32".parse()?);
-    }
+        Some(server)
+    } else {
+        None
+    };
     let (dir, _) = load_plugins(&run).await?;
     anyhow::ensure!(
         dir.registry().get(&bench.job_type).is_some(),
@@ -190,7 +193,7 @@ pub async fn bench(db: &Database, bench: Bench) -> anyhow::Result<ExitCode> {
     let result = async {
         queue.migrate().await?;
         print_header(&bench, &queue, &database).await?;
-        phases(&bench, &queue, &dir, &run, &server).await
+        phases(&bench, &queue, &dir, &run, server.as_ref()).await
     }
     .await;
     queue.pool().close().await;
@@ -218,7 +221,7 @@ async fn phases(
     queue: &Queue,
     dir: &Arc<PluginDir>,
     run: &RunConfig,
-    server: &http::Server,
+    server: Option<&http::Server>,
 ) -> anyhow::Result<Summary> {
     let executor = || WasmExecutor::new(Arc::clone(dir.loader().sandbox()), dir.registry().clone());
     let mut summary = Summary {
@@ -228,7 +231,7 @@ async fn phases(
     summary.drain_per_s = drain::run(bench, queue, executor, &run.worker).await?;
     (summary.start, summary.done) = latency::run(bench, queue, executor(), &run.worker).await?;
     summary.call = sandbox_calls(bench, dir, run).await?;
-    if bench.http_jobs > 0 {
+    if let Some(server) = server {
         summary.http = http::run(bench.http_jobs, queue, executor(), &run.worker, server).await?;
     }
     Ok(summary)

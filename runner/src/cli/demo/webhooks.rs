@@ -3,7 +3,6 @@
 //! webhook jobs that reach it, retry on its 503, and are refused: a host the manifest does
 //! not grant, and a granted name (`localhost`) whose address is outside `allow_networks`.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,13 +11,12 @@ use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::Queue;
+use crate::cli::local_server::{Answer, serve};
 use crate::job::NewJob;
 use crate::runner::RunConfig;
 
@@ -53,7 +51,10 @@ impl Receiver {
             .with_context(|| format!("the demo's web server binds {SERVER_IP}"))?;
         let addr = listener.local_addr()?;
         let received = Received::default();
-        let task = tokio::spawn(serve(listener, Arc::clone(&received)));
+        let answering = Arc::clone(&received);
+        let task = tokio::spawn(serve(listener, move |request| {
+            answer(Arc::clone(&answering), request)
+        }));
         let plugins = granting_plugin_dir(&config.plugins, addr.port())?;
         config.plugins = plugins.path().to_owned();
         config.sandbox.http.allow_networks = vec![format!("{SERVER_IP}/32").parse()?];
@@ -140,28 +141,14 @@ fn granting_plugin_dir(from: &Path, port: u16) -> anyhow::Result<tempfile::TempD
         "[http]\nallowed_hosts = [\"http://{SERVER_IP}:{port}\", \"http://localhost:{port}\"]\n"
     );
     let manifest_path = dir.path().join("webhook.toml");
+    // A manifest linked from the given directory is replaced, not written through.
     let _ = std::fs::remove_file(&manifest_path);
     std::fs::write(manifest_path, manifest)?;
     Ok(dir)
 }
 
-async fn serve(listener: TcpListener, received: Received) {
-    while let Ok((stream, _)) = listener.accept().await {
-        let received = Arc::clone(&received);
-        tokio::spawn(async move {
-            let service = service_fn(move |request| answer(Arc::clone(&received), request));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
 /// 204 for every request, but a 503 for the first to `/hooks/flaky`.
-async fn answer(
-    received: Received,
-    request: hyper::Request<Incoming>,
-) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+async fn answer(received: Received, request: hyper::Request<Incoming>) -> Answer {
     let path = request.uri().path().to_owned();
     let body = match request.into_body().collect().await {
         Ok(body) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
@@ -171,8 +158,8 @@ async fn answer(
     let first_flaky = path == "/hooks/flaky" && !received.iter().any(|(p, _)| *p == path);
     received.push((path, body));
     let status = if first_flaky { 503 } else { 204 };
-    Ok(hyper::Response::builder()
+    hyper::Response::builder()
         .status(status)
         .body(Full::new(Bytes::new()))
-        .expect("a valid response"))
+        .expect("a valid response")
 }
