@@ -341,6 +341,37 @@ async fn a_server_that_never_answers_is_stopped_by_the_wall_clock_not_the_cpu_bu
 }
 
 #[tokio::test]
+async fn a_response_head_that_never_comes_is_stopped_by_the_first_byte_timeout() {
+    let server = TestServer::start("127.0.0.1").await;
+    let mut limits = granting(&[&server.origin()]);
+    limits.http.first_byte_timeout = Duration::from_millis(300);
+    let payload = json!({"url": server.url("/never")});
+    let run = call("fetch-rust", payload, &limits, allowing(&["127.0.0.1/32"])).await;
+    let outcome = &requests(run)[0];
+    assert_eq!(
+        outcome["error"], "http error: ErrorCode::HttpResponseTimeout",
+        "{outcome}"
+    );
+}
+
+/// The webhook's contract: 2xx completes, 5xx retries, 4xx fails.
+#[tokio::test]
+async fn the_webhook_retries_server_errors_and_fails_client_errors() {
+    let server = TestServer::start("127.0.0.1").await;
+    let limits = granting(&[&server.origin()]);
+    for (status, expected) in [(503, Disposition::Retry), (404, Disposition::Fail)] {
+        let payload = json!({"url": server.url(&format!("/status/{status}")), "body": {}});
+        let run = call("webhook", payload, &limits, allowing(&["127.0.0.1/32"])).await;
+        let error = error(&run);
+        assert_eq!(error.disposition(), expected, "{status}: {error}");
+        assert!(
+            error.to_string().contains(&format!("status {status}")),
+            "{error}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_server_that_trickles_is_stopped_by_the_idle_timeout() {
     let server = TestServer::start("127.0.0.1").await;
     let mut limits = granting(&[&server.origin()]);
