@@ -68,6 +68,17 @@ impl Reply {
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_slice(&self.body)
     }
+
+    /// The `Retry-After` header in its seconds form (what GitHub and Slack send with a 429 or
+    /// 503), for [`jobs::retry_after`](crate::jobs::retry_after).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        let seconds = self.headers.get("retry-after")?.to_str().ok()?;
+        seconds
+            .trim()
+            .parse()
+            .ok()
+            .map(std::time::Duration::from_secs)
+    }
 }
 
 /// A request that got no response: refused by the runner, or failed on the way.

@@ -43,9 +43,17 @@
 //! - A panic traps the instance: the runner retries the job with backoff and keeps the panic
 //!   message (the guest's stderr) and a backtrace with the error.
 //!
-//! Outgoing HTTP, to the hosts the plugin's manifest grants: [`http`].
+//! What a handler can reach, each granted by the plugin's manifest:
+//! - outgoing HTTP, to the hosts it grants: [`http`];
+//! - config values and secrets: [`config`];
+//! - follow-up jobs, written only if the attempt completes: [`enqueue`] ([`jobs`]), and the
+//!   delay before a retry: [`jobs::retry_after`].
 
+pub mod config;
 pub mod http;
+pub mod jobs;
+
+pub use jobs::enqueue;
 
 use std::fmt::Display;
 

@@ -12,6 +12,7 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use crate::retry::{Backoff, BackoffKind, RetryPolicy};
+use crate::secrets::{SecretTable, Secrets};
 use crate::sandbox::{HttpDoor, HttpSettings, Limits, SandboxConfig};
 use crate::tenants::{InvalidPolicy, TenantSettings, Tenants};
 use crate::worker::{WorkerConfig, default_owner};
@@ -79,6 +80,10 @@ pub struct FileConfig {
     /// plugin (hosts are granted per plugin, in its manifest).
     #[serde(default)]
     pub http: HttpSettings,
+    /// The `[secrets]` table: the secrets plugins may be granted, and where each value is read
+    /// from (tenants' own values are in their `[tenants.<name>.secrets]` tables).
+    #[serde(default)]
+    pub secrets: SecretTable,
     /// The `[tenant_defaults]` table: the policy of tenants not listed under `[tenants]`.
     pub tenant_defaults: Option<TenantSettings>,
     /// The `[tenants.<name>]` tables: each tenant's own policy.
@@ -116,6 +121,30 @@ impl FileConfig {
         self.http.apply(&mut limits.http);
         config.http = self.http.network();
         Ok((config, limits))
+    }
+
+    /// Reads the values of the `[secrets]` and `[tenants.<name>.secrets]` tables.
+    pub fn secrets(&self) -> Result<Secrets, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            key: "secrets",
+            reason,
+        };
+        if self
+            .tenant_defaults
+            .as_ref()
+            .is_some_and(|d| d.secrets.is_some())
+        {
+            return Err(invalid(
+                "[tenant_defaults.secrets] is not read: values for every tenant go in [secrets]"
+                    .into(),
+            ));
+        }
+        let tenants = self
+            .tenants
+            .iter()
+            .filter_map(|(tenant, s)| Some((tenant.clone(), s.secrets.clone()?)))
+            .collect();
+        Secrets::read(&self.secrets, &tenants).map_err(|e| invalid(e.to_string()))
     }
 
     /// Reads and parses `path`.
@@ -374,7 +403,7 @@ impl SandboxSettings {
             max_payload: size(self.max_payload, l.max_payload),
             max_result: size(self.max_result, l.max_result),
             max_output: size(self.max_output, l.max_output),
-            http: l.http,
+            ..l
         };
         let config = SandboxConfig {
             instances: self.instances.unwrap_or(c.instances),

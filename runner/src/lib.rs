@@ -26,6 +26,7 @@ pub mod plugins;
 pub mod private_pg;
 pub mod retry;
 pub mod runner;
+pub mod secrets;
 pub mod sandbox;
 pub mod tenants;
 pub mod text;

@@ -24,6 +24,12 @@
 //! [tenants.acme.http]        # narrows what plugins' manifests grant, never widens it
 //! allowed_hosts = ["https://hooks.slack.com"]  # only these of the granted hosts
 //! max_requests = 5           # request limits can only be lowered
+//!
+//! [tenants.acme.config]      # replaces the plugins' [config] values of these keys
+//! repos = "acme/app"
+//!
+//! [tenants.acme.secrets]     # acme's own secret values: read by each runner, not published
+//! github_token = { env = "ACME_GITHUB_TOKEN" }
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
@@ -37,6 +43,7 @@ use tokio::task::JoinHandle;
 
 use crate::driver::Driver;
 use crate::sandbox::{HttpDoor, HttpSettings, Limits, SandboxConfig};
+use crate::secrets::{SecretTable, check_key};
 
 /// The name under which the defaults are stored: not a valid tenant for the jobs table's
 /// purposes, since no operator would name a tenant `*`.
@@ -69,6 +76,10 @@ pub struct TenantSettings {
     pub timeout: Option<Duration>,
     /// Outgoing HTTP: hosts narrowing the plugins' grants, and lower request limits.
     pub http: Option<HttpSettings>,
+    /// Values replacing the plugins' `[config]` values of the same keys.
+    pub config: Option<BTreeMap<String, String>>,
+    /// The tenant's own secret values (read by each runner, never stored in the database).
+    pub secrets: Option<SecretTable>,
 }
 
 impl TenantSettings {
@@ -89,6 +100,16 @@ impl TenantSettings {
                 (Some(own), Some(fallback)) => Some(own.or(fallback)),
                 (own, fallback) => own.clone().or_else(|| fallback.clone()),
             },
+            config: match (&self.config, &fallback.config) {
+                (Some(own), Some(fallback)) => {
+                    let mut merged = fallback.clone();
+                    merged.extend(own.clone());
+                    Some(merged)
+                }
+                (own, fallback) => own.clone().or_else(|| fallback.clone()),
+            },
+            // Never inherited: [secrets] holds the values every tenant without its own gets.
+            secrets: self.secrets.clone(),
         }
     }
 }
@@ -116,6 +137,8 @@ pub struct TenantPolicy {
     pub timeout_ms: Option<i64>,
     /// Outgoing HTTP: hosts narrowing the plugins' grants, and lower request limits.
     pub http: sqlx::types::Json<HttpSettings>,
+    /// Values replacing the plugins' `[config]` values of the same keys.
+    pub config: sqlx::types::Json<BTreeMap<String, String>>,
 }
 
 impl TenantPolicy {
@@ -132,6 +155,7 @@ impl TenantPolicy {
             cpu_budget_ms: None,
             timeout_ms: None,
             http: Default::default(),
+            config: Default::default(),
         }
     }
 
@@ -179,8 +203,13 @@ impl TenantPolicy {
         let http = s.http.clone().unwrap_or_default();
         http.check(HttpDoor::Tenant)
             .map_err(|e| invalid(e.to_string()))?;
+        let config = s.config.clone().unwrap_or_default();
+        for key in config.keys() {
+            check_key(key).map_err(|e| invalid(format!("config: {e}")))?;
+        }
         Ok(Self {
             http: sqlx::types::Json(http),
+            config: sqlx::types::Json(config),
             tenant: tenant.to_owned(),
             max_running: s.max_running.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
             burst: s
@@ -219,6 +248,8 @@ impl TenantPolicy {
             ..base.clone()
         };
         self.http.narrow(&mut limits.http);
+        limits.config.override_with(&self.config);
+        limits.jobs.tenant_job_types = self.job_types.as_deref().map(Arc::from);
         limits
     }
 }

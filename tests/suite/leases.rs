@@ -51,7 +51,10 @@ fn completed(job: &runner::Job) -> Settlement {
     Settlement {
         job_id: job.id,
         attempt: job.attempt,
-        outcome: Outcome::Completed { result: None },
+        outcome: Outcome::Completed {
+            result: None,
+            follow_ups: Vec::new(),
+        },
         plugin_sha256: None,
     }
 }

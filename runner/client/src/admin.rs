@@ -60,6 +60,9 @@ pub struct JobRecord {
     pub created_at: DateTime<Utc>,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
+    /// The job whose attempt enqueued it (a follow-up), if any. That job may be gone:
+    /// completed jobs are deleted unless retained.
+    pub parent_id: Option<i64>,
 }
 
 impl JobRecord {
@@ -87,6 +90,7 @@ struct JobRow {
     result: Option<Json<serde_json::Value>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    parent_id: Option<i64>,
 }
 
 impl From<JobRow> for JobRecord {
@@ -111,6 +115,7 @@ impl From<JobRow> for JobRecord {
             result: row.result.map(|r| r.0),
             created_at: row.created_at,
             updated_at: row.updated_at,
+            parent_id: row.parent_id,
         }
     }
 }
@@ -118,7 +123,7 @@ impl From<JobRow> for JobRecord {
 /// The columns [`JobRow`] reads.
 const JOB_COLUMNS: &str = "id, job_type, tenant, state::text AS state, payload, priority, run_at, \
      attempt, max_attempts, lease_owner, lease_expires_at, unique_key, errors, result, \
-     created_at, updated_at";
+     created_at, updated_at, parent_id";
 
 /// Which jobs to list. Empty filters match everything.
 #[derive(Debug, Clone, Default)]
@@ -129,6 +134,8 @@ pub struct JobFilter {
     pub job_type: Option<String>,
     /// Only jobs of this tenant.
     pub tenant: Option<String>,
+    /// Only the follow-ups of this job.
+    pub parent: Option<i64>,
     /// At most this many, newest first.
     pub limit: u32,
 }
@@ -142,6 +149,7 @@ impl Queue {
               WHERE ($1::text IS NULL OR state = $1::jobrunner.job_state)
                 AND ($2::text IS NULL OR job_type = $2)
                 AND ($3::text IS NULL OR tenant = $3)
+                AND ($5::bigint IS NULL OR parent_id = $5)
               ORDER BY id DESC
               LIMIT $4"
         )))
@@ -149,6 +157,7 @@ impl Queue {
         .bind(filter.job_type.as_deref())
         .bind(filter.tenant.as_deref())
         .bind(i64::from(filter.limit))
+        .bind(filter.parent)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(JobRecord::from).collect())

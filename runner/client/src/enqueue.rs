@@ -28,6 +28,7 @@ struct Columns<'a> {
     max_attempts: Vec<Option<i32>>,
     unique_keys: Vec<Option<&'a str>>,
     deduplicate: Vec<bool>,
+    parents: Vec<Option<i64>>,
 }
 
 impl<'a> Columns<'a> {
@@ -47,6 +48,7 @@ impl<'a> Columns<'a> {
         };
         self.unique_keys.push(key);
         self.deduplicate.push(dedupe);
+        self.parents.push(job.parent);
         Ok(())
     }
 }
@@ -70,6 +72,28 @@ impl Queue {
         db: impl sqlx::PgExecutor<'e>,
         jobs: &[NewJob],
     ) -> Result<Vec<Enqueued>> {
+        self.insert(db, jobs, "enqueue_many").await
+    }
+
+    /// Enqueues `jobs` like [`Queue::enqueue_many`] but without checking the tenant policy's
+    /// job types: for the runner, which checked each follow-up when its guest asked for it,
+    /// and writes them in the transaction that records their parent's completion (where a
+    /// refusal would lose that outcome). The insert trigger's notification wakes runners.
+    #[doc(hidden)]
+    pub async fn enqueue_follow_ups<'e>(
+        &self,
+        db: impl sqlx::PgExecutor<'e>,
+        jobs: &[NewJob],
+    ) -> Result<Vec<Enqueued>> {
+        self.insert(db, jobs, "enqueue_many_unchecked").await
+    }
+
+    async fn insert<'e>(
+        &self,
+        db: impl sqlx::PgExecutor<'e>,
+        jobs: &[NewJob],
+        function: &'static str,
+    ) -> Result<Vec<Enqueued>> {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
@@ -78,10 +102,11 @@ impl Queue {
         for job in jobs {
             columns.push(job, now)?;
         }
-        let rows: Vec<(i64, bool)> = sqlx::query_as(
+        let rows: Vec<(i64, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT job_id, inserted
-               FROM jobrunner.enqueue_many($1, $2::text[]::jsonb[], $3, $4, $5, $6, $7, $8, $9)",
-        )
+               FROM jobrunner.{function}($1, $2::text[]::jsonb[], $3, $4, $5, $6, $7, $8, $9,
+                                         $10)"
+        )))
         .bind(columns.job_types)
         .bind(columns.payloads)
         .bind(columns.run_ats)
@@ -91,6 +116,7 @@ impl Queue {
         .bind(columns.unique_keys)
         .bind(columns.deduplicate)
         .bind(now)
+        .bind(columns.parents)
         .fetch_all(db)
         .await?;
         Ok(rows

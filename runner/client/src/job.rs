@@ -116,6 +116,7 @@ pub struct NewJob {
     pub(crate) schedule: Schedule,
     pub(crate) max_attempts: Option<u32>,
     pub(crate) unique: Unique,
+    pub(crate) parent: Option<i64>,
 }
 
 /// Why a job cannot be enqueued.
@@ -178,6 +179,7 @@ impl NewJob {
             schedule: Schedule::Now,
             max_attempts: None,
             unique: Unique::ByPayload,
+            parent: None,
         }
     }
 
@@ -226,6 +228,13 @@ impl NewJob {
     /// Deduplicates by an explicit key.
     pub fn unique_key(self, key: impl Into<String>) -> Self {
         self.unique(Unique::Key(key.into()))
+    }
+
+    /// Records `id` as the job's parent: the job that asked for it (shown by `jobs show` of
+    /// either, and `jobs list --parent`).
+    pub fn parent(mut self, id: i64) -> Self {
+        self.parent = Some(id);
+        self
     }
 
     /// The job type.

@@ -23,6 +23,9 @@ pub enum JobsCommand {
         /// Only jobs of this tenant.
         #[arg(long)]
         tenant: Option<String>,
+        /// Only the follow-ups this job enqueued.
+        #[arg(long)]
+        parent: Option<i64>,
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: u32,
@@ -62,6 +65,7 @@ pub async fn jobs(
             state,
             job_type,
             tenant,
+            parent,
             limit,
             json,
         } => {
@@ -69,6 +73,7 @@ pub async fn jobs(
                 state,
                 job_type,
                 tenant,
+                parent,
                 limit,
             };
             let jobs = queue.list_jobs(&filter).await?;
@@ -82,10 +87,21 @@ pub async fn jobs(
         }
         JobsCommand::Show { id, json } => {
             let job = queue.job(id).await?;
+            let follow_ups = queue
+                .list_jobs(&JobFilter {
+                    parent: Some(id),
+                    limit: MAX_FOLLOW_UPS_SHOWN,
+                    ..JobFilter::default()
+                })
+                .await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&job)?);
+                let mut shown = serde_json::to_value(&job)?;
+                let ids: Vec<i64> = follow_ups.iter().map(|f| f.id).collect();
+                shown["follow_up_ids"] = ids.into();
+                println!("{}", serde_json::to_string_pretty(&shown)?);
             } else {
                 print_job(&job, policy);
+                print_follow_ups(&follow_ups);
             }
         }
         JobsCommand::Retry { id } => {
@@ -103,6 +119,24 @@ pub async fn jobs(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Follow-ups listed by `jobs show` at most (newest first); `jobs list --parent` lists all.
+const MAX_FOLLOW_UPS_SHOWN: u32 = 20;
+
+fn print_follow_ups(follow_ups: &[JobRecord]) {
+    if follow_ups.is_empty() {
+        return;
+    }
+    let more = if follow_ups.len() as u32 == MAX_FOLLOW_UPS_SHOWN {
+        " (the newest; `jobs list --parent` lists all)"
+    } else {
+        ""
+    };
+    println!("follow-ups{more}:");
+    for f in follow_ups {
+        println!("  {} {} {}", f.id, f.job_type, f.state);
+    }
 }
 
 fn max_attempts(job: &JobRecord, policy: &RetryPolicy) -> u32 {
@@ -159,6 +193,9 @@ fn print_job(job: &JobRecord, policy: &RetryPolicy) {
     }
     if let Some(key) = &job.unique_key {
         println!("unique key:  {key}");
+    }
+    if let Some(parent) = job.parent_id {
+        println!("parent:      {parent} (the job whose attempt enqueued this one)");
     }
     println!("payload:     {}", job.payload);
     if let Some(result) = &job.result {

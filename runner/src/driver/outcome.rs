@@ -1,11 +1,13 @@
 //! Writing what became of attempts, many per round trip, each guarded by its fencing token:
-//! one statement for leased jobs and for the jobs of a batch transaction as it closes.
+//! one statement for leased jobs and for the jobs of a batch transaction as it closes. The
+//! follow-up jobs of the completions that applied are enqueued in the same transaction.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use jobrunner_client::Result;
+use jobrunner_client::{NewJob, Result};
 use serde_json::value::RawValue;
 use sqlx::PgConnection;
 
@@ -26,6 +28,9 @@ pub enum Outcome {
     Completed {
         /// The handler's result, if any.
         result: Option<Box<RawValue>>,
+        /// The jobs the attempt enqueued: written in the transaction that records this
+        /// outcome, and only if it applies.
+        follow_ups: Vec<NewJob>,
     },
     /// Failed with attempts left: available again at `run_at`.
     Retry {
@@ -133,12 +138,17 @@ impl<'a> Columns<'a> {
             c.results.push(match &s.outcome {
                 Outcome::Completed {
                     result: Some(result),
+                    ..
                 } if keep_completed => Some(result.get()),
                 _ => None,
             });
         }
         c
     }
+}
+
+fn has_follow_ups(settlement: &Settlement) -> bool {
+    matches!(&settlement.outcome, Outcome::Completed { follow_ups, .. } if !follow_ups.is_empty())
 }
 
 /// How a batch transaction closes, besides its outcomes.
@@ -160,16 +170,49 @@ impl Driver {
         keep_completed: bool,
         settlements: impl IntoIterator<Item = &'a Settlement>,
     ) -> Result<Vec<i64>> {
-        let columns = Columns::of(settlements, keep_completed);
+        let settlements: Vec<&Settlement> = settlements.into_iter().collect();
+        let columns = Columns::of(settlements.iter().copied(), keep_completed);
         if columns.ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.queue.pool().acquire().await?;
-        let applied = self
-            .write_outcomes(&mut conn, owner, keep_completed, &columns, None)
-            .await?;
-        drop(conn);
+        let applied = if settlements.iter().any(|s| has_follow_ups(s)) {
+            let mut tx = self.queue.pool().begin().await?;
+            let applied = self
+                .write_outcomes(&mut tx, owner, keep_completed, &columns, None)
+                .await?;
+            self.write_follow_ups(&mut tx, &applied, &settlements)
+                .await?;
+            tx.commit().await?;
+            applied
+        } else {
+            let mut conn = self.queue.pool().acquire().await?;
+            self.write_outcomes(&mut conn, owner, keep_completed, &columns, None)
+                .await?
+        };
         Ok(self.announced(applied).await)
+    }
+
+    /// Enqueues the follow-ups of the completions among `applied`, on the connection whose
+    /// transaction records them: a completion that did not apply (its fence held) or did not
+    /// happen writes none.
+    async fn write_follow_ups(
+        &self,
+        conn: &mut PgConnection,
+        applied: &[Applied],
+        settlements: &[&Settlement],
+    ) -> Result<()> {
+        let applied: HashSet<i64> = applied.iter().map(|row| row.id).collect();
+        let follow_ups: Vec<NewJob> = settlements
+            .iter()
+            .filter(|s| applied.contains(&s.job_id))
+            .filter_map(|s| match &s.outcome {
+                Outcome::Completed { follow_ups, .. } => Some(follow_ups.iter().cloned()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        self.queue.enqueue_follow_ups(conn, &follow_ups).await?;
+        Ok(())
     }
 
     /// Closes `batch`, committing in one statement the `settlements` of its jobs that ended,
@@ -185,7 +228,8 @@ impl Driver {
         running: &[i64],
         settlements: impl IntoIterator<Item = &'a Settlement>,
     ) -> Result<Vec<i64>> {
-        let columns = Columns::of(settlements, keep_completed);
+        let settlements: Vec<&Settlement> = settlements.into_iter().collect();
+        let columns = Columns::of(settlements.iter().copied(), keep_completed);
         let closing = Closing {
             batch: batch.id(),
             running,
@@ -200,6 +244,10 @@ impl Driver {
                 Some(&closing),
             )
             .await?;
+        if settlements.iter().any(|s| has_follow_ups(s)) {
+            self.write_follow_ups(batch.conn(), &applied, &settlements)
+                .await?;
+        }
         batch.commit().await?;
         Ok(self.announced(applied).await)
     }

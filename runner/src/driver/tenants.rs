@@ -26,7 +26,7 @@ pub struct TenantOverview {
 }
 
 const POLICY_COLUMNS: &str = "tenant, max_running, rate, burst, weight, job_types, memory, \
-                              cpu_budget_ms, timeout_ms, http";
+                              cpu_budget_ms, timeout_ms, http, config";
 
 impl Driver {
     /// Replaces the published tenant policy with `tenants`, as runner `by`. Returns the
@@ -49,7 +49,7 @@ impl Driver {
         for p in tenants.rows() {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO jobrunner.tenant_policies ({POLICY_COLUMNS}, published_by, \
-                 published_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                 published_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
             )))
             .bind(&p.tenant)
             .bind(p.max_running)
@@ -61,6 +61,7 @@ impl Driver {
             .bind(p.cpu_budget_ms)
             .bind(p.timeout_ms)
             .bind(&p.http)
+            .bind(&p.config)
             .bind(by)
             .bind(now)
             .execute(&mut *tx)

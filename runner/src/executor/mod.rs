@@ -9,7 +9,9 @@ mod wasm;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
+use jobrunner_client::NewJob;
 use serde_json::value::RawValue;
 
 use crate::driver::ClaimType;
@@ -58,6 +60,11 @@ pub struct Execution {
     pub backoff: Option<Backoff>,
     /// The sha256 of the plugin version that ran the attempt.
     pub plugin_sha256: Option<Arc<str>>,
+    /// The jobs a successful attempt enqueued: written with its completion.
+    pub follow_ups: Vec<NewJob>,
+    /// How long to wait before the next attempt, if the handler said (instead of the
+    /// backoff, up to its cap).
+    pub retry_delay: Option<Duration>,
 }
 
 impl From<JobResult> for Execution {
@@ -66,6 +73,8 @@ impl From<JobResult> for Execution {
             result,
             backoff: None,
             plugin_sha256: None,
+            follow_ups: Vec::new(),
+            retry_delay: None,
         }
     }
 }

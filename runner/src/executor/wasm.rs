@@ -76,19 +76,27 @@ impl Executor for WasmExecutor {
             return Execution::from(Err(JobError::no_handler(&job.job_type)));
         };
         let policy = &version.policy;
-        let result = match self.admit(job, policy) {
-            Ok(limits) => job_result(self.sandbox.run(&version.plugin, job, &limits).await),
-            Err(refused) => Err(refused),
+        let mut execution = match self.admit(job, policy) {
+            Ok(limits) => execution(self.sandbox.run(&version.plugin, job, &limits).await),
+            Err(refused) => Execution::from(Err(refused)),
         };
-        Execution {
-            result,
-            backoff: Some(policy.retry.backoff),
-            plugin_sha256: Some(Arc::clone(&version.sha256)),
-        }
+        execution.backoff = Some(policy.retry.backoff);
+        execution.plugin_sha256 = Some(Arc::clone(&version.sha256));
+        execution
     }
 }
 
 /// A sandbox run in the queue's terms.
+fn execution(mut run: Run) -> Execution {
+    let follow_ups = std::mem::take(&mut run.follow_ups);
+    let retry_delay = run.retry_delay;
+    Execution {
+        follow_ups,
+        retry_delay,
+        ..Execution::from(job_result(run))
+    }
+}
+
 fn job_result(run: Run) -> JobResult {
     let report = run.error_report();
     match run.result {

@@ -13,19 +13,30 @@
 //! concurrency = 4          # jobs of this type running at once, across all runners
 //! tenants = ["acme"]       # only these tenants' jobs run; others fail [default: all]
 //!
+//! enqueue = ["slack-notify"] # job types its jobs may enqueue as follow-ups [default: none]
+//! max_follow_ups = 100     # follow-ups per attempt
+//! secrets = ["github_token"] # secrets it may read through wasi:config [default: none]
+//!
 //! [http]                   # outgoing HTTP: no table, no HTTP at all
 //! allowed_hosts = ["https://api.github.com", "https://*.example.com:8443"]
 //! max_requests = 10        # and the other request limits of the runner's [http] table
+//!
+//! [config]                 # plain string values it reads through wasi:config
+//! github_api = "https://api.github.com"
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytesize::ByteSize;
 use serde::Deserialize;
 
 use crate::retry::{BackoffKind, RetryPolicy};
-use crate::sandbox::{HttpDoor, HttpSettings, Limits};
+use crate::job::validate_job_type;
+use crate::sandbox::{ConfigGrant, HttpDoor, HttpSettings, Limits};
+use crate::secrets::check_key;
 
 /// How jobs of one plugin version run: the runner's settings with the manifest's overrides.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +121,11 @@ struct Manifest {
     tenants: Option<Vec<String>>,
     #[serde(default)]
     http: HttpSettings,
+    enqueue: Option<Vec<String>>,
+    max_follow_ups: Option<u32>,
+    secrets: Option<Vec<String>>,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
 }
 
 /// Reads the manifest at `path` and applies it over `defaults`. `largest_memory` is the most
@@ -157,13 +173,55 @@ fn parse(text: &str, defaults: &Policy, largest_memory: (u64, &str)) -> Result<P
     retry.backoff.base = m.backoff_base.unwrap_or(retry.backoff.base);
     retry.backoff.cap = m.backoff_cap.unwrap_or(retry.backoff.cap);
     policy.concurrency = m.concurrency;
-    policy.tenants = m.tenants;
+    policy.tenants = m.tenants.clone();
     m.http
         .check(HttpDoor::Manifest)
         .map_err(|e| Problem::Invalid("http", e.to_string()))?;
     m.http.apply(&mut policy.limits.http);
+    grant_config(&m, &mut policy.limits)?;
+    grant_jobs(&m, &mut policy.limits)?;
     check(&policy, largest_memory)?;
     Ok(policy)
+}
+
+fn grant_config(m: &Manifest, limits: &mut Limits) -> Result<(), Problem> {
+    for key in m.config.keys() {
+        check_key(key).map_err(|reason| Problem::Invalid("config", reason))?;
+    }
+    let secrets = m.secrets.clone().unwrap_or_default();
+    for name in &secrets {
+        check_key(name).map_err(|reason| Problem::Invalid("secrets", reason))?;
+        if m.config.contains_key(name) {
+            return Err(Problem::Invalid(
+                "secrets",
+                format!("{name:?} is also a [config] key: a key is a value or a secret"),
+            ));
+        }
+    }
+    limits.config = ConfigGrant {
+        values: Arc::new(m.config.clone()),
+        secrets: secrets.into(),
+    };
+    Ok(())
+}
+
+fn grant_jobs(m: &Manifest, limits: &mut Limits) -> Result<(), Problem> {
+    let enqueue = m.enqueue.clone().unwrap_or_default();
+    for job_type in &enqueue {
+        validate_job_type(job_type).map_err(|e| Problem::Invalid("enqueue", e.to_string()))?;
+    }
+    let jobs = &mut limits.jobs;
+    jobs.enqueue = enqueue.into();
+    if let Some(max) = m.max_follow_ups {
+        if max == 0 {
+            return Err(Problem::Invalid(
+                "max_follow_ups",
+                "must be at least 1 (leave `enqueue` out to allow none)".into(),
+            ));
+        }
+        jobs.max_follow_ups = max;
+    }
+    Ok(())
 }
 
 fn check(policy: &Policy, (max_memory, bound): (u64, &str)) -> Result<(), Problem> {
@@ -247,6 +305,27 @@ mod tests {
     }
 
     #[test]
+    fn config_secrets_and_follow_ups_are_granted_by_the_manifest_alone() {
+        let policy = parsed(
+            r#"
+            enqueue = ["slack-notify"]
+            secrets = ["github_token"]
+            [config]
+            repos = "acme/app,acme/web"
+            "#,
+        )
+        .unwrap();
+        let limits = &policy.limits;
+        assert_eq!(&*limits.jobs.enqueue, ["slack-notify".to_owned()]);
+        assert_eq!(limits.jobs.max_follow_ups, 100);
+        assert_eq!(&*limits.config.secrets, ["github_token".to_owned()]);
+        assert_eq!(limits.config.values["repos"], "acme/app,acme/web");
+        let none = &defaults().limits;
+        assert!(none.jobs.enqueue.is_empty() && none.config.secrets.is_empty());
+        assert!(none.config.values.is_empty());
+    }
+
+    #[test]
     fn a_memory_above_the_budget_is_refused_naming_it() {
         let error = parse(
             "memory = \"1GiB\"",
@@ -301,6 +380,11 @@ mod tests {
                 "http.allow_networks",
             ),
             ("[http]\nmax_requests = 0", "http.max_requests"),
+            ("enqueue = [\"\"]", "enqueue"),
+            ("max_follow_ups = 0", "max_follow_ups"),
+            ("secrets = [\"a b\"]", "secrets"),
+            ("secrets = [\"k\"]\n[config]\nk = \"v\"", "also a [config] key"),
+            ("[config]\nretries = 3", "config"),
         ];
         for (text, key) in cases {
             let error = parsed(text)

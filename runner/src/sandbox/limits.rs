@@ -1,10 +1,12 @@
-//! What one job may use, and the memory limiter that enforces the memory cap.
+//! What one job may use and reach, and the memory limiter that enforces the memory cap.
 
 use std::time::Duration;
 
 use wasmtime::ResourceLimiter;
 
+use super::host::config::ConfigGrant;
 use super::host::http::settings::HttpLimits;
+use super::host::jobs::JobsGrant;
 
 /// The resources one attempt may use. Runner-wide defaults; the plugin manifest and tenant
 /// policy narrow them per job type and tenant.
@@ -24,6 +26,10 @@ pub struct Limits {
     pub max_output: usize,
     /// Outgoing HTTP: the hosts granted (none by default) and the request limits.
     pub http: HttpLimits,
+    /// The config values and secret names granted (none by default).
+    pub config: ConfigGrant,
+    /// The follow-up job types granted (none by default) and their limit.
+    pub jobs: JobsGrant,
 }
 
 /// What one guest-to-host call may carry at least, whatever `max_result`: room for a log line
@@ -55,6 +61,8 @@ impl Default for Limits {
             max_result: 1 << 20,
             max_output: 16 << 10,
             http: HttpLimits::default(),
+            config: ConfigGrant::default(),
+            jobs: JobsGrant::default(),
         }
     }
 }

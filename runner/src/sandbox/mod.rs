@@ -3,8 +3,9 @@
 //!
 //! A guest gets what the capabilities in [`host`] grant it: WASI preview 2 with nothing
 //! behind it (no preopened directories, environment, arguments or network; stdout and stderr
-//! captured with a cap), the `host` interface of the `job-handler` world, and outgoing HTTP
-//! to the hosts its manifest grants. Per attempt it is held to [`Limits`]: wall-clock time, CPU
+//! captured with a cap), the `host` interface of the `job-handler` world, outgoing HTTP to
+//! the hosts its manifest grants, the config values and secrets its manifest grants, and
+//! follow-up jobs of the types its manifest lists. Per attempt it is held to [`Limits`]: wall-clock time, CPU
 //! time (its thread's CPU clock, read at every epoch tick while it executes), memory (a
 //! limiter), Wasm stack, payload and result size. Everything that can go wrong is classified
 //! into a [`RunError`].
@@ -28,6 +29,8 @@ use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationCon
 
 pub use budget::{MemoryBudget, NoRoom, OverBudget, default_memory_budget};
 pub use classify::{Disposition, RunError, classify_trap};
+pub use host::config::ConfigGrant;
+pub use host::jobs::JobsGrant;
 pub use host::http::grant::{BadHostPattern, Denied, Destination, HostGrant, HostPattern};
 pub use host::http::guard::{AddressGuard, Blocked};
 pub use host::http::settings::{
@@ -43,6 +46,8 @@ use host::{GuestState, JobLabel, Services};
 use meter::Meter;
 
 use crate::job::Job;
+use crate::secrets::Secrets;
+use jobrunner_client::NewJob;
 
 /// Pool slots per component instance, for the core instances, memories and tables a
 /// component made by today's toolchains needs (a Rust component has about five core
@@ -132,6 +137,10 @@ pub struct Run {
     pub stdout: Option<String>,
     /// The tail of the guest's stderr (a Rust panic message arrives here).
     pub stderr: Option<String>,
+    /// The follow-up jobs a successful attempt enqueued (none if it did not succeed).
+    pub follow_ups: Vec<NewJob>,
+    /// The delay before the next attempt the guest asked for, if it returned `retry`.
+    pub retry_delay: Option<Duration>,
 }
 
 /// How much of the guest's stderr goes into a stored error: the end, where a panic message is.
@@ -145,6 +154,8 @@ impl Run {
             backtrace: None,
             stdout: None,
             stderr: None,
+            follow_ups: Vec::new(),
+            retry_delay: None,
         }
     }
 
@@ -197,6 +208,7 @@ impl Sandbox {
             .map_err(|e| SandboxError(format!("cannot start the guest threads: {e}")))?;
         let services = Services {
             network: Arc::new(host::http::Network::new(&config.http).map_err(SandboxError)?),
+            secrets: Arc::default(),
         };
         Ok(Self {
             services,
@@ -234,6 +246,12 @@ impl Sandbox {
             job_type: job_type.to_owned(),
             pre,
         })
+    }
+
+    /// Replaces the secrets guests are granted and redacted from what they write: attempts
+    /// that start from now on see these.
+    pub fn set_secrets(&self, secrets: Secrets) {
+        self.services.secrets.store(Arc::new(secrets));
     }
 
     /// The engine, for loading compiled artifacts made by [`Component::serialize`].
@@ -278,29 +296,31 @@ impl Sandbox {
             Ok(reservation) => reservation,
             Err(no_room) => return Run::refused(no_room.into()),
         };
-        let mut store = self.store(job, limits);
+        let redactor = Arc::clone(self.services.secrets.load().redactor());
+        let mut store = self.store(JobLabel::new(job, Arc::clone(&redactor)), limits);
         let (result, backtrace) = execute(&mut store, plugin, job, limits).await;
         let state = store.data_mut();
         state.finish();
         let (stdout, stderr) = state.wasi.output();
+        let follow_ups = match &result {
+            Ok(_) => state.jobs.take_follow_ups(),
+            Err(_) => Vec::new(),
+        };
         Run {
-            result,
+            result: redacted(result, &redactor),
             backtrace,
             stdout,
             stderr,
+            follow_ups,
+            retry_delay: state.jobs.retry_delay(),
         }
     }
 
     /// A fresh store for one attempt: every capability's state, the memory limiter, and the
     /// meter that the epoch callback consults.
-    fn store(&self, job: &Job, limits: &Limits) -> Store<GuestState> {
+    fn store(&self, job: JobLabel, limits: &Limits) -> Store<GuestState> {
         let meter = Meter::new(limits.cpu_budget, self.config.epoch_tick, limits.timeout);
-        let state = GuestState::new(
-            &Arc::new(JobLabel::from(job)),
-            limits,
-            &self.services,
-            meter,
-        );
+        let state = GuestState::new(&Arc::new(job), limits, &self.services, meter);
         let mut store = Store::new(&self.engine, state);
         store.set_hostcall_fuel(limits.max_transfer());
         store.limiter(|state| &mut state.limiter);
@@ -347,6 +367,24 @@ async fn call_run(
         payload: job.payload.clone(),
     };
     instance.call_run(&mut *store, &job).await
+}
+
+/// What the guest returned, with secrets redacted: its result, and the message of its
+/// `retry` or `fail` (host-made errors hold none; stderr is redacted where it is captured).
+fn redacted(
+    result: Result<Option<String>, RunError>,
+    redactor: &crate::secrets::Redactor,
+) -> Result<Option<String>, RunError> {
+    let clean = |text: String| match redactor.redact(&text) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(clean) => clean,
+    };
+    match result {
+        Ok(json) => Ok(json.map(clean)),
+        Err(RunError::GuestRetry(message)) => Err(RunError::GuestRetry(clean(message))),
+        Err(RunError::GuestFail(message)) => Err(RunError::GuestFail(clean(message))),
+        Err(other) => Err(other),
+    }
 }
 
 /// A result must fit its cap and be JSON: it is stored in a `jsonb` column.

@@ -217,17 +217,28 @@ pub(super) fn settle(
 ) -> Outcome {
     let backoff = execution.backoff.as_ref().unwrap_or(default_backoff);
     match execution.result {
-        Ok(result) => Outcome::Completed { result },
+        Ok(result) => Outcome::Completed {
+            result,
+            follow_ups: execution.follow_ups,
+        },
         Err(JobError::Fail(error)) => Outcome::Failed { error },
         // Not ripe at once: a runner out of sandbox slots would otherwise claim it right back.
         Err(JobError::Requeue(reason)) => Outcome::Requeued {
             reason,
             run_at: Some(later(now, REQUEUE_DELAY)),
         },
-        Err(JobError::Retry(error)) => match backoff.next_run(job.attempt, job.max_attempts, now) {
-            Some(run_at) => Outcome::Retry { error, run_at },
-            None => Outcome::Failed { error },
-        },
+        Err(JobError::Retry(error)) => {
+            match backoff.next_run(job.attempt, job.max_attempts, now) {
+                // The handler's own delay (a Retry-After) replaces the backoff's, up to its cap.
+                Some(run_at) => Outcome::Retry {
+                    error,
+                    run_at: execution
+                        .retry_delay
+                        .map_or(run_at, |delay| later(now, delay.min(backoff.cap))),
+                },
+                None => Outcome::Failed { error },
+            }
+        }
     }
 }
 

@@ -7,8 +7,9 @@
 //!
 //! The line is read where it lies in the guest's memory: one over the rate is dropped unread,
 //! and of a UTF-8 line only the part that is kept is copied, however long the guest made it (a
-//! UTF-16 one is decoded whole first).
+//! UTF-16 one is decoded whole first). Secrets in it are redacted before it is written.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -43,7 +44,16 @@ impl Capability for Log {
             "log",
             |mut store: StoreContextMut<'_, GuestState>, (level, message): (Level, WasmStr)| {
                 if store.data_mut().log.admit() {
-                    let line = clip(&message.to_str(&store)?, MAX_LINE).into_owned();
+                    // Read past the cut by the longest secret's length, so that a secret the
+                    // cut would split is redacted whole before the line is cut.
+                    let redactor = Arc::clone(&store.data().log.job.redactor);
+                    let text = message.to_str(&store)?;
+                    let head = &text[..text.floor_char_boundary(MAX_LINE + redactor.longest())];
+                    let line = match clip(&redactor.redact(head), MAX_LINE) {
+                        Cow::Owned(cut) => cut,
+                        Cow::Borrowed(whole) if head.len() == text.len() => whole.to_owned(),
+                        Cow::Borrowed(whole) => format!("{whole}… [cut: {} bytes in all]", text.len()),
+                    };
                     store.data().log.write(level, &line);
                 }
                 Ok(())
@@ -152,6 +162,7 @@ mod tests {
             job_type: "t".into(),
             tenant: "default".into(),
             attempt: 1,
+            redactor: Arc::default(),
         }))
     }
 

@@ -7,25 +7,37 @@
 //! - [`log`]: the world's `host.log`, attributed to the job and rate-limited.
 //! - [`http`]: outgoing HTTP (`wasi:http/outgoing-handler`) to the hosts the plugin's
 //!   manifest grants, through an SSRF guard, within limits, one log line per request.
+//! - [`config`]: config values and secrets (`wasi:config/store`), as the manifest grants them
+//!   and with the job's tenant's values.
+//! - [`jobs`]: follow-up jobs, kept with the attempt until its completion is recorded, and the
+//!   delay before a retry.
 //!
-//! Adding a capability (config, follow-up jobs): add its import to the world in
+//! What a guest hands the host (log lines, output, errors, results, follow-up payloads, the
+//! URLs it requests) has every secret the runner holds replaced by `[redacted:<name>]`, with
+//! the [`JobLabel`]'s redactor, before it is written anywhere.
+//!
+//! Adding a capability: add its import to the world in
 //! `wit/`, add a sibling module with a [`Capability`] implementation and its per-attempt state
 //! as a field of [`GuestState`], and resolve its grant with the other per-attempt settings in
 //! [`Limits`] (the runner's defaults, narrowed by the plugin's manifest and the tenant's
 //! policy). Deny by default: without a grant, the import is linked but refuses.
 
+pub(crate) mod config;
 pub(crate) mod http;
+pub(crate) mod jobs;
 pub(crate) mod log;
 pub(crate) mod output;
 pub(crate) mod wasi;
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 
 use super::bindings::jobrunner::plugin::types;
 use super::limits::{Limits, MemoryLimiter};
 use super::meter::Meter;
+use crate::secrets::{Redactor, Secrets};
 
 /// The job an attempt runs, as the host attributes what the guest does.
 #[derive(Debug, Clone)]
@@ -34,15 +46,19 @@ pub(crate) struct JobLabel {
     pub job_type: String,
     pub tenant: String,
     pub attempt: u32,
+    /// Replaces the runner's secrets in what the guest hands the host.
+    pub redactor: Arc<Redactor>,
 }
 
-impl From<&crate::job::Job> for JobLabel {
-    fn from(job: &crate::job::Job) -> Self {
+impl JobLabel {
+    /// The label of `job`, redacting with `redactor`.
+    pub fn new(job: &crate::job::Job, redactor: Arc<Redactor>) -> Self {
         Self {
             id: job.id,
             job_type: job.job_type.clone(),
             tenant: job.tenant.clone(),
             attempt: job.attempt,
+            redactor,
         }
     }
 }
@@ -67,6 +83,8 @@ pub(crate) trait Capability {
 pub(crate) struct Services {
     /// Outgoing HTTP's guard, TLS setup and slots.
     pub network: Arc<http::Network>,
+    /// The secrets' values, swapped whole when they are read again.
+    pub secrets: Arc<ArcSwap<Secrets>>,
 }
 
 /// Everything a store holds for one attempt: each capability's state, the resource table
@@ -75,6 +93,8 @@ pub(crate) struct GuestState {
     pub wasi: <wasi::Wasi as Capability>::State,
     pub log: <log::Log as Capability>::State,
     pub http: <http::Http as Capability>::State,
+    pub config: <config::Config as Capability>::State,
+    pub jobs: <jobs::Jobs as Capability>::State,
     pub table: ResourceTable,
     pub limiter: MemoryLimiter,
     pub meter: Meter,
@@ -87,6 +107,8 @@ impl GuestState {
             wasi: wasi::Wasi::start(job, limits, services),
             log: log::Log::start(job, limits, services),
             http: http::Http::start(job, limits, services),
+            config: config::Config::start(job, limits, services),
+            jobs: jobs::Jobs::start(job, limits, services),
             table: ResourceTable::default(),
             limiter: MemoryLimiter::new(limits.memory),
             meter,
@@ -95,6 +117,8 @@ impl GuestState {
 
     /// The attempt is over: every capability reports.
     pub fn finish(&mut self) {
+        jobs::Jobs::finish(&mut self.jobs);
+        config::Config::finish(&mut self.config);
         http::Http::finish(&mut self.http);
         log::Log::finish(&mut self.log);
         wasi::Wasi::finish(&mut self.wasi);
@@ -106,6 +130,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result
     types::add_to_linker::<_, HasSelf<GuestState>>(linker, |state| state)?;
     wasi::Wasi::add_to_linker(linker)?;
     http::Http::add_to_linker(linker)?;
+    config::Config::add_to_linker(linker)?;
+    jobs::Jobs::add_to_linker(linker)?;
     log::Log::add_to_linker(linker)
 }
 

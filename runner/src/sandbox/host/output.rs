@@ -14,6 +14,8 @@ use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 
+use crate::secrets::Redactor;
+
 /// How much a guest may write in one go before the stream asks it to check again.
 const WRITE_PERMIT: usize = 64 * 1024;
 
@@ -55,8 +57,9 @@ impl CapturedOutput {
         tail.dropped += excess as u64;
     }
 
-    /// What the guest wrote (its tail, if it wrote more than the cap), or `None` if nothing.
-    pub fn text(&self) -> Option<String> {
+    /// What the guest wrote (its tail, if it wrote more than the cap), or `None` if nothing,
+    /// with secrets redacted: a tail that starts inside one loses that part too.
+    pub fn text(&self, redactor: &Redactor) -> Option<String> {
         let tail = self.tail();
         if tail.bytes.is_empty() {
             return None;
@@ -64,8 +67,11 @@ impl CapturedOutput {
         let (front, back) = tail.bytes.as_slices();
         let text = String::from_utf8_lossy(&[front, back].concat()).into_owned();
         Some(match tail.dropped {
-            0 => text,
-            dropped => format!("[{dropped} earlier bytes dropped]\n{text}"),
+            0 => redactor.redact(&text).into_owned(),
+            dropped => format!(
+                "[{dropped} earlier bytes dropped]\n{}",
+                redactor.redact_tail(&text)
+            ),
         })
     }
 }
@@ -133,17 +139,18 @@ mod tests {
     #[test]
     fn keeps_the_tail_and_counts_what_it_dropped() {
         let out = CapturedOutput::new(8);
-        assert_eq!(out.text(), None);
+        let none = Redactor::default();
+        assert_eq!(out.text(&none), None);
         out.push(b"hello");
-        assert_eq!(out.text().as_deref(), Some("hello"));
+        assert_eq!(out.text(&none).as_deref(), Some("hello"));
         out.push(b" world");
         assert_eq!(
-            out.text().as_deref(),
+            out.text(&none).as_deref(),
             Some("[3 earlier bytes dropped]\nlo world")
         );
         out.push(&[b'x'; 100]);
         assert_eq!(
-            out.text().as_deref(),
+            out.text(&none).as_deref(),
             Some("[103 earlier bytes dropped]\nxxxxxxxx")
         );
     }

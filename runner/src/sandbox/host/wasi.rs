@@ -26,9 +26,11 @@ pub(crate) struct WasiState {
 }
 
 impl WasiState {
-    /// What the guest wrote to stdout and stderr: the tail of each, if anything.
+    /// What the guest wrote to stdout and stderr: the tail of each, if anything, with
+    /// secrets redacted.
     pub fn output(&self) -> (Option<String>, Option<String>) {
-        (self.stdout.text(), self.stderr.text())
+        let redactor = &self.job.redactor;
+        (self.stdout.text(redactor), self.stderr.text(redactor))
     }
 }
 

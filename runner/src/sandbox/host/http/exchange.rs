@@ -43,7 +43,8 @@ impl Exchange {
         Self {
             job: Arc::clone(job),
             method: method.clone(),
-            url: format!("{destination}{path}"),
+            // A secret URL's path (a Slack webhook's) is redacted here, once.
+            url: job.redactor.redact(&format!("{destination}{path}")).into_owned(),
             started: Instant::now(),
             bytes_out: Arc::default(),
             bytes_in: 0,
@@ -97,7 +98,7 @@ impl Exchange {
                 target: TARGET,
                 job_id = job.id, job_type = %job.job_type, tenant = %job.tenant, attempt = job.attempt,
                 method, url, status, bytes_out, bytes_in, duration_ms, limit,
-                error = %error,
+                error = %job.redactor.redact(&error.to_string()),
                 "http request failed"
             ),
         }
