@@ -84,7 +84,9 @@ impl Options {
 
     fn into_wit(self) -> EnqueueOptions {
         let run_at = self.run_at.map(|at| {
-            let since = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+            let since = at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
             Datetime {
                 seconds: since.as_secs(),
                 nanoseconds: since.subsec_nanos(),

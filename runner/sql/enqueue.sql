@@ -117,6 +117,7 @@ BEGIN
                        t.max_attempts,
                        CASE WHEN t.dedupe IS NOT FALSE THEN coalesce(
                            t.unique_key, md5(t.job_type || ':' || t.payload::text)) END AS key,
+                       parent_ids[t.ord] AS parent_id,
                        nextval(id_seq) AS new_id
                   FROM unnest(job_types, payloads, run_ats, tenants, priorities, max_attempts,
                               unique_keys, deduplicate)

@@ -12,8 +12,8 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use crate::retry::{Backoff, BackoffKind, RetryPolicy};
-use crate::secrets::{SecretTable, Secrets};
 use crate::sandbox::{HttpDoor, HttpSettings, Limits, SandboxConfig};
+use crate::secrets::{SecretTable, Secrets};
 use crate::tenants::{InvalidPolicy, TenantSettings, Tenants};
 use crate::worker::{WorkerConfig, default_owner};
 

@@ -33,6 +33,7 @@ use crate::driver::Driver;
 use crate::executor::WasmExecutor;
 use crate::plugins::{self, ArtifactCache, Loader, PluginDir, PluginDirError, Policy, Presence};
 use crate::sandbox::{Limits, Sandbox, SandboxConfig};
+use crate::secrets::Secrets;
 use crate::tenants::{self, SharedTenants, Tenants};
 use crate::worker::{Worker, WorkerConfig, WorkerHandle};
 
@@ -49,6 +50,8 @@ pub struct RunConfig {
     pub sandbox: SandboxConfig,
     /// Every attempt's limits.
     pub limits: Limits,
+    /// The secrets guests may be granted, read from the environment and files already.
+    pub secrets: Secrets,
     /// The tenant policy to publish at start, if the config file has one.
     pub tenants: Option<Tenants>,
 }
@@ -105,6 +108,11 @@ pub struct Runner {
 }
 
 impl Runner {
+    /// The sandbox its jobs run in: [`Sandbox::set_secrets`] gives them secrets read again.
+    pub fn sandbox(&self) -> Arc<Sandbox> {
+        Arc::clone(self.executor.sandbox())
+    }
+
     /// Starts setting up a runner with `config`.
     pub fn builder(config: RunConfig) -> RunnerBuilder {
         RunnerBuilder {
@@ -215,6 +223,7 @@ pub(crate) async fn load_plugins(
         })
         .context(hint)?;
     let sandbox = Arc::new(Sandbox::new(config.sandbox.clone())?);
+    sandbox.set_secrets(config.secrets.clone());
     let cache = ArtifactCache::open(&config.plugin_cache, sandbox.engine())
         .inspect_err(|error| {
             tracing::warn!(dir = %config.plugin_cache.display(), %error,

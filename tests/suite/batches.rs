@@ -104,10 +104,13 @@ async fn a_batch_locks_its_jobs_and_commits_outcomes_and_leases_in_one_go() {
 
     let [done, failed, long] = [&claimed.jobs[0], &claimed.jobs[1], &claimed.jobs[2]];
     let settlements = [
-        settle(done, Outcome::Completed {
-            result: None,
-            follow_ups: Vec::new(),
-        }),
+        settle(
+            done,
+            Outcome::Completed {
+                result: None,
+                follow_ups: Vec::new(),
+            },
+        ),
         settle(
             failed,
             Outcome::Retry {

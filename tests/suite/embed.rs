@@ -20,6 +20,7 @@ fn config(plugins: &std::path::Path) -> RunConfig {
         },
         sandbox: SandboxConfig::default(),
         limits: Limits::default(),
+        secrets: Default::default(),
         tenants: None,
     }
 }

@@ -301,3 +301,46 @@ async fn heartbeats_keep_a_long_job_leased() {
     worker.shutdown().await;
     watcher.shutdown().await;
 }
+
+/// A completion the fence refuses writes none of its follow-ups; the one it lets through
+/// writes them in the same transaction.
+#[tokio::test]
+async fn a_completion_the_fence_refuses_writes_no_follow_ups() {
+    let db = TestDb::new().await;
+    let (clock, queue, id) = one_job(&db).await;
+    let with_follow_up = |job: &runner::Job| {
+        let child = NewJob::new("child", json!({"of": job.attempt})).parent(job.id);
+        let mut settlement = completed(job);
+        settlement.outcome = Outcome::Completed {
+            result: None,
+            follow_ups: vec![child],
+        };
+        settlement
+    };
+    let stale = claim_one(&queue, "runner-a").await;
+    clock.advance(LEASE + Duration::from_secs(1));
+    driver(&queue)
+        .rescue_expired(&policy(), &[], 100)
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(60));
+    let fresh = claim_one(&queue, "runner-b").await;
+    assert!(
+        record_as(&queue, "runner-a", &with_follow_up(&stale))
+            .await
+            .is_empty()
+    );
+    let children =
+        || db.scalar::<i64>("SELECT count(*) FROM jobrunner.jobs WHERE job_type = 'child'");
+    assert_eq!(children().await, 0, "the refused completion's follow-up");
+    assert_eq!(
+        record_as(&queue, "runner-b", &with_follow_up(&fresh)).await,
+        [id]
+    );
+    let (parent, payload): (Option<i64>, serde_json::Value) =
+        sqlx::query_as("SELECT parent_id, payload FROM jobrunner.jobs WHERE job_type = 'child'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((parent, payload), (Some(id), json!({"of": 2})));
+}

@@ -1,7 +1,8 @@
 //! `runner call`: one job through the production sandbox and limits, without a database. The
 //! plugin author's loop: build, call, read the result or the classified error. The plugin's
 //! manifest (`<job-type>.toml` beside the `.wasm`) and the config file's policy for the job's
-//! tenant apply as they would in a runner: its limits, and the hosts it may call.
+//! tenant apply as they would in a runner: its limits, the hosts it may call, its config, and
+//! the config file's secrets.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,6 +14,7 @@ use crate::job::{InvalidJob, Job, validate_job_type};
 use crate::plugins::{Policy, read_manifest};
 use crate::retry::RetryPolicy;
 use crate::sandbox::{Disposition, Limits, Sandbox, SandboxConfig, wasm_job_type};
+use crate::secrets::Secrets;
 
 /// Flags of `runner call`.
 #[derive(Debug, clap::Args)]
@@ -45,6 +47,7 @@ pub struct Call {
     job: Job,
     sandbox: SandboxConfig,
     limits: Limits,
+    secrets: Secrets,
 }
 
 impl CallArgs {
@@ -72,6 +75,7 @@ impl CallArgs {
             job,
             sandbox,
             limits,
+            secrets: file.secrets()?,
         })
     }
 }
@@ -101,6 +105,7 @@ fn policy_limits(
 /// Runs the call: the result on stdout, or the classified error on stderr and exit code 1.
 pub async fn call(call: Call) -> anyhow::Result<ExitCode> {
     let sandbox = Sandbox::new(call.sandbox)?;
+    sandbox.set_secrets(call.secrets);
     let plugin = tokio::task::block_in_place(|| sandbox.load_as(&call.plugin, &call.job.job_type))
         .with_context(|| format!("cannot load {}", call.plugin.display()))?;
     let run = sandbox.run(&plugin, &call.job, &call.limits).await;

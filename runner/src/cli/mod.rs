@@ -5,6 +5,7 @@ mod call;
 mod database;
 mod demo;
 mod enqueue;
+pub mod fake_apis;
 mod jobs;
 mod local_server;
 mod plugins;
@@ -145,7 +146,7 @@ async fn dispatch(cli: Cli, file: FileConfig) -> anyhow::Result<ExitCode> {
             println!("jobrunner schema is up to date");
             Ok(ExitCode::SUCCESS)
         }
-        Prepared::Run(config) => run::run(&db, config).await,
+        Prepared::Run(config) => run::run(&db, config, cli.config).await,
         Prepared::Enqueue(job) => enqueue::enqueue(&db, job).await,
         Prepared::Jobs(command, policy) => jobs::jobs(&db, command, &policy).await,
         Prepared::Plugins(args) => plugins::plugins(&db, args).await,

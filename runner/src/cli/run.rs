@@ -3,13 +3,17 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::database::Database;
 use crate::config::{ConfigError, FileConfig, SandboxSettings, WorkerSettings};
 use crate::runner::{RunConfig, Runner};
+use crate::sandbox::Sandbox;
 
 /// Flags of `runner run` (and `runner demo`).
 #[derive(Debug, clap::Args)]
@@ -37,6 +41,7 @@ impl RunArgs {
             .unwrap_or_else(|| "plugins".into());
         Ok(RunConfig {
             tenants: file.tenants(&sandbox)?,
+            secrets: file.secrets()?,
             plugin_cache: self
                 .plugin_cache
                 .or(file.plugin_cache.clone())
@@ -50,10 +55,18 @@ impl RunArgs {
 }
 
 /// Runs a runner until SIGINT/SIGTERM and shuts it down gracefully. A second signal exits at
-/// once; unfinished jobs then come back when their leases expire.
-pub async fn run(db: &Database, config: RunConfig) -> anyhow::Result<ExitCode> {
+/// once; unfinished jobs then come back when their leases expire. SIGHUP reads the secrets of
+/// `config_file` again.
+pub async fn run(
+    db: &Database,
+    config: RunConfig,
+    config_file: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::new()?;
     let runner = Runner::builder(config).queue(db.queue()).build().await?;
+    let _reloading = config_file
+        .map(|file| reload_secrets_on_hangup(runner.sandbox(), file))
+        .transpose()?;
     let shutdown = CancellationToken::new();
     let mut running = std::pin::pin!(runner.run(shutdown.clone()));
     tokio::select! {
@@ -72,6 +85,29 @@ pub async fn run(db: &Database, config: RunConfig) -> anyhow::Result<ExitCode> {
             std::process::exit(130)
         }
     }
+}
+
+/// Reads the secrets of `file` again at every SIGHUP: attempts that start afterwards get the
+/// new values. A file or value that cannot be read keeps the old ones, and says why.
+fn reload_secrets_on_hangup(
+    sandbox: Arc<Sandbox>,
+    file: PathBuf,
+) -> anyhow::Result<AbortOnDropHandle<()>> {
+    let mut hangups = signal(SignalKind::hangup()).context("cannot catch SIGHUP")?;
+    Ok(AbortOnDropHandle::new(tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match FileConfig::load(&file).and_then(|config| config.secrets()) {
+                Ok(secrets) => {
+                    tracing::info!(values = secrets.len(), "SIGHUP: secrets read again");
+                    sandbox.set_secrets(secrets);
+                }
+                Err(error) => tracing::error!(
+                    %error,
+                    "SIGHUP: cannot read the secrets again; keeping the ones read before"
+                ),
+            }
+        }
+    })))
 }
 
 /// SIGINT and SIGTERM, whichever comes first.

@@ -30,6 +30,11 @@ impl WasmExecutor {
         }
     }
 
+    /// The sandbox the jobs run in.
+    pub fn sandbox(&self) -> &Arc<Sandbox> {
+        &self.sandbox
+    }
+
     /// Applies `tenants` (as it changes) to every job: the types each tenant may run and its
     /// sandbox limit overrides.
     pub fn with_tenants(self, tenants: SharedTenants) -> Self {

@@ -33,8 +33,8 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-use crate::retry::{BackoffKind, RetryPolicy};
 use crate::job::validate_job_type;
+use crate::retry::{BackoffKind, RetryPolicy};
 use crate::sandbox::{ConfigGrant, HttpDoor, HttpSettings, Limits};
 use crate::secrets::check_key;
 
@@ -383,8 +383,11 @@ mod tests {
             ("enqueue = [\"\"]", "enqueue"),
             ("max_follow_ups = 0", "max_follow_ups"),
             ("secrets = [\"a b\"]", "secrets"),
-            ("secrets = [\"k\"]\n[config]\nk = \"v\"", "also a [config] key"),
-            ("[config]\nretries = 3", "config"),
+            (
+                "secrets = [\"k\"]\n[config]\nk = \"v\"",
+                "also a [config] key",
+            ),
+            ("[config]\nretries = 3", "retries"),
         ];
         for (text, key) in cases {
             let error = parsed(text)

@@ -30,12 +30,12 @@ use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationCon
 pub use budget::{MemoryBudget, NoRoom, OverBudget, default_memory_budget};
 pub use classify::{Disposition, RunError, classify_trap};
 pub use host::config::ConfigGrant;
-pub use host::jobs::JobsGrant;
 pub use host::http::grant::{BadHostPattern, Denied, Destination, HostGrant, HostPattern};
 pub use host::http::guard::{AddressGuard, Blocked};
 pub use host::http::settings::{
     HttpDoor, HttpLimits, HttpNetworkConfig, HttpSettings, InvalidHttpSetting,
 };
+pub use host::jobs::JobsGrant;
 pub use limits::{Limits, MemoryLimitExceeded};
 pub use meter::{CpuBudgetExceeded, TimedOut, thread_cpu_time};
 pub use plugin::{Plugin, PluginError};

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use runner::plugins::{Files, Loader, Policy, Registry};
+use runner::secrets::Secrets;
 use runner::{
     Limits, Queue, RetryPolicy, Sandbox, SandboxConfig, WasmExecutor, Worker, WorkerConfig,
     WorkerHandle,
@@ -37,11 +38,23 @@ pub async fn tenant_worker(
     config: SandboxConfig,
     limits: Limits,
 ) -> WorkerHandle {
+    secret_worker(queue, job_types, config, limits, Secrets::default()).await
+}
+
+/// [`tenant_worker`], its guests granted what `limits` names of `secrets`.
+pub async fn secret_worker(
+    queue: &Queue,
+    job_types: &[&str],
+    config: SandboxConfig,
+    limits: Limits,
+    secrets: Secrets,
+) -> WorkerHandle {
     let tenants = Arc::new(ArcSwap::from_pointee(
         driver(queue).tenants().await.unwrap(),
     ));
     let policy = Policy::new(limits, RetryPolicy::default());
     let executor = executor(job_types, config, policy).with_tenants(tenants);
+    executor.sandbox().set_secrets(secrets);
     let config = WorkerConfig {
         poll_interval: Duration::from_millis(20),
         keep_completed: Some(Duration::from_secs(3600)),

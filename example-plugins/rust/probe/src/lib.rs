@@ -59,7 +59,11 @@ fn probe(job: Job<Probe>) -> Result<Value, JobError> {
         let keys: Vec<String> = config::all().into_iter().map(|(key, _)| key).collect();
         result.insert("all_keys".into(), json!(keys));
     }
-    let echoed = probe.echo.as_deref().and_then(config::get).unwrap_or_default();
+    let echoed = probe
+        .echo
+        .as_deref()
+        .and_then(config::get)
+        .unwrap_or_default();
     let via = |path: &str| probe.via.iter().any(|v| v == path);
     if via("log") {
         info!("the value is {echoed}");

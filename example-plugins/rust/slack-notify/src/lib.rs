@@ -41,7 +41,10 @@ fn notify(job: Job<reminder::Request>) -> Result<Notified, JobError> {
     };
     match reply.status {
         200..=299 => {
-            info!("reminded {} of {} pull requests", reminder.user, reminder.count);
+            info!(
+                "reminded {} of {} pull requests",
+                reminder.user, reminder.count
+            );
             Ok(Notified {
                 user: reminder.user,
                 count: reminder.count,

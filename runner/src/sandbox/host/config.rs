@@ -1,13 +1,13 @@
 //! Config and secrets (`wasi:config/store@0.2.0-rc.1`), deny by default: a guest reads its
 //! plugin manifest's `[config]` values (with its tenant's overrides) and the secrets its
 //! manifest names, with its job's tenant's values ([`crate::secrets`]). Any other key reads as
-//! absent; asking for a secret that is not granted is logged (target `jobrunner::config`),
-//! without a value.
+//! absent, and asking for it is logged once per attempt (target `jobrunner::config`, with
+//! whether the runner holds a secret of that name), never with a value.
 //!
 //! The generated `Host` is implemented here rather than taken from wasmtime-wasi-config,
 //! whose static map can neither scope values per tenant nor log what was refused.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker};
@@ -19,6 +19,9 @@ use crate::secrets::Secrets;
 
 /// The log target of refused keys.
 const TARGET: &str = "jobrunner::config";
+
+/// Distinct refused keys logged per attempt: a guest probing keys in a loop writes no more.
+const MAX_REFUSALS_LOGGED: usize = 16;
 
 /// What one attempt may read: granted by the plugin's manifest, values overridden by the
 /// tenant's policy.
@@ -53,25 +56,27 @@ pub(crate) struct ConfigState {
     job: Arc<JobLabel>,
     grant: ConfigGrant,
     secrets: Arc<Secrets>,
+    /// The keys asked for and not granted, each logged once.
+    refused: BTreeSet<String>,
 }
 
 impl ConfigState {
     /// The value of `key`, if granted: a config value, else a granted secret's.
-    fn get(&self, key: &str) -> Option<String> {
+    fn get(&mut self, key: &str) -> Option<String> {
         if let Some(value) = self.grant.values.get(key) {
             return Some(value.clone());
         }
-        if self.grant.secrets.iter().any(|name| name == key) {
-            let value = self.secrets.value(&self.job.tenant, key);
-            if value.is_none() {
-                self.refused(key, "the runner has no value of it for this tenant");
+        let granted = self.grant.secrets.iter().any(|name| name == key);
+        let value = granted
+            .then(|| self.secrets.value(&self.job.tenant, key))
+            .flatten();
+        match value {
+            Some(value) => Some(value.expose().to_owned()),
+            None => {
+                self.refused(key, granted);
+                None
             }
-            return value.map(|v| v.expose().to_owned());
         }
-        if self.secrets.is_named(key) {
-            self.refused(key, "the plugin's manifest does not list it in `secrets`");
-        }
-        None
     }
 
     fn all(&self) -> Vec<(String, String)> {
@@ -86,12 +91,21 @@ impl ConfigState {
             .collect()
     }
 
-    fn refused(&self, key: &str, reason: &str) {
+    fn refused(&mut self, key: &str, granted: bool) {
+        if self.refused.len() >= MAX_REFUSALS_LOGGED || !self.refused.insert(key.to_owned()) {
+            return;
+        }
+        let reason = if granted {
+            "the manifest names this secret, but the runner has no value of it for this tenant"
+        } else {
+            "neither in the manifest's [config] nor in its `secrets`"
+        };
         let job = &self.job;
+        let secret = self.secrets.is_named(key);
         tracing::warn!(
             target: TARGET,
             job_id = job.id, job_type = %job.job_type, tenant = %job.tenant, attempt = job.attempt,
-            key, "secret asked for and not given: {reason}"
+            key, secret, reason, "config key asked for and not granted"
         );
     }
 }
@@ -108,6 +122,7 @@ impl Capability for Config {
             job: Arc::clone(job),
             grant: limits.config.clone(),
             secrets: services.secrets.load_full(),
+            refused: BTreeSet::new(),
         }
     }
 

@@ -245,7 +245,10 @@ mod tests {
             max_follow_ups: 1,
         });
         let refused = s.enqueue("child", "{}", options()).unwrap_err();
-        assert!(describe(&refused).contains("tenant's policy"), "{refused:?}");
+        assert!(
+            describe(&refused).contains("tenant's policy"),
+            "{refused:?}"
+        );
         s.grant.tenant_job_types = None;
         let refused = s.enqueue("sneaky", "{}", options()).unwrap_err();
         assert!(matches!(refused, EnqueueError::NotAllowed(_)));

@@ -52,7 +52,9 @@ impl Capability for Log {
                     let line = match clip(&redactor.redact(head), MAX_LINE) {
                         Cow::Owned(cut) => cut,
                         Cow::Borrowed(whole) if head.len() == text.len() => whole.to_owned(),
-                        Cow::Borrowed(whole) => format!("{whole}… [cut: {} bytes in all]", text.len()),
+                        Cow::Borrowed(whole) => {
+                            format!("{whole}… [cut: {} bytes in all]", text.len())
+                        }
                     };
                     store.data().log.write(level, &line);
                 }

@@ -44,7 +44,10 @@ impl Exchange {
             job: Arc::clone(job),
             method: method.clone(),
             // A secret URL's path (a Slack webhook's) is redacted here, once.
-            url: job.redactor.redact(&format!("{destination}{path}")).into_owned(),
+            url: job
+                .redactor
+                .redact(&format!("{destination}{path}"))
+                .into_owned(),
             started: Instant::now(),
             bytes_out: Arc::default(),
             bytes_in: 0,
