@@ -686,7 +686,7 @@ async fn the_config_file_refuses_hosts_and_bad_networks_with_the_key() {
 /// The README's demo, from nothing: its webhooks reach its own server on 127.0.0.2, retry on
 /// a 503, and the two it aims elsewhere are refused with the reason.
 #[tokio::test]
-async fn the_demo_delivers_webhooks_to_its_own_server_and_refuses_the_others() {
+async fn the_demo_delivers_webhooks_reminds_reviewers_on_slack_and_refuses_the_others() {
     let db = TestDb::new().await;
     let output = runner(&["demo", "--plugins", test_plugins::dir().to_str().unwrap()])
         .env("DATABASE_URL", db.url())
@@ -735,4 +735,25 @@ async fn the_demo_delivers_webhooks_to_its_own_server_and_refuses_the_others() {
         stderr.contains("localhost resolved only to refused addresses"),
         "{stderr}"
     );
+    // The reminders: GitHub asked with the token, one Slack message per reviewer, the busy
+    // Slack's reminder retried, and neither secret in anything the demo wrote.
+    let scan = "GitHub <- GET /repos/acme/app/pulls?state=open&per_page=100 with the github_token \
+                secret -> 200";
+    assert!(stdout.contains(scan), "{stdout}");
+    assert!(
+        stdout.contains("-> 503 (retried after its Retry-After)"),
+        "{stdout}"
+    );
+    for reminder in [
+        "  | Hi ada, 2 pull requests are waiting for your review:\n  | - Bump sqlx (6 days) https://github.com/acme/app/pull/2",
+        "  | Hi grace, 2 pull requests are waiting for your review:\n  | - Fix login redirect (2 days) https://github.com/acme/app/pull/1\n  | - Dark mode (1 day) https://github.com/acme/web/pull/1",
+    ] {
+        assert!(stdout.contains(reminder), "{reminder}\n{stdout}");
+    }
+    for secret in ["ghp_demo0000", "xoxdemowebhooksecret"] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret} leaked"
+        );
+    }
 }

@@ -1,7 +1,9 @@
 //! `runner demo`: starts from nothing and shows jobs running.
 
+mod reminders;
 mod webhooks;
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -57,7 +59,10 @@ pub async fn demo(db: &Database, mut config: RunConfig) -> anyhow::Result<ExitCo
     let queue = Queue::new(pool.clone());
     let file: FileConfig = toml::from_str(TENANT_POLICY).context("the demo's tenant policy")?;
     config.tenants = file.tenants(&config.sandbox)?;
+    let plugins = plugin_dir(&config.plugins)?;
+    config.plugins = plugins.path().to_owned();
     let webhooks = webhooks::Receiver::start(&mut config).await?;
+    let reminders = reminders::Reminders::start(&mut config).await?;
     // Migrates, loads the plugins and publishes the policy; runs nothing yet.
     let runner = Runner::builder(config).queue(queue.clone()).build().await?;
     let url = demo_url(db.options());
@@ -69,6 +74,7 @@ pub async fn demo(db: &Database, mut config: RunConfig) -> anyhow::Result<ExitCo
     println!("\n== 3. Enqueue jobs through every door");
     enqueue_jobs(&queue).await?;
     webhooks.enqueue(&queue).await?;
+    reminders.enqueue(&queue).await?;
 
     println!("\n== 4. A runner works the queue (one log line per attempt, on stderr)");
     let shutdown = CancellationToken::new();
@@ -91,6 +97,7 @@ pub async fn demo(db: &Database, mut config: RunConfig) -> anyhow::Result<ExitCo
     print_list(&jobs, &crate::retry::RetryPolicy::default());
     print_reminders(&queue).await?;
     webhooks.report(&queue).await?;
+    reminders.report();
     print_fairness(&queue).await?;
     if db.is_private() {
         println!("\nThe private cluster stops now; its data stays for the next command.");
@@ -103,6 +110,45 @@ pub async fn demo(db: &Database, mut config: RunConfig) -> anyhow::Result<ExitCo
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Where the demo's servers listen: a loopback address of their own, allowed by the demo's
+/// config, so that the rest of loopback stays refused.
+const SERVER_IP: &str = "127.0.0.2";
+
+/// A plugin directory of the demo's own: links to every plugin of `from`, beside which the
+/// demo writes the manifests that grant its servers.
+fn plugin_dir(from: &Path) -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("jobrunner-demo-plugins")
+        .tempdir()?;
+    for entry in std::fs::read_dir(from)
+        .with_context(|| format!("cannot read plugin directory {}", from.display()))?
+    {
+        let path = entry?.path();
+        if path.is_file() {
+            let name = path.file_name().expect("a file name");
+            std::os::unix::fs::symlink(path.canonicalize()?, dir.path().join(name))?;
+        }
+    }
+    Ok(dir)
+}
+
+/// Writes `<job_type>.toml` into the demo's plugin directory `dir`.
+fn write_manifest(dir: &Path, job_type: &str, manifest: &str) -> anyhow::Result<()> {
+    let path = dir.join(format!("{job_type}.toml"));
+    // A manifest linked from the given directory is replaced, not written through.
+    let _ = std::fs::remove_file(&path);
+    std::fs::write(&path, manifest).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Lets the SSRF guard through to `ip`, where the demo's servers listen.
+fn allow_network(config: &mut RunConfig, ip: &str) -> anyhow::Result<()> {
+    let network = format!("{ip}/32").parse()?;
+    if !config.sandbox.http.allow_networks.contains(&network) {
+        config.sandbox.http.allow_networks.push(network);
+    }
+    Ok(())
 }
 
 /// The tenant whose backlog the others' jobs overtake.

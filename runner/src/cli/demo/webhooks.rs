@@ -4,7 +4,6 @@
 //! not grant, and a granted name (`localhost`) whose address is outside `allow_networks`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -20,9 +19,7 @@ use crate::cli::local_server::{Answer, serve};
 use crate::job::NewJob;
 use crate::runner::RunConfig;
 
-/// Where the demo's server listens: a loopback address of its own, allowed by the demo's
-/// config, so that the rest of loopback stays refused.
-const SERVER_IP: &str = "127.0.0.2";
+use super::SERVER_IP;
 
 /// What the server received: path and body, in order.
 type Received = Arc<Mutex<Vec<(String, String)>>>;
@@ -32,8 +29,8 @@ pub struct Receiver {
     addr: SocketAddr,
     received: Received,
     task: JoinHandle<()>,
-    /// The demo's plugin directory: the given one's plugins, and a manifest for `webhook`.
-    plugins: tempfile::TempDir,
+    /// The manifest granting the server to `webhook`, as written.
+    manifest: String,
 }
 
 impl Drop for Receiver {
@@ -43,8 +40,8 @@ impl Drop for Receiver {
 }
 
 impl Receiver {
-    /// Starts the server and points `config` at a plugin directory that grants it to
-    /// `webhook`, with the server's network allowed.
+    /// Starts the server, grants it to `webhook` by a manifest in `config`'s (the demo's)
+    /// plugin directory, and allows the server's network.
     pub async fn start(config: &mut RunConfig) -> anyhow::Result<Self> {
         let listener = TcpListener::bind((SERVER_IP, 0))
             .await
@@ -55,22 +52,27 @@ impl Receiver {
         let task = tokio::spawn(serve(listener, move |request| {
             answer(Arc::clone(&answering), request)
         }));
-        let plugins = granting_plugin_dir(&config.plugins, addr.port())?;
-        config.plugins = plugins.path().to_owned();
-        config.sandbox.http.allow_networks = vec![format!("{SERVER_IP}/32").parse()?];
+        let port = addr.port();
+        let manifest = format!(
+            "[http]\nallowed_hosts = [\"http://{SERVER_IP}:{port}\", \"http://localhost:{port}\"]\n"
+        );
+        super::write_manifest(&config.plugins, "webhook", &manifest)?;
+        super::allow_network(config, SERVER_IP)?;
         Ok(Self {
             addr,
             received,
             task,
-            plugins,
+            manifest,
         })
     }
 
     /// Enqueues the webhook jobs and says what each shows.
     pub async fn enqueue(&self, queue: &Queue) -> anyhow::Result<()> {
-        let manifest = std::fs::read_to_string(self.plugins.path().join("webhook.toml"))?;
         println!("Config:            [http] allow_networks = [\"{SERVER_IP}/32\"]");
-        println!("webhook.toml:      {}", manifest.trim().replace('\n', "  "));
+        println!(
+            "webhook.toml:      {}",
+            self.manifest.trim().replace('\n', "  ")
+        );
         let port = self.addr.port();
         for (what, url) in [
             (
@@ -117,34 +119,6 @@ impl Receiver {
         }
         Ok(())
     }
-}
-
-/// A plugin directory with links to every plugin of `from` and a manifest granting the
-/// server to `webhook` (by address, and by a name that resolves outside the allowed network).
-fn granting_plugin_dir(from: &Path, port: u16) -> anyhow::Result<tempfile::TempDir> {
-    let dir = tempfile::Builder::new()
-        .prefix("jobrunner-demo-plugins")
-        .tempdir()?;
-    for entry in std::fs::read_dir(from)
-        .with_context(|| format!("cannot read plugin directory {}", from.display()))?
-    {
-        let path: PathBuf = entry?.path();
-        if path.is_file() {
-            let from = path.canonicalize()?;
-            std::os::unix::fs::symlink(
-                &from,
-                dir.path().join(path.file_name().expect("a file name")),
-            )?;
-        }
-    }
-    let manifest = format!(
-        "[http]\nallowed_hosts = [\"http://{SERVER_IP}:{port}\", \"http://localhost:{port}\"]\n"
-    );
-    let manifest_path = dir.path().join("webhook.toml");
-    // A manifest linked from the given directory is replaced, not written through.
-    let _ = std::fs::remove_file(&manifest_path);
-    std::fs::write(manifest_path, manifest)?;
-    Ok(dir)
 }
 
 /// 204 for every request, but a 503 for the first to `/hooks/flaky`.
