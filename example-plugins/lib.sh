@@ -112,7 +112,7 @@ fetch() {
 }
 
 # build_plugins DIR OUT BUILD_DIR BUILD [INPUT...]: builds each plugin directory in DIR (one
-# per plugin, named by its job type) with `BUILD PLUGIN BUILT`, BUILT being where the
+# per plugin, named by its job type; a directory whose name starts with _ is not a plugin) with `BUILD PLUGIN BUILT`, BUILT being where the
 # component goes under BUILD_DIR, and puts it in OUT as <plugin>.wasm. A plugin whose
 # sources, the WIT contract, the calling build script and the INPUTs (the toolchain's pins)
 # are unchanged since it was built is not built again.
@@ -122,6 +122,7 @@ build_plugins() {
     local plugin
     for plugin in "$dir"/*/; do
         plugin="$(basename "$plugin")"
+        [[ "$plugin" == _* ]] && continue  # shared sources, not a plugin
         local built="$build_dir/$plugin.wasm"
         local inputs=("$dir/$plugin" "$wit" "$0" "$@")
         if ! fresh "$built.stamp" "$built" "${inputs[@]}"; then

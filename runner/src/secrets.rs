@@ -251,6 +251,14 @@ impl Redactor {
         Cow::Owned(out)
     }
 
+    /// [`Redactor::redact`] of an owned text, without a copy when it holds no secret.
+    pub fn redact_owned(&self, text: String) -> String {
+        match self.redact(&text) {
+            Cow::Borrowed(_) => text,
+            Cow::Owned(clean) => clean,
+        }
+    }
+
     /// Like [`Redactor::redact`], for the tail of a longer text: its first bytes may be the
     /// end of a secret whose start was cut off, so as many bytes as the longest secret (less
     /// one) are dropped from its front first.
@@ -259,10 +267,7 @@ impl Redactor {
             return Cow::Borrowed(tail);
         }
         let cut = tail.ceil_char_boundary(self.longest.saturating_sub(1).min(tail.len()));
-        match self.redact(&tail[cut..]) {
-            Cow::Borrowed(rest) => Cow::Borrowed(rest),
-            Cow::Owned(rest) => Cow::Owned(rest),
-        }
+        self.redact(&tail[cut..])
     }
 
     /// The longest text a secret can take, in bytes: how far past a cut a reader must look to

@@ -2,10 +2,12 @@
 //! says): atomic with the parent's completion, in the parent's tenant, within the manifest's
 //! and the tenant's grants, idempotent by unique key, and recorded with their parent.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use runner::client::{JobFilter, JobRecord, JobState};
+use runner::secrets::{SecretSource, SecretTable, Secrets};
 use runner::{Limits, ManualClock, NewJob, Queue, SandboxConfig, WorkerHandle};
 use serde_json::{Value, json};
 
@@ -169,6 +171,7 @@ async fn follow_ups_stay_in_the_parents_tenant_within_the_manifest_tenant_and_co
         {"job_type": "sleep", "payload": {}},          // not in the manifest's list
         {"job_type": "flaky", "payload": {}},          // in it, but not in acme's policy
         {"job_type": "echo", "payload": {}, "delay_ms": 5, "max_attempts": 0},  // invalid
+        {"job_type": "echo", "payload": {"x": "a\u{0}b"}},  // jsonb cannot store it
         echo(2),
         echo(3),                                       // over the limit of 2
     ]});
@@ -185,12 +188,10 @@ async fn follow_ups_stay_in_the_parents_tenant_within_the_manifest_tenant_and_co
         "{}",
         refusal(3)
     );
-    assert_eq!(enqueued[4], Value::Null);
-    assert!(
-        refusal(5).starts_with("follow-up limit reached"),
-        "{}",
-        refusal(5)
-    );
+    assert!(refusal(4).contains("\\u0000"), "{}", refusal(4));
+    assert_eq!(enqueued[5], Value::Null);
+    let over = refusal(6);
+    assert!(over.starts_with("follow-up limit reached"), "{over}");
     let children = follow_ups(&queue, id).await;
     assert_eq!(children.len(), 2);
     assert!(
@@ -220,5 +221,65 @@ async fn follow_ups_stay_in_the_parents_tenant_within_the_manifest_tenant_and_co
         .collect();
     assert_eq!(listed.len(), 2);
     assert!(listed.iter().all(|j| j["parent_id"] == id));
+    worker.shutdown().await;
+}
+
+/// The JavaScript helpers: config values, a granted secret and follow-ups from a JS plugin.
+#[tokio::test]
+async fn a_javascript_plugin_reads_config_and_secrets_and_enqueues_follow_ups() {
+    let db = TestDb::new().await;
+    let queue = db.queue();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "js-secret-value-123\n").unwrap();
+    let table = SecretTable::from([(
+        "github_token".to_owned(),
+        SecretSource::File(dir.path().join("token")),
+    )]);
+    let secrets = Secrets::read(&table, &BTreeMap::new()).unwrap();
+    let mut limits = granting_echo(10);
+    limits.config.values = Arc::new(BTreeMap::from([(
+        "repos".to_owned(),
+        "acme/app".to_owned(),
+    )]));
+    limits.config.secrets = Arc::from(["github_token".to_owned()]);
+    let worker = plugins::secret_worker(
+        &queue,
+        &["probe-js"],
+        SandboxConfig::default(),
+        limits,
+        secrets,
+    )
+    .await;
+    let payload = json!({
+        "read": ["repos", "github_token", "slack_webhook"],
+        "enqueue": [
+            {"job_type": "echo", "payload": {"from": "js"}, "unique_key": "js-1", "delay_ms": 60000},
+            {"job_type": "sleep", "payload": {}},
+        ],
+    });
+    let id = queue
+        .enqueue(&db.pool, &NewJob::new("probe-js", payload))
+        .await
+        .unwrap()
+        .id;
+    let done = settled(&queue, id, JobState::Completed).await;
+    let result = done.result.unwrap();
+    assert_eq!(
+        result["read"],
+        json!({"repos": 8, "github_token": 19, "slack_webhook": null})
+    );
+    assert_eq!(result["enqueued"][0], Value::Null);
+    assert!(
+        result["enqueued"][1]
+            .as_str()
+            .unwrap()
+            .starts_with("not-allowed: "),
+        "{result}"
+    );
+    let children = follow_ups(&queue, id).await;
+    assert_eq!(children.len(), 1);
+    assert_eq!(children[0].payload, json!({"from": "js"}));
+    assert_eq!(children[0].unique_key.as_deref(), Some("js-1"));
+    assert!(children[0].run_at > children[0].created_at + chrono::Duration::seconds(59));
     worker.shutdown().await;
 }

@@ -5,15 +5,18 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use runner::cli::fake_apis::{FakeGitHub, FakePull, FakeSlack};
 use runner::client::{JobFilter, JobRecord, JobState};
-use runner::{NewJob, Queue};
+use runner::sandbox::HttpNetworkConfig;
+use runner::secrets::{SecretSource, SecretTable, Secrets};
+use runner::{Limits, NewJob, Queue, SandboxConfig};
 use serde_json::json;
 
 use crate::support::live::Live;
-use crate::support::{TestDb, eventually, settled};
+use crate::support::{TestDb, eventually, plugins, settled};
 
 const TOKEN: &str = "ghp_reminders_test_token_5f3a9c";
 
@@ -211,4 +214,57 @@ async fn reviewers_are_reminded_on_slack_of_the_pull_requests_waiting_for_them()
         "the line names the secret: {url}"
     );
     live.stop().await;
+}
+
+/// The Python `pr-reminders` enqueues exactly the follow-ups the Rust one does, from the same
+/// GitHub answers: same reviewers, payloads and unique keys, and the same result.
+#[tokio::test]
+async fn pr_reminders_in_python_enqueues_what_the_rust_one_does() {
+    let db = TestDb::new().await;
+    let queue = db.queue();
+    let github = FakeGitHub::start("127.0.0.1", TOKEN, repos())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+    let table = SecretTable::from([(
+        "github_token".to_owned(),
+        SecretSource::File(dir.path().join("token")),
+    )]);
+    let secrets = Secrets::read(&table, &BTreeMap::new()).unwrap();
+    let mut limits = Limits::default();
+    limits.http.hosts.plugin = vec![github.origin().parse().unwrap()].into();
+    limits.config.values = Arc::new(BTreeMap::from([
+        ("github_api".to_owned(), github.origin()),
+        ("repos".to_owned(), "acme/app,acme/web".to_owned()),
+    ]));
+    limits.config.secrets = Arc::from(["github_token".to_owned()]);
+    limits.jobs.enqueue = Arc::from(["slack-notify".to_owned()]);
+    let sandbox = SandboxConfig {
+        http: HttpNetworkConfig {
+            allow_networks: vec!["127.0.0.1/32".parse().unwrap()],
+            ..HttpNetworkConfig::default()
+        },
+        ..SandboxConfig::default()
+    };
+    let job_types = ["pr-reminders", "pr-reminders-python"];
+    let worker = plugins::secret_worker(&queue, &job_types, sandbox, limits, secrets).await;
+    // Each in a tenant of its own: their follow-ups' unique keys are the same.
+    let mut outcomes = Vec::new();
+    for job_type in job_types {
+        let job = NewJob::new(job_type, json!({})).tenant(job_type);
+        let id = queue.enqueue(&db.pool, &job).await.unwrap().id;
+        let done = settled(&queue, id, JobState::Completed).await;
+        let mut follow_ups: Vec<_> = notifications(&queue)
+            .await
+            .into_iter()
+            .filter(|j| j.parent_id == Some(id))
+            .map(|j| (j.unique_key, j.payload, j.tenant == job_type))
+            .collect();
+        follow_ups.sort_by(|a, b| a.0.cmp(&b.0));
+        outcomes.push((done.result, follow_ups));
+    }
+    assert_eq!(outcomes[0].1.len(), 2, "{:?}", outcomes[0]);
+    assert_eq!(outcomes[0], outcomes[1]);
+    worker.shutdown().await;
 }

@@ -140,6 +140,9 @@ pub enum InvalidJob {
     /// The payload is larger than [`MAX_PAYLOAD_BYTES`].
     #[error("payload of {0} bytes exceeds the limit of {MAX_PAYLOAD_BYTES} bytes")]
     PayloadTooLarge(usize),
+    /// The payload holds the character U+0000, which PostgreSQL's `jsonb` cannot store.
+    #[error("payload holds a \\u0000 character, which PostgreSQL's jsonb cannot store")]
+    PayloadHoldsNul,
     /// The payload nests arrays and objects deeper than [`MAX_PAYLOAD_DEPTH`].
     #[error("payload is nested deeper than {MAX_PAYLOAD_DEPTH} levels of arrays and objects")]
     PayloadTooDeep,
@@ -257,6 +260,9 @@ impl NewJob {
         if nesting_exceeds(self.payload(), MAX_PAYLOAD_DEPTH) {
             return Err(InvalidJob::PayloadTooDeep);
         }
+        if holds_nul(self.payload()) {
+            return Err(InvalidJob::PayloadHoldsNul);
+        }
         if let Some(max) = self.max_attempts
             && !(1..=i32::MAX as u32).contains(&max)
         {
@@ -303,6 +309,23 @@ fn nesting_exceeds(text: &str, limit: usize) -> bool {
     false
 }
 
+/// Whether valid JSON `text` has a string holding U+0000. Parsed only when the escape is
+/// there at all, so that bulk enqueues pay for a byte search.
+fn holds_nul(text: &str) -> bool {
+    fn any_nul(value: &serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().any(any_nul),
+            serde_json::Value::Object(map) => {
+                map.iter().any(|(k, v)| k.contains('\0') || any_nul(v))
+            }
+            _ => false,
+        }
+    }
+    text.contains("\\u0000")
+        && serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| any_nul(&v))
+}
+
 /// Checks a job type name: not empty, not longer than the schema allows.
 pub fn validate_job_type(job_type: &str) -> Result<(), InvalidJob> {
     check_name("job type", job_type, InvalidJob::EmptyJobType)
@@ -322,6 +345,17 @@ fn check_name(what: &'static str, value: &str, empty: InvalidJob) -> Result<(), 
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_nul_character_is_refused_but_an_escaped_backslash_before_u0000_is_not() {
+        let job = |text: &str| NewJob::from_json_text("t", text).unwrap().validate();
+        assert_eq!(
+            job(r#"{"a": "x\u0000y"}"#),
+            Err(InvalidJob::PayloadHoldsNul)
+        );
+        assert_eq!(job(r#"{"a\u0000": 1}"#), Err(InvalidJob::PayloadHoldsNul));
+        assert_eq!(job(r#"{"a": "\\u0000"}"#), Ok(()));
+    }
 
     #[test]
     fn nesting_is_counted_outside_strings_only() {

@@ -109,6 +109,13 @@ pub async fn call(call: Call) -> anyhow::Result<ExitCode> {
     let plugin = tokio::task::block_in_place(|| sandbox.load_as(&call.plugin, &call.job.job_type))
         .with_context(|| format!("cannot load {}", call.plugin.display()))?;
     let run = sandbox.run(&plugin, &call.job, &call.limits).await;
+    for follow_up in &run.follow_ups {
+        eprintln!(
+            "follow-up (a runner would enqueue it with the completion): {} {}",
+            follow_up.job_type(),
+            follow_up.payload()
+        );
+    }
     let report = run.error_report();
     match run.result {
         Ok(Some(json)) => println!("{json}"),

@@ -5,10 +5,10 @@
 //! behind it (no preopened directories, environment, arguments or network; stdout and stderr
 //! captured with a cap), the `host` interface of the `job-handler` world, outgoing HTTP to
 //! the hosts its manifest grants, the config values and secrets its manifest grants, and
-//! follow-up jobs of the types its manifest lists. Per attempt it is held to [`Limits`]: wall-clock time, CPU
-//! time (its thread's CPU clock, read at every epoch tick while it executes), memory (a
-//! limiter), Wasm stack, payload and result size. Everything that can go wrong is classified
-//! into a [`RunError`].
+//! follow-up jobs of the types its manifest lists. Per attempt it is held to [`Limits`]:
+//! wall-clock time, CPU time (its thread's CPU clock, read at every epoch tick while it
+//! executes), memory (a limiter), Wasm stack, payload and result size. Everything that can go
+//! wrong is classified into a [`RunError`]; every secret is redacted from what it returns.
 
 mod bindings;
 mod budget;
@@ -45,9 +45,8 @@ use bindings::{JobHandlerPre, WitJob, WitJobError};
 use host::{GuestState, JobLabel, Services};
 use meter::Meter;
 
-use crate::job::Job;
-use crate::secrets::Secrets;
-use jobrunner_client::NewJob;
+use crate::job::{Job, NewJob};
+use crate::secrets::{Redactor, Secrets};
 
 /// Pool slots per component instance, for the core instances, memories and tables a
 /// component made by today's toolchains needs (a Rust component has about five core
@@ -373,12 +372,9 @@ async fn call_run(
 /// `retry` or `fail` (host-made errors hold none; stderr is redacted where it is captured).
 fn redacted(
     result: Result<Option<String>, RunError>,
-    redactor: &crate::secrets::Redactor,
+    redactor: &Redactor,
 ) -> Result<Option<String>, RunError> {
-    let clean = |text: String| match redactor.redact(&text) {
-        std::borrow::Cow::Borrowed(_) => text,
-        std::borrow::Cow::Owned(clean) => clean,
-    };
+    let clean = |text| redactor.redact_owned(text);
     match result {
         Ok(json) => Ok(json.map(clean)),
         Err(RunError::GuestRetry(message)) => Err(RunError::GuestRetry(clean(message))),

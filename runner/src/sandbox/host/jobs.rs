@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::DateTime;
-use jobrunner_client::NewJob;
-use jobrunner_client::job::MAX_PAYLOAD_BYTES;
+
 use wasmtime::component::{HasSelf, Linker};
 
 use super::{Capability, GuestState, JobLabel, Services};
+use crate::job::{MAX_PAYLOAD_BYTES, NewJob};
 use crate::sandbox::Limits;
 use crate::sandbox::bindings::jobrunner::plugin::jobs::{self, EnqueueError, EnqueueOptions};
 

@@ -1,4 +1,4 @@
-"""A blocking GET over the runner's wasi:http, for plugins built with componentize-py.
+"""Blocking HTTP requests over the runner's wasi:http, for plugins built with componentize-py.
 
 componentize-py gives Python the world's imports as modules; this is the little a job needs on
 top of them: send the request, wait for the response, read the body. Python's own `urllib`
@@ -18,6 +18,16 @@ class Reply:
     status: int
     headers: list[tuple[str, bytes]]
     body: bytes
+
+    def header(self, name: str) -> str | None:
+        """The first value of header `name` (case-insensitive), as text."""
+        name = name.lower()
+        return next((v.decode() for k, v in self.headers if k.lower() == name), None)
+
+    def retry_after(self) -> float | None:
+        """The Retry-After header in its seconds form (GitHub's and Slack's)."""
+        value = self.header("retry-after")
+        return float(value) if value and value.strip().isdigit() else None
 
 
 class HttpError(Exception):
@@ -41,22 +51,35 @@ def describe(code) -> str:
     return f"http error: {type(code).__name__.removeprefix('ErrorCode_')}"
 
 
-def get(url: str) -> Reply:
+def get(url: str, headers: dict[str, str] | None = None) -> Reply:
+    """GET `url`, its body read whole."""
+    return request("GET", url, headers)
+
+
+def request(method: str, url: str, headers: dict[str, str] | None = None,
+            body: bytes = b"") -> Reply:
+    """Sends `method` to `url` with `headers` and `body`; the response, its body read whole."""
     parts = urlsplit(url)
     scheme = {"http": http.Scheme_Http(), "https": http.Scheme_Https()}.get(parts.scheme)
     if scheme is None or not parts.netloc:
         raise ValueError(f"not an http(s) URL: {url!r}")
-    request = http.OutgoingRequest(http.Fields())
-    request.set_method(http.Method_Get())
-    request.set_scheme(scheme)
-    request.set_authority(parts.netloc)
-    request.set_path_with_query(parts.path + (f"?{parts.query}" if parts.query else "") or "/")
-    body = request.body()
+    fields = http.Fields.from_list([(k, v.encode()) for k, v in (headers or {}).items()])
+    outgoing = http.OutgoingRequest(fields)
+    outgoing.set_method({"GET": http.Method_Get(), "POST": http.Method_Post()}[method])
+    outgoing.set_scheme(scheme)
+    outgoing.set_authority(parts.netloc)
+    outgoing.set_path_with_query(parts.path + (f"?{parts.query}" if parts.query else "") or "/")
+    sink = outgoing.body()
     try:
-        pending = outgoing_handler.handle(request, None)
+        pending = outgoing_handler.handle(outgoing, None)
     except Err as error:
         raise HttpError(error.value)
-    http.OutgoingBody.finish(body, None)
+    if body:
+        # The output stream is the body's child: dropped (by `with`) before the body finishes.
+        with sink.write() as stream:
+            for start in range(0, len(body), 4096):  # wasi:io's most per blocking write
+                stream.blocking_write_and_flush(body[start:start + 4096])
+    http.OutgoingBody.finish(sink, None)
     while (result := pending.get()) is None:
         pending.subscribe().block()
     response = result.value.value if isinstance(result.value, Ok) else None
