@@ -171,7 +171,6 @@ async fn follow_ups_stay_in_the_parents_tenant_within_the_manifest_tenant_and_co
         {"job_type": "sleep", "payload": {}},          // not in the manifest's list
         {"job_type": "flaky", "payload": {}},          // in it, but not in acme's policy
         {"job_type": "echo", "payload": {}, "delay_ms": 5, "max_attempts": 0},  // invalid
-        {"job_type": "echo", "payload": {"x": "a\u{0}b"}},  // jsonb cannot store it
         echo(2),
         echo(3),                                       // over the limit of 2
     ]});
@@ -188,9 +187,8 @@ async fn follow_ups_stay_in_the_parents_tenant_within_the_manifest_tenant_and_co
         "{}",
         refusal(3)
     );
-    assert!(refusal(4).contains("\\u0000"), "{}", refusal(4));
-    assert_eq!(enqueued[5], Value::Null);
-    let over = refusal(6);
+    assert_eq!(enqueued[4], Value::Null);
+    let over = refusal(5);
     assert!(over.starts_with("follow-up limit reached"), "{over}");
     let children = follow_ups(&queue, id).await;
     assert_eq!(children.len(), 2);

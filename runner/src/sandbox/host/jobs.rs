@@ -254,6 +254,11 @@ mod tests {
         assert!(matches!(refused, EnqueueError::NotAllowed(_)));
         let invalid = s.enqueue("child", "{not json", options()).unwrap_err();
         assert!(matches!(invalid, EnqueueError::Invalid(_)));
+        // It would stop the completer: the database refuses it when the parent completes.
+        let nul = s
+            .enqueue("child", r#"{"x": "\u0000"}"#, options())
+            .unwrap_err();
+        assert!(describe(&nul).contains("jsonb"), "{nul:?}");
         let both = EnqueueOptions {
             delay_ms: Some(1),
             run_at: Some(jobs::Datetime {
