@@ -34,6 +34,8 @@
 use std::fmt;
 
 use serde::Serialize;
+
+use crate::JobError;
 pub use wstd;
 pub use wstd::http::{HeaderMap, Method, Request};
 
@@ -69,6 +71,26 @@ impl Reply {
         serde_json::from_slice(&self.body)
     }
 
+    /// The reply if its status is 2xx; else what a job calling an API usually makes of it: a
+    /// 429 or 5xx retries the job (after the reply's `Retry-After`, if it has one), any other
+    /// status fails it, with the status and the start of the body. `api` names the service in
+    /// the message (`"GitHub answered 404: {...}"`).
+    pub fn or_job_error(self, api: &str) -> Result<Reply, JobError> {
+        match self.status {
+            200..=299 => Ok(self),
+            429 | 500..=599 => {
+                if let Some(delay) = self.retry_after() {
+                    crate::jobs::retry_after(delay);
+                }
+                Err(JobError::retry(format!("{api} answered {}", self.status)))
+            }
+            status => {
+                let text: String = self.text().chars().take(300).collect();
+                Err(JobError::fail(format!("{api} answered {status}: {text}")))
+            }
+        }
+    }
+
     /// The `Retry-After` header in its seconds form (what GitHub and Slack send with a 429 or
     /// 503), for [`jobs::retry_after`](crate::jobs::retry_after).
     pub fn retry_after(&self) -> Option<std::time::Duration> {
@@ -101,6 +123,16 @@ impl HttpError {
             self.code,
             Some(ErrorCode::HttpRequestDenied | ErrorCode::DestinationIpProhibited)
         )
+    }
+
+    /// What a job usually makes of a request without a response: a refusal fails it
+    /// (retrying cannot help), any other failure retries it. `api` names the service.
+    pub fn into_job_error(self, api: &str) -> JobError {
+        if self.is_refused() {
+            JobError::fail(self)
+        } else {
+            JobError::retry(format!("{api} did not answer: {self}"))
+        }
     }
 }
 

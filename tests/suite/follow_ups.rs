@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runner::client::{JobFilter, JobRecord, JobState};
-use runner::secrets::{SecretSource, SecretTable, Secrets};
 use runner::{Limits, ManualClock, NewJob, Queue, SandboxConfig, WorkerHandle};
 use serde_json::{Value, json};
 
@@ -228,12 +227,7 @@ async fn a_javascript_plugin_reads_config_and_secrets_and_enqueues_follow_ups() 
     let db = TestDb::new().await;
     let queue = db.queue();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("token"), "js-secret-value-123\n").unwrap();
-    let table = SecretTable::from([(
-        "github_token".to_owned(),
-        SecretSource::File(dir.path().join("token")),
-    )]);
-    let secrets = Secrets::read(&table, &BTreeMap::new()).unwrap();
+    let secrets = plugins::file_secrets(dir.path(), &[("github_token", "js-secret-value-123")]);
     let mut limits = granting_echo(10);
     limits.config.values = Arc::new(BTreeMap::from([(
         "repos".to_owned(),

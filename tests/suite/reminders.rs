@@ -11,7 +11,6 @@ use chrono::{Duration, Utc};
 use runner::cli::fake_apis::{FakeGitHub, FakePull, FakeSlack};
 use runner::client::{JobFilter, JobRecord, JobState};
 use runner::sandbox::HttpNetworkConfig;
-use runner::secrets::{SecretSource, SecretTable, Secrets};
 use runner::{Limits, NewJob, Queue, SandboxConfig};
 use serde_json::json;
 
@@ -226,12 +225,7 @@ async fn pr_reminders_in_python_enqueues_what_the_rust_one_does() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
-    let table = SecretTable::from([(
-        "github_token".to_owned(),
-        SecretSource::File(dir.path().join("token")),
-    )]);
-    let secrets = Secrets::read(&table, &BTreeMap::new()).unwrap();
+    let secrets = plugins::file_secrets(dir.path(), &[("github_token", TOKEN)]);
     let mut limits = Limits::default();
     limits.http.hosts.plugin = vec![github.origin().parse().unwrap()].into();
     limits.config.values = Arc::new(BTreeMap::from([

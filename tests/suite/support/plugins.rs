@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use runner::plugins::{Files, Loader, Policy, Registry};
-use runner::secrets::Secrets;
+use runner::secrets::{SecretSource, SecretTable, Secrets};
 use runner::{
     Limits, Queue, RetryPolicy, Sandbox, SandboxConfig, WasmExecutor, Worker, WorkerConfig,
     WorkerHandle,
@@ -39,6 +39,20 @@ pub async fn tenant_worker(
     limits: Limits,
 ) -> WorkerHandle {
     secret_worker(queue, job_types, config, limits, Secrets::default()).await
+}
+
+/// Secrets named `(name, value)`, each read from a file written into `dir` (as a mounted
+/// secret would be).
+pub fn file_secrets(dir: &std::path::Path, secrets: &[(&str, &str)]) -> Secrets {
+    let table: SecretTable = secrets
+        .iter()
+        .map(|(name, value)| {
+            let file = dir.join(name);
+            std::fs::write(&file, value).unwrap();
+            ((*name).to_owned(), SecretSource::File(file))
+        })
+        .collect();
+    Secrets::read(&table, &Default::default()).unwrap()
 }
 
 /// [`tenant_worker`], its guests granted what `limits` names of `secrets`.

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
-use jobrunner_plugin_sdk::jobs::{Options, retry_after};
+use jobrunner_plugin_sdk::jobs::Options;
 use jobrunner_plugin_sdk::{Job, JobError, OrJobError, config, enqueue, handler, http, info};
 use serde::{Deserialize, Serialize};
 
@@ -160,24 +160,9 @@ fn github_get(url: &str, token: &str) -> Result<http::Reply, JobError> {
         .header("User-Agent", "jobrunner-pr-reminders")
         .body(Vec::new())
         .or_fail()?;
-    let reply = match http::send(request) {
-        Ok(reply) => reply,
-        Err(error) if error.is_refused() => return Err(JobError::fail(error)),
-        Err(error) => return Err(JobError::retry(format!("GitHub did not answer: {error}"))),
-    };
-    match reply.status {
-        200..=299 => Ok(reply),
-        429 | 500..=599 => {
-            if let Some(delay) = reply.retry_after() {
-                retry_after(delay);
-            }
-            Err(JobError::retry(format!("GitHub answered {}", reply.status)))
-        }
-        status => Err(JobError::fail(format!(
-            "GitHub answered {status}: {}",
-            reply.text().chars().take(300).collect::<String>()
-        ))),
-    }
+    http::send(request)
+        .map_err(|error| error.into_job_error("GitHub"))?
+        .or_job_error("GitHub")
 }
 
 /// The `rel="next"` URL of a `Link` header.

@@ -17,7 +17,6 @@
 #[path = "../../review-reminder-rust/src/reminder.rs"]
 mod reminder;
 
-use jobrunner_plugin_sdk::jobs::retry_after;
 use jobrunner_plugin_sdk::{Job, JobError, config, handler, http, info};
 use serde::Serialize;
 use serde_json::json;
@@ -34,32 +33,16 @@ handler!(notify);
 fn notify(job: Job<reminder::Request>) -> Result<Notified, JobError> {
     let reminder = reminder::remind(job.payload)?;
     let webhook = config::require("slack_webhook")?;
-    let reply = match http::post_json(&webhook, &json!({ "text": reminder.message })) {
-        Ok(reply) => reply,
-        Err(error) if error.is_refused() => return Err(JobError::fail(error)),
-        Err(error) => return Err(JobError::retry(format!("Slack did not answer: {error}"))),
-    };
-    match reply.status {
-        200..=299 => {
-            info!(
-                "reminded {} of {} pull requests",
-                reminder.user, reminder.count
-            );
-            Ok(Notified {
-                user: reminder.user,
-                count: reminder.count,
-                status: reply.status,
-            })
-        }
-        429 | 500..=599 => {
-            if let Some(delay) = reply.retry_after() {
-                retry_after(delay);
-            }
-            Err(JobError::retry(format!("Slack answered {}", reply.status)))
-        }
-        status => Err(JobError::fail(format!(
-            "Slack answered {status}: {}",
-            reply.text().chars().take(300).collect::<String>()
-        ))),
-    }
+    let reply = http::post_json(&webhook, &json!({ "text": reminder.message }))
+        .map_err(|error| error.into_job_error("Slack"))?
+        .or_job_error("Slack")?;
+    info!(
+        "reminded {} of {} pull requests",
+        reminder.user, reminder.count
+    );
+    Ok(Notified {
+        user: reminder.user,
+        count: reminder.count,
+        status: reply.status,
+    })
 }
