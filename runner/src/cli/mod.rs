@@ -32,7 +32,9 @@ pub struct Cli {
     database_url: Option<String>,
 
     /// TOML config file (keys as in the flags; worker settings under [worker], sandbox
-    /// settings under [sandbox], tenant policy under [tenant_defaults] and [tenants.NAME]).
+    /// settings under [sandbox], outgoing HTTP under [http], secrets under [secrets], tenant
+    /// policy under [tenant_defaults] and [tenants.NAME]). `runner run` reads its secrets
+    /// again on SIGHUP.
     #[arg(long, env = "JOBRUNNER_CONFIG", global = true)]
     config: Option<PathBuf>,
 

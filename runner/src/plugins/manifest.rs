@@ -1,5 +1,6 @@
 //! The per-plugin manifest, `<job-type>.toml` beside `<job-type>.wasm`: limits, retry policy,
-//! a concurrency limit and the tenants allowed to run the type. Every key is optional; an
+//! a concurrency limit, the tenants allowed to run the type, and what its guests may reach
+//! (hosts, config values, secrets, follow-up job types). Every key is optional; an
 //! absent key keeps the runner's setting.
 //!
 //! ```toml
@@ -173,13 +174,13 @@ fn parse(text: &str, defaults: &Policy, largest_memory: (u64, &str)) -> Result<P
     retry.backoff.base = m.backoff_base.unwrap_or(retry.backoff.base);
     retry.backoff.cap = m.backoff_cap.unwrap_or(retry.backoff.cap);
     policy.concurrency = m.concurrency;
-    policy.tenants = m.tenants.clone();
+    grant_config(&m, &mut policy.limits)?;
+    grant_jobs(&m, &mut policy.limits)?;
+    policy.tenants = m.tenants;
     m.http
         .check(HttpDoor::Manifest)
         .map_err(|e| Problem::Invalid("http", e.to_string()))?;
     m.http.apply(&mut policy.limits.http);
-    grant_config(&m, &mut policy.limits)?;
-    grant_jobs(&m, &mut policy.limits)?;
     check(&policy, largest_memory)?;
     Ok(policy)
 }
