@@ -111,7 +111,16 @@ async fn reviewers_are_reminded_on_slack_of_the_pull_requests_waiting_for_them()
     slack.fail_next(1, 503, Some(1));
     let dir = tempfile::tempdir().unwrap();
     let config = stage(dir.path(), &github, &slack);
-    let live = Live::start(&db, dir.path(), &["--config", config.to_str().unwrap()]).await;
+    // A backoff of an hour: a retry that runs within the test honoured its Retry-After.
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--backoff-base",
+        "1h",
+        "--backoff-cap",
+        "2h",
+    ];
+    let live = Live::start(&db, dir.path(), &args).await;
 
     let scan = queue
         .enqueue(&db.pool, &NewJob::new("pr-reminders", json!({})))
@@ -156,6 +165,11 @@ async fn reviewers_are_reminded_on_slack_of_the_pull_requests_waiting_for_them()
         failure.error.contains("Slack answered 503"),
         "{}",
         failure.error
+    );
+    let waited = retried[0].run_at - failure.at;
+    assert!(
+        waited <= Duration::seconds(1),
+        "Retry-After: 1, not the backoff: {waited}"
     );
     assert_eq!(queue.job(scan).await.unwrap().attempt, 2);
 
@@ -211,6 +225,21 @@ async fn reviewers_are_reminded_on_slack_of_the_pull_requests_waiting_for_them()
     assert!(
         url.contains("[redacted:slack_webhook]"),
         "the line names the secret: {url}"
+    );
+    // Any other 4xx from Slack fails the reminder at once: a retry cannot mend it.
+    slack.fail_next(1, 404, None);
+    let reminder = json!({"user": "carol", "pull_requests": []});
+    let lost = queue
+        .enqueue(&db.pool, &NewJob::new("slack-notify", reminder))
+        .await
+        .unwrap()
+        .id;
+    let lost = settled(&queue, lost, JobState::Failed).await;
+    assert_eq!(lost.attempt, 1);
+    assert!(
+        lost.errors[0].error.contains("Slack answered 404"),
+        "{:?}",
+        lost.errors
     );
     live.stop().await;
 }
