@@ -105,6 +105,20 @@ impl Secrets {
         })
     }
 
+    /// Runner-wide secrets with these `(name, value)`s, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn of(values: &[(&str, &str)]) -> Self {
+        let runner: BTreeMap<String, SecretValue> = values
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), SecretValue((*value).into())))
+            .collect();
+        Self {
+            redactor: Arc::new(Redactor::new(values.iter().copied())),
+            runner,
+            tenants: BTreeMap::new(),
+        }
+    }
+
     /// `tenant`'s value of secret `name`: its own, else the runner's.
     pub fn value(&self, tenant: &str, name: &str) -> Option<&SecretValue> {
         self.tenants

@@ -295,8 +295,8 @@ impl Sandbox {
             Ok(reservation) => reservation,
             Err(no_room) => return Run::refused(no_room.into()),
         };
-        let redactor = Arc::clone(self.services.secrets.load().redactor());
-        let mut store = self.store(JobLabel::new(job, Arc::clone(&redactor)), limits);
+        let secrets = self.services.secrets.load_full();
+        let mut store = self.store(JobLabel::new(job, Arc::clone(&secrets)), limits);
         let (result, backtrace) = execute(&mut store, plugin, job, limits).await;
         let state = store.data_mut();
         state.finish();
@@ -306,7 +306,7 @@ impl Sandbox {
             Err(_) => Vec::new(),
         };
         Run {
-            result: redacted(result, &redactor),
+            result: redacted(result, secrets.redactor()),
             backtrace,
             stdout,
             stderr,

@@ -15,7 +15,6 @@ use wasmtime::component::{HasSelf, Linker};
 use super::{Capability, GuestState, JobLabel, Services};
 use crate::sandbox::Limits;
 use crate::sandbox::bindings::wasi::config::store;
-use crate::secrets::Secrets;
 
 /// The log target of refused keys.
 const TARGET: &str = "jobrunner::config";
@@ -51,11 +50,11 @@ impl ConfigGrant {
 /// The config capability.
 pub(crate) struct Config;
 
-/// One attempt's view: its grant, and the runner's secrets as they were when it started.
+/// One attempt's view: its grant, and (in its label) the runner's secrets as they were when
+/// it started.
 pub(crate) struct ConfigState {
     job: Arc<JobLabel>,
     grant: ConfigGrant,
-    secrets: Arc<Secrets>,
     /// The keys asked for and not granted, each logged once.
     refused: BTreeSet<String>,
 }
@@ -68,7 +67,7 @@ impl ConfigState {
         }
         let granted = self.grant.secrets.iter().any(|name| name == key);
         let value = granted
-            .then(|| self.secrets.value(&self.job.tenant, key))
+            .then(|| self.job.secrets.value(&self.job.tenant, key))
             .flatten();
         match value {
             Some(value) => Some(value.expose().to_owned()),
@@ -81,7 +80,7 @@ impl ConfigState {
 
     fn all(&self) -> Vec<(String, String)> {
         let secrets = self.grant.secrets.iter().filter_map(|name| {
-            let value = self.secrets.value(&self.job.tenant, name)?;
+            let value = self.job.secrets.value(&self.job.tenant, name)?;
             Some((name.clone(), value.expose().to_owned()))
         });
         let values = self.grant.values.iter();
@@ -101,7 +100,7 @@ impl ConfigState {
             "neither in the manifest's [config] nor in its `secrets`"
         };
         let job = &self.job;
-        let secret = self.secrets.is_named(key);
+        let secret = self.job.secrets.is_named(key);
         tracing::warn!(
             target: TARGET,
             job_id = job.id, job_type = %job.job_type, tenant = %job.tenant, attempt = job.attempt,
@@ -117,11 +116,10 @@ impl Capability for Config {
         store::add_to_linker::<_, HasSelf<GuestState>>(linker, |state| state)
     }
 
-    fn start(job: &Arc<JobLabel>, limits: &Limits, services: &Services) -> ConfigState {
+    fn start(job: &Arc<JobLabel>, limits: &Limits, _services: &Services) -> ConfigState {
         ConfigState {
             job: Arc::clone(job),
             grant: limits.config.clone(),
-            secrets: services.secrets.load_full(),
             refused: BTreeSet::new(),
         }
     }

@@ -101,7 +101,7 @@ impl JobsState {
                 self.grant.max_follow_ups
             )));
         }
-        let payload = self.job.redactor.redact(payload);
+        let payload = self.job.redactor().redact(payload);
         if self.bytes + payload.len() > MAX_FOLLOW_UP_BYTES {
             return Err(EnqueueError::LimitReached(format!(
                 "an attempt's follow-ups may carry {MAX_FOLLOW_UP_BYTES} bytes of payload"
@@ -216,7 +216,7 @@ mod tests {
             job_type: "parent".into(),
             tenant: "acme".into(),
             attempt: 1,
-            redactor: Arc::new(crate::secrets::Redactor::new([("token", "s3cret-value")])),
+            secrets: Arc::new(crate::secrets::Secrets::of(&[("token", "s3cret-value")])),
         });
         JobsState {
             job,

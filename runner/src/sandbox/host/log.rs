@@ -46,7 +46,8 @@ impl Capability for Log {
                 if store.data_mut().log.admit() {
                     // Read past the cut by the longest secret's length, so that a secret the
                     // cut would split is redacted whole before the line is cut.
-                    let redactor = Arc::clone(&store.data().log.job.redactor);
+                    let job = Arc::clone(&store.data().log.job);
+                    let redactor = job.redactor();
                     let text = message.to_str(&store)?;
                     let head = &text[..text.floor_char_boundary(MAX_LINE + redactor.longest())];
                     let line = match clip(&redactor.redact(head), MAX_LINE) {
@@ -164,7 +165,7 @@ mod tests {
             job_type: "t".into(),
             tenant: "default".into(),
             attempt: 1,
-            redactor: Arc::default(),
+            secrets: Arc::default(),
         }))
     }
 

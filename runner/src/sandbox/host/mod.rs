@@ -46,20 +46,27 @@ pub(crate) struct JobLabel {
     pub job_type: String,
     pub tenant: String,
     pub attempt: u32,
-    /// Replaces the runner's secrets in what the guest hands the host.
-    pub redactor: Arc<Redactor>,
+    /// The runner's secrets as the attempt started: the values it may be granted, and what
+    /// is redacted from everything it hands the host (one snapshot for both, so a reload
+    /// mid-attempt cannot give it a value its redactor does not know).
+    pub secrets: Arc<Secrets>,
 }
 
 impl JobLabel {
-    /// The label of `job`, redacting with `redactor`.
-    pub fn new(job: &crate::job::Job, redactor: Arc<Redactor>) -> Self {
+    /// The label of `job`, with the runner's current `secrets`.
+    pub fn new(job: &crate::job::Job, secrets: Arc<Secrets>) -> Self {
         Self {
             id: job.id,
             job_type: job.job_type.clone(),
             tenant: job.tenant.clone(),
             attempt: job.attempt,
-            redactor,
+            secrets,
         }
+    }
+
+    /// Replaces every secret in what the guest hands the host.
+    pub fn redactor(&self) -> &Redactor {
+        self.secrets.redactor()
     }
 }
 

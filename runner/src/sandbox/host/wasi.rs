@@ -29,7 +29,7 @@ impl WasiState {
     /// What the guest wrote to stdout and stderr: the tail of each, if anything, with
     /// secrets redacted.
     pub fn output(&self) -> (Option<String>, Option<String>) {
-        let redactor = &self.job.redactor;
+        let redactor = self.job.redactor();
         (self.stdout.text(redactor), self.stderr.text(redactor))
     }
 }

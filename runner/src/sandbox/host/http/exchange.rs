@@ -45,7 +45,7 @@ impl Exchange {
             method: method.clone(),
             // A secret URL's path (a Slack webhook's) is redacted here, once.
             url: job
-                .redactor
+                .redactor()
                 .redact(&format!("{destination}{path}"))
                 .into_owned(),
             started: Instant::now(),
@@ -101,7 +101,7 @@ impl Exchange {
                 target: TARGET,
                 job_id = job.id, job_type = %job.job_type, tenant = %job.tenant, attempt = job.attempt,
                 method, url, status, bytes_out, bytes_in, duration_ms, limit,
-                error = %job.redactor.redact(&error.to_string()),
+                error = %job.redactor().redact(&error.to_string()),
                 "http request failed"
             ),
         }
