@@ -9,8 +9,14 @@ pub fn clip(text: &str, max: usize) -> Cow<'_, str> {
     if text.len() <= max {
         return text.into();
     }
-    let end = text.floor_char_boundary(max);
-    format!("{}… [cut: {} bytes in all]", &text[..end], text.len()).into()
+    clip_part(text, max, text.len()).into()
+}
+
+/// `part`, the start of a text `total` bytes long, cut to at most `max` bytes on a character
+/// boundary and followed by the note of the whole's length.
+pub fn clip_part(part: &str, max: usize, total: usize) -> String {
+    let end = part.floor_char_boundary(max);
+    format!("{}… [cut: {total} bytes in all]", &part[..end])
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@
 //! and of a UTF-8 line only the part that is kept is copied, however long the guest made it (a
 //! UTF-16 one is decoded whole first). Secrets in it are redacted before it is written.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,7 +18,7 @@ use wasmtime::component::{Linker, WasmStr};
 use super::{Capability, GuestState, JobLabel, Services};
 use crate::sandbox::Limits;
 use crate::sandbox::bindings::Level;
-use crate::text::clip;
+use crate::text::{clip, clip_part};
 
 /// The interface `log` belongs to, as the world names it.
 const INTERFACE: &str = "jobrunner:plugin/host@0.1.0";
@@ -50,12 +49,11 @@ impl Capability for Log {
                     let redactor = job.redactor();
                     let text = message.to_str(&store)?;
                     let head = &text[..text.floor_char_boundary(MAX_LINE + redactor.longest())];
-                    let line = match clip(&redactor.redact(head), MAX_LINE) {
-                        Cow::Owned(cut) => cut,
-                        Cow::Borrowed(whole) if head.len() == text.len() => whole.to_owned(),
-                        Cow::Borrowed(whole) => {
-                            format!("{whole}… [cut: {} bytes in all]", text.len())
-                        }
+                    let redacted = redactor.redact(head);
+                    let line = if head.len() < text.len() {
+                        clip_part(&redacted, MAX_LINE, text.len())
+                    } else {
+                        clip(&redacted, MAX_LINE).into_owned()
                     };
                     store.data().log.write(level, &line);
                 }
