@@ -17,11 +17,11 @@
 -- Every job as operators see it: a job inside a batch transaction is running, held by the
 -- batch's runner, in the attempt it runs as (the jobs table still says available: the batch
 -- has written nothing yet). `batch_id` names the batch; a leased job has none. `parent_id`: the
--- job whose attempt enqueued it.
+-- job whose attempt enqueued it; `schedule`: the schedule whose tick did.
 CREATE OR REPLACE VIEW jobrunner.job_status AS
 SELECT j.id, j.job_type, j.tenant, j.state, j.payload, j.priority, j.run_at, j.attempt,
        j.max_attempts, j.lease_owner, j.lease_expires_at, j.unique_key, j.errors, j.result,
-       j.created_at, j.updated_at, NULL::bigint AS batch_id, j.parent_id
+       j.created_at, j.updated_at, NULL::bigint AS batch_id, j.parent_id, j.schedule
   FROM jobrunner.jobs AS j
  WHERE j.state <> 'available'
     OR j.id NOT IN (SELECT unnest(b.job_ids) FROM jobrunner.batches AS b)
@@ -33,7 +33,8 @@ SELECT *
                j.id, j.job_type, j.tenant, 'running'::jobrunner.job_state AS state, j.payload,
                j.priority, j.run_at, j.attempt + 1 AS attempt, j.max_attempts,
                b.owner AS lease_owner, NULL::timestamptz AS lease_expires_at, j.unique_key,
-               j.errors, j.result, j.created_at, j.updated_at, b.id AS batch_id, j.parent_id
+               j.errors, j.result, j.created_at, j.updated_at, b.id AS batch_id, j.parent_id,
+               j.schedule
           FROM jobrunner.batches AS b
          CROSS JOIN LATERAL unnest(b.job_ids) AS x(id)
           JOIN jobrunner.jobs AS j ON j.id = x.id AND j.state = 'available'

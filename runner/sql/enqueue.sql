@@ -9,7 +9,8 @@
 -- (tenant, unique key) matches a pending job is not inserted: its row reports the pending job's
 -- id with inserted = false. With deduplicate and no explicit key, the key is the MD5 of the job
 -- type and the canonical (jsonb) text of the payload. `at` is the caller's clock. `parent_ids`
--- (NULL, or NULL elements) records the job whose attempt enqueued each one.
+-- (NULL, or NULL elements) records the job whose attempt enqueued each one, `schedules` the
+-- schedule whose tick did.
 CREATE OR REPLACE FUNCTION jobrunner.enqueue_many_unchecked(
     job_types     text[],
     payloads      jsonb[],
@@ -21,6 +22,7 @@ CREATE OR REPLACE FUNCTION jobrunner.enqueue_many_unchecked(
     deduplicate   boolean[],
     at            timestamptz DEFAULT now(),
     parent_ids    bigint[] DEFAULT NULL,
+    schedules     text[] DEFAULT NULL,
     OUT job_id    bigint,
     OUT inserted  boolean
 ) RETURNS SETOF record
@@ -47,7 +49,8 @@ BEGIN
                                        cardinality(max_attempts), cardinality(unique_keys),
                                        cardinality(deduplicate)]) AS c(len)
                 WHERE c.len IS DISTINCT FROM n)
-       OR (parent_ids IS NOT NULL AND cardinality(parent_ids) IS DISTINCT FROM n) THEN
+       OR (parent_ids IS NOT NULL AND cardinality(parent_ids) IS DISTINCT FROM n)
+       OR (schedules IS NOT NULL AND cardinality(schedules) IS DISTINCT FROM n) THEN
         RAISE EXCEPTION 'jobrunner.enqueue_many: all arrays must have % elements', n
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -85,7 +88,8 @@ BEGIN
     IF NOT EXISTS (SELECT FROM unnest(deduplicate) AS d(dedupe) WHERE d.dedupe IS NOT FALSE) THEN
         RETURN QUERY
             WITH input AS MATERIALIZED (
-                SELECT nextval(id_seq) AS new_id, t.*, parent_ids[t.ord] AS parent_id
+                SELECT nextval(id_seq) AS new_id, t.*, parent_ids[t.ord] AS parent_id,
+                       schedules[t.ord] AS schedule
                   FROM unnest(job_types, payloads, run_ats, tenants, priorities, max_attempts)
                        WITH ORDINALITY AS t(job_type, payload, run_at, tenant, priority,
                                             max_attempts, ord)
@@ -93,9 +97,9 @@ BEGIN
             added AS (
                 INSERT INTO jobrunner.jobs
                        (id, job_type, tenant, payload, priority, run_at, max_attempts,
-                        parent_id, created_at, updated_at)
+                        parent_id, schedule, created_at, updated_at)
                 SELECT i.new_id, i.job_type, i.tenant, i.payload, i.priority, i.run_at,
-                       i.max_attempts, i.parent_id, at, at
+                       i.max_attempts, i.parent_id, i.schedule, at, at
                   FROM input AS i
             )
             SELECT i.new_id, true FROM input AS i ORDER BY i.ord;
@@ -117,7 +121,7 @@ BEGIN
                        t.max_attempts,
                        CASE WHEN t.dedupe IS NOT FALSE THEN coalesce(
                            t.unique_key, md5(t.job_type || ':' || t.payload::text)) END AS key,
-                       parent_ids[t.ord] AS parent_id,
+                       parent_ids[t.ord] AS parent_id, schedules[t.ord] AS schedule,
                        nextval(id_seq) AS new_id
                   FROM unnest(job_types, payloads, run_ats, tenants, priorities, max_attempts,
                               unique_keys, deduplicate)
@@ -128,9 +132,9 @@ BEGIN
             added AS (
                 INSERT INTO jobrunner.jobs AS j
                        (id, job_type, tenant, payload, priority, run_at, max_attempts,
-                        unique_key, parent_id, created_at, updated_at)
+                        unique_key, parent_id, schedule, created_at, updated_at)
                 SELECT i.new_id, i.job_type, i.tenant, i.payload, i.priority, i.run_at,
-                       i.max_attempts, i.key, i.parent_id, at, at
+                       i.max_attempts, i.key, i.parent_id, i.schedule, at, at
                   FROM input i
                  ORDER BY i.ord
                 ON CONFLICT (tenant, unique_key)
@@ -181,6 +185,7 @@ CREATE OR REPLACE FUNCTION jobrunner.enqueue_many(
     deduplicate   boolean[],
     at            timestamptz DEFAULT now(),
     parent_ids    bigint[] DEFAULT NULL,
+    schedules     text[] DEFAULT NULL,
     OUT job_id    bigint,
     OUT inserted  boolean
 ) RETURNS SETOF record
@@ -208,7 +213,8 @@ BEGIN
     RETURN QUERY SELECT e.job_id, e.inserted
                    FROM jobrunner.enqueue_many_unchecked(job_types, payloads, run_ats, tenants,
                                                          priorities, max_attempts, unique_keys,
-                                                         deduplicate, at, parent_ids) AS e;
+                                                         deduplicate, at, parent_ids,
+                                                         schedules) AS e;
     PERFORM set_config('jobrunner.enqueuing', 'off', true);
     PERFORM jobrunner.announce_jobs((SELECT min(p) FROM unnest(priorities) AS p),
                                     (SELECT min(r) FROM unnest(run_ats) AS r),

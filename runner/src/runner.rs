@@ -146,6 +146,10 @@ impl Runner {
             "runner started"
         );
         let _following = AbortOnDropHandle::new(tenants::follow(self.driver.clone(), self.tenants));
+        let _syncing = AbortOnDropHandle::new(plugins::schedules::follow(
+            self.driver.queue().clone(),
+            Arc::clone(self.dir.registry()),
+        ));
         let owner = worker.owner.clone();
         let worker = Worker::new(self.driver.queue().clone(), self.executor, worker).start();
         let presence = Presence::start(
@@ -159,6 +163,7 @@ impl Runner {
             worker,
             presence,
             _following,
+            _syncing,
             _watching: self.watching,
         }
     }
@@ -169,6 +174,7 @@ struct Running {
     worker: WorkerHandle,
     presence: Presence,
     _following: AbortOnDropHandle<()>,
+    _syncing: AbortOnDropHandle<()>,
     _watching: plugins::Watching,
 }
 

@@ -63,6 +63,9 @@ pub struct JobRecord {
     /// The job whose attempt enqueued it (a follow-up), if any. That job may be gone:
     /// completed jobs are deleted unless retained.
     pub parent_id: Option<i64>,
+    /// The schedule whose tick enqueued it (a name in its tenant), if any. The schedule may be
+    /// gone.
+    pub schedule: Option<String>,
 }
 
 impl JobRecord {
@@ -91,6 +94,7 @@ struct JobRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     parent_id: Option<i64>,
+    schedule: Option<String>,
 }
 
 impl From<JobRow> for JobRecord {
@@ -116,6 +120,7 @@ impl From<JobRow> for JobRecord {
             created_at: row.created_at,
             updated_at: row.updated_at,
             parent_id: row.parent_id,
+            schedule: row.schedule,
         }
     }
 }
@@ -123,7 +128,7 @@ impl From<JobRow> for JobRecord {
 /// The columns [`JobRow`] reads.
 const JOB_COLUMNS: &str = "id, job_type, tenant, state::text AS state, payload, priority, run_at, \
      attempt, max_attempts, lease_owner, lease_expires_at, unique_key, errors, result, \
-     created_at, updated_at, parent_id";
+     created_at, updated_at, parent_id, schedule";
 
 /// Which jobs to list. Empty filters match everything.
 #[derive(Debug, Clone, Default)]
@@ -136,6 +141,8 @@ pub struct JobFilter {
     pub tenant: Option<String>,
     /// Only the follow-ups of this job.
     pub parent: Option<i64>,
+    /// Only the jobs this schedule enqueued (by name, in any tenant unless `tenant` is set).
+    pub schedule: Option<String>,
     /// At most this many, newest first.
     pub limit: u32,
 }
@@ -150,6 +157,7 @@ impl Queue {
                 AND ($2::text IS NULL OR job_type = $2)
                 AND ($3::text IS NULL OR tenant = $3)
                 AND ($5::bigint IS NULL OR parent_id = $5)
+                AND ($6::text IS NULL OR schedule = $6)
               ORDER BY id DESC
               LIMIT $4"
         )))
@@ -158,6 +166,7 @@ impl Queue {
         .bind(filter.tenant.as_deref())
         .bind(i64::from(filter.limit))
         .bind(filter.parent)
+        .bind(filter.schedule.as_deref())
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(JobRecord::from).collect())

@@ -6,6 +6,8 @@
 //!   ([`Unique`]), priorities, schedules ([`Schedule`]) and attempt limits.
 //! - [`admin`]: list and show jobs, retry failed ones, cancel available ones, prune retained
 //!   completed ones.
+//! - [`schedules`]: jobs enqueued at every tick of a cron expression in a time zone
+//!   ([`cron`]), added, listed, paused, resumed, removed and run now.
 //! - [`Queue::migrate`] brings the `jobrunner` schema up to date (numbered migrations, then
 //!   the SQL definitions), safely from many processes at once.
 //!
@@ -33,9 +35,11 @@
 
 pub mod admin;
 pub mod clock;
+pub mod cron;
 mod enqueue;
 pub mod job;
 mod migrate;
+pub mod schedules;
 
 use std::sync::Arc;
 
@@ -63,6 +67,17 @@ pub enum QueueError {
     /// No job has this id.
     #[error("job {0} not found")]
     NotFound(i64),
+    /// The schedule was refused before anything was sent.
+    #[error(transparent)]
+    InvalidSchedule(#[from] schedules::InvalidSchedule),
+    /// The tenant has no schedule of this name.
+    #[error("tenant {tenant:?} has no schedule named {name:?}")]
+    ScheduleNotFound {
+        /// The schedule's name.
+        name: String,
+        /// Its tenant.
+        tenant: String,
+    },
     /// The job is not in a state the operation applies to.
     #[error("job {id} is {state}: only {expected} jobs can be {action}")]
     WrongState {

@@ -17,9 +17,10 @@ use crate::{Queue, Result};
 
 /// The definitions, in the order they are applied: a SQL function's body is checked against
 /// what exists when it is created, and retired definitions go once their callers are replaced.
-const DEFINITIONS: [(&str, &str); 5] = [
+const DEFINITIONS: [(&str, &str); 6] = [
     ("tenants.sql", include_str!("../../sql/tenants.sql")),
     ("enqueue.sql", include_str!("../../sql/enqueue.sql")),
+    ("schedules.sql", include_str!("../../sql/schedules.sql")),
     ("claim.sql", include_str!("../../sql/claim.sql")),
     ("batches.sql", include_str!("../../sql/batches.sql")),
     ("retired.sql", include_str!("../../sql/retired.sql")),

@@ -26,6 +26,9 @@ pub enum JobsCommand {
         /// Only the follow-ups this job enqueued.
         #[arg(long)]
         parent: Option<i64>,
+        /// Only the jobs this schedule enqueued.
+        #[arg(long)]
+        schedule: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: u32,
@@ -66,6 +69,7 @@ pub async fn jobs(
             job_type,
             tenant,
             parent,
+            schedule,
             limit,
             json,
         } => {
@@ -74,6 +78,7 @@ pub async fn jobs(
                 job_type,
                 tenant,
                 parent,
+                schedule,
                 limit,
             };
             let jobs = queue.list_jobs(&filter).await?;
@@ -196,6 +201,12 @@ fn print_job(job: &JobRecord, policy: &RetryPolicy) {
     }
     if let Some(parent) = job.parent_id {
         println!("parent:      {parent} (the job whose attempt enqueued this one)");
+    }
+    if let Some(schedule) = &job.schedule {
+        println!(
+            "schedule:    {schedule} (its tick at {} enqueued this job)",
+            job.run_at.to_rfc3339()
+        );
     }
     println!("payload:     {}", job.payload);
     if let Some(result) = &job.result {

@@ -10,6 +10,7 @@ mod jobs;
 mod local_server;
 mod plugins;
 mod run;
+mod schedules;
 mod tenants;
 
 use std::path::PathBuf;
@@ -73,6 +74,11 @@ enum Command {
         #[command(subcommand)]
         command: jobs::JobsCommand,
     },
+    /// Add, list, show, pause, resume, remove and run cron schedules.
+    Schedules {
+        #[command(subcommand)]
+        command: schedules::SchedulesCommand,
+    },
     /// Measure enqueue and drain throughput, enqueue-to-start latency and sandbox
     /// instantiate+call, in a database of its own (created and dropped).
     Bench(bench::BenchArgs),
@@ -113,6 +119,7 @@ enum Prepared {
     Call(call::Call),
     Enqueue(crate::job::NewJob),
     Jobs(jobs::JobsCommand, crate::retry::RetryPolicy),
+    Schedules(schedules::SchedulesCommand),
     Plugins(plugins::PluginsArgs),
     Tenants(tenants::TenantsArgs),
     Demo(crate::runner::RunConfig),
@@ -129,6 +136,10 @@ impl Command {
             Command::Plugins(args) => Prepared::Plugins(args),
             Command::Tenants(args) => Prepared::Tenants(args),
             Command::Jobs { command } => Prepared::Jobs(command, file.worker.retry_policy()?),
+            Command::Schedules { command } => {
+                command.check()?;
+                Prepared::Schedules(command)
+            }
             Command::Demo(args) => Prepared::Demo(demo::with_demo_defaults(args).resolve(file)?),
             Command::Bench(args) => Prepared::Bench(Box::new(args.resolve(file)?)),
         })
@@ -151,6 +162,7 @@ async fn dispatch(cli: Cli, file: FileConfig) -> anyhow::Result<ExitCode> {
         Prepared::Run(config) => run::run(&db, config, cli.config).await,
         Prepared::Enqueue(job) => enqueue::enqueue(&db, job).await,
         Prepared::Jobs(command, policy) => jobs::jobs(&db, command, &policy).await,
+        Prepared::Schedules(command) => schedules::schedules(&db, command).await,
         Prepared::Plugins(args) => plugins::plugins(&db, args).await,
         Prepared::Tenants(args) => tenants::tenants(&db, args).await,
         Prepared::Demo(config) => demo::demo(&db, config).await,

@@ -3,7 +3,8 @@
 //! [floors](Floors) they start from, [batch transactions](OpenBatch),
 //! [outcomes](Driver::record_outcomes) in batches,
 //! [leases](Driver::rescue_expired), the runners' [announcements](Driver::announce_runner),
-//! the [tenant policy](Driver::publish_tenants) and [vacuuming](Driver::vacuum_if_needed).
+//! the [tenant policy](Driver::publish_tenants), [vacuuming](Driver::vacuum_if_needed) and
+//! firing schedules' [ticks](ticks).
 //!
 //! A [`Driver`] wraps a client [`Queue`] (its pool and clock) and keeps what only a runner
 //! needs (which claim function suits the tenant policy). Time comes from the queue's clock.
@@ -15,6 +16,7 @@ mod lease;
 mod outcome;
 mod runners;
 mod tenants;
+pub mod ticks;
 mod vacuum;
 
 use std::sync::Arc;

@@ -24,6 +24,14 @@
 //!
 //! [config]                 # plain string values it reads through wasi:config
 //! github_api = "https://api.github.com"
+//!
+//! [[schedules]]            # jobs of this type enqueued at every tick (synced on load)
+//! name = "weekday-mornings"
+//! cron = "0 9 * * MON-FRI"  # 5 fields, 6 with seconds first, or @hourly, @daily, ...
+//! tz = "Europe/Berlin"      # IANA time zone [default: UTC]
+//! payload = { team = "web" }
+//! # tenant, priority, max_attempts, unique_key, overlap, catch_up and within, as in
+//! # `runner schedules add`
 //! ```
 
 use std::collections::BTreeMap;
@@ -34,7 +42,8 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-use crate::job::validate_job_type;
+use crate::client::schedules::{CatchUp, NewSchedule, Overlap};
+use crate::job::{NewJob, validate_job_type};
 use crate::retry::{BackoffKind, RetryPolicy};
 use crate::sandbox::{ConfigGrant, HttpDoor, HttpSettings, Limits};
 use crate::secrets::check_key;
@@ -50,6 +59,68 @@ pub struct Policy {
     pub concurrency: Option<u32>,
     /// The tenants whose jobs may run; `None`: every tenant.
     pub tenants: Option<Vec<String>>,
+    /// The schedules the manifest declares for its job type.
+    pub schedules: Arc<[ManifestSchedule]>,
+}
+
+/// A `[[schedules]]` entry of a manifest: a schedule of the manifest's job type.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestSchedule {
+    name: String,
+    cron: String,
+    #[serde(default = "utc")]
+    tz: String,
+    #[serde(default = "empty_object")]
+    payload: serde_json::Value,
+    #[serde(default = "default_tenant")]
+    tenant: String,
+    #[serde(default)]
+    priority: i32,
+    max_attempts: Option<u32>,
+    unique_key: Option<String>,
+    #[serde(default)]
+    overlap: Overlap,
+    #[serde(default)]
+    catch_up: CatchUp,
+    #[serde(default = "one_day", with = "humantime_serde")]
+    within: Duration,
+}
+
+fn utc() -> String {
+    "UTC".to_owned()
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+fn default_tenant() -> String {
+    "default".to_owned()
+}
+
+fn one_day() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+impl ManifestSchedule {
+    /// The schedule, enqueueing jobs of `job_type`.
+    pub fn to_schedule(&self, job_type: &str) -> NewSchedule {
+        let mut job = NewJob::new(job_type, self.payload.clone())
+            .tenant(&self.tenant)
+            .priority(self.priority);
+        if let Some(max) = self.max_attempts {
+            job = job.max_attempts(max);
+        }
+        let schedule = NewSchedule::new(&self.name, &self.cron, job)
+            .time_zone(&self.tz)
+            .overlap(self.overlap)
+            .catch_up(self.catch_up, self.within);
+        match &self.unique_key {
+            Some(key) => schedule.unique_key(key),
+            None => schedule,
+        }
+    }
 }
 
 impl Policy {
@@ -60,6 +131,7 @@ impl Policy {
             retry,
             concurrency: None,
             tenants: None,
+            schedules: Arc::new([]),
         }
     }
 
@@ -127,6 +199,8 @@ struct Manifest {
     secrets: Option<Vec<String>>,
     #[serde(default)]
     config: BTreeMap<String, String>,
+    #[serde(default)]
+    schedules: Vec<ManifestSchedule>,
 }
 
 /// Reads the manifest at `path` and applies it over `defaults`. `largest_memory` is the most
@@ -177,6 +251,7 @@ fn parse(text: &str, defaults: &Policy, largest_memory: (u64, &str)) -> Result<P
     grant_config(&m, &mut policy.limits)?;
     grant_jobs(&m, &mut policy.limits)?;
     policy.tenants = m.tenants;
+    policy.schedules = check_schedules(m.schedules)?;
     m.http
         .check(HttpDoor::Manifest)
         .map_err(|e| Problem::Invalid("http", e.to_string()))?;
@@ -204,6 +279,27 @@ fn grant_config(m: &Manifest, limits: &mut Limits) -> Result<(), Problem> {
         secrets: secrets.into(),
     };
     Ok(())
+}
+
+fn check_schedules(schedules: Vec<ManifestSchedule>) -> Result<Arc<[ManifestSchedule]>, Problem> {
+    let mut names = std::collections::HashSet::new();
+    for schedule in &schedules {
+        let invalid = |reason: String| {
+            Problem::Invalid(
+                "schedules",
+                format!("schedule {:?}: {reason}", schedule.name),
+            )
+        };
+        // The job type is the plugin's, valid by then; any valid name checks the rest.
+        schedule
+            .to_schedule("job-type")
+            .validate()
+            .map_err(|e| invalid(e.to_string()))?;
+        if !names.insert((&schedule.tenant, &schedule.name)) {
+            return Err(invalid("declared twice".into()));
+        }
+    }
+    Ok(schedules.into())
 }
 
 fn grant_jobs(m: &Manifest, limits: &mut Limits) -> Result<(), Problem> {

@@ -23,6 +23,7 @@ mod load;
 mod manifest;
 mod presence;
 mod registry;
+pub mod schedules;
 mod watch;
 
 use std::path::PathBuf;
@@ -30,7 +31,7 @@ use std::path::PathBuf;
 pub use cache::ArtifactCache;
 pub use dir::{PluginDir, job_type_of};
 pub use load::{Files, LoadError, Loader, Origin, Version};
-pub use manifest::{ManifestError, Policy, read as read_manifest};
+pub use manifest::{ManifestError, ManifestSchedule, Policy, read as read_manifest};
 pub use presence::Presence;
 pub use registry::{PluginStatus, Registry, ServingVersion, Superseded};
 pub use watch::{Watching, watch};

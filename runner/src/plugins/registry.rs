@@ -69,6 +69,11 @@ impl Registry {
         self.serving.load().versions.get(job_type).cloned()
     }
 
+    /// Every serving version, by job type.
+    pub fn versions(&self) -> HashMap<String, Arc<Version>> {
+        self.serving.load().versions.clone()
+    }
+
     /// The job types with a version serving, with their claim rules: the claim filter.
     pub fn claim_types(&self) -> Arc<[ClaimType]> {
         Arc::clone(&self.serving.load().claim_types)

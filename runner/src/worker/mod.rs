@@ -8,6 +8,7 @@
 //!              rescuer   ───── returns other runners' expired leases and lost batches' jobs
 //!              pruner    ───── deletes retained completed jobs when they age out
 //!              vacuum    ───── vacuums the jobs table when dead row versions pile up
+//!              scheduler ───── enqueues the jobs of the schedules' ticks, woken by LISTEN
 //! ```
 //!
 //! Each box is a [service](service::Service), one module each, started and stopped in
@@ -33,6 +34,7 @@ mod outcome_log;
 mod prefetch;
 mod pruner;
 mod rescuer;
+mod scheduler;
 mod service;
 mod slots;
 mod vacuum;
@@ -59,6 +61,7 @@ use heartbeat::Heartbeat;
 use inflight::InFlight;
 use pruner::Pruner;
 use rescuer::Rescuer;
+use scheduler::Scheduler;
 use service::Stage;
 use slots::Slots;
 use vacuum::Vacuumer;
@@ -210,12 +213,18 @@ impl<E: Executor> Worker<E> {
             });
         }
         drop(to_executors);
+        let schedules_changed = Arc::new(Notify::new());
         let mut maintaining = Stage::new("maintaining");
         maintaining.start(Listener {
             queue: self.queue.clone(),
             floors,
             wake: Arc::clone(&wake),
+            schedules: Arc::clone(&schedules_changed),
             listening,
+        });
+        maintaining.start(Scheduler {
+            driver: driver.clone(),
+            changed: schedules_changed,
         });
         maintaining.start(Rescuer {
             driver: driver.clone(),

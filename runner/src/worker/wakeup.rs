@@ -1,5 +1,6 @@
 //! LISTEN for new jobs so that an idle runner claims them at once instead of at its next poll,
-//! and so that the claim floors hear of jobs that became available below them.
+//! and so that the claim floors hear of jobs that became available below them; and for
+//! schedule changes, so that the scheduler reads them at once.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use super::service::Service;
 use super::{retry_delay, sleep_or_stop};
 use crate::Queue;
 use crate::client::WAKE_CHANNEL;
+use crate::client::schedules::SCHEDULES_CHANNEL;
 use crate::driver::Floors;
 
 /// Wakes the claim loops on every notification, until claiming stops. Reconnects with backoff
@@ -21,6 +23,8 @@ pub(super) struct Listener {
     pub queue: Queue,
     pub floors: Arc<Floors>,
     pub wake: Arc<Notify>,
+    /// Notified when a schedule changes (and after every reconnect).
+    pub schedules: Arc<Notify>,
     pub listening: watch::Sender<bool>,
 }
 
@@ -54,7 +58,9 @@ impl Service for Listener {
 impl Listener {
     async fn subscribe(&self) -> Result<PgListener, sqlx::Error> {
         let mut listener = PgListener::connect_with(self.queue.pool()).await?;
-        listener.listen(WAKE_CHANNEL).await?;
+        listener
+            .listen_all([WAKE_CHANNEL, SCHEDULES_CHANNEL])
+            .await?;
         Ok(listener)
     }
 
@@ -63,12 +69,16 @@ impl Listener {
         self.floors.listening(true);
         self.listening.send_replace(true);
         self.wake.notify_one();
+        self.schedules.notify_one();
         loop {
             let message = tokio::select! {
                 _ = stop.cancelled() => return true,
                 message = listener.try_recv() => message,
             };
             match message {
+                Ok(Some(notification)) if notification.channel() == SCHEDULES_CHANNEL => {
+                    self.schedules.notify_one();
+                }
                 Ok(Some(notification)) => {
                     self.floors.hear(notification.payload());
                     self.wake.notify_one();
@@ -78,6 +88,7 @@ impl Listener {
                     tracing::warn!("LISTEN connection was lost and re-established");
                     self.floors.listening(true);
                     self.wake.notify_one();
+                    self.schedules.notify_one();
                 }
                 Err(error) => {
                     tracing::warn!(%error, "LISTEN connection failed");
