@@ -263,6 +263,17 @@ BEGIN
 END;
 $$;
 
+-- Resumes a paused schedule: jobrunner.pause_schedule(name, tenant, false).
+CREATE OR REPLACE FUNCTION jobrunner.resume_schedule(
+    name    text,
+    tenant  text DEFAULT 'default',
+    at      timestamptz DEFAULT now()
+) RETURNS void
+LANGUAGE sql
+AS $$
+    SELECT jobrunner.pause_schedule(name, tenant, false, at)
+$$;
+
 -- Removes a schedule; its jobs stay, and still name it.
 CREATE OR REPLACE FUNCTION jobrunner.remove_schedule(name text, tenant text DEFAULT 'default')
 RETURNS void
@@ -405,8 +416,10 @@ CREATE OR REPLACE FUNCTION jobrunner.sync_manifest_schedules(
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    d jobrunner.schedules;
-    x jobrunner.schedules;
+    d       jobrunner.schedules;
+    x       jobrunner.schedules;
+    changed boolean := false;
+    removed bigint;
 BEGIN
     FOR d IN
         SELECT (jsonb_populate_record(
@@ -425,7 +438,7 @@ BEGIN
            FOR UPDATE;
         IF NOT FOUND THEN
             INSERT INTO jobrunner.schedules SELECT d.*;
-            tenant := d.tenant; name := d.name; action := 'added';
+            tenant := d.tenant; name := d.name; action := 'added'; changed := true;
             RETURN NEXT;
         ELSIF x.origin <> 'manifest' OR x.job_type <> manifest_job_type THEN
             tenant := d.tenant; name := d.name; action := 'conflict';
@@ -444,7 +457,7 @@ BEGIN
                    since = CASE WHEN (s.cron, s.time_zone) = (d.cron, d.time_zone) THEN s.since
                                 ELSE greatest(s.since, at) END
              WHERE s.tenant = d.tenant AND s.name = d.name;
-            tenant := d.tenant; name := d.name; action := 'changed';
+            tenant := d.tenant; name := d.name; action := 'changed'; changed := true;
             RETURN NEXT;
         END IF;
     END LOOP;
@@ -455,8 +468,9 @@ BEGIN
                (SELECT coalesce(item ->> 'tenant', 'default'), item ->> 'name'
                   FROM jsonb_array_elements(declared) AS item)
         RETURNING s.tenant, s.name, 'removed'::text;
-    IF FOUND THEN
-        NULL;
+    GET DIAGNOSTICS removed = ROW_COUNT;
+    IF changed OR removed > 0 THEN
+        PERFORM pg_notify('jobrunner_schedules', '');
     END IF;
 END;
 $$;

@@ -5,7 +5,7 @@ use crate::support::db::admin_url;
 use crate::support::process::runner;
 
 /// The summary line's keys, in order.
-const KEYS: [&str; 9] = [
+const KEYS: [&str; 11] = [
     "enqueue_jobs_per_s",
     "drain_jobs_per_s",
     "latency_start_p50_ms",
@@ -15,6 +15,8 @@ const KEYS: [&str; 9] = [
     "instantiate_call_p50_us",
     "http_jobs_per_s",
     "http_native_per_s",
+    "schedule_late_p50_ms",
+    "schedule_late_p99_ms",
 ];
 
 #[tokio::test]
@@ -30,6 +32,8 @@ async fn runner_bench_runs_every_phase_and_ends_with_the_summary_line() {
         "200",
         "--http-jobs",
         "300",
+        "--schedule-seconds",
+        "3",
         "--hold-snapshot",
         "--plugin",
         echo.to_str().unwrap(),
@@ -47,6 +51,7 @@ async fn runner_bench_runs_every_phase_and_ends_with_the_summary_line() {
         "3. latency",
         "4. sandbox",
         "5. http",
+        "6. schedule",
     ] {
         assert!(stdout.contains(phase), "no {phase:?} in:\n{stdout}");
     }

@@ -686,7 +686,8 @@ async fn the_config_file_refuses_hosts_and_bad_networks_with_the_key() {
 /// The README's demo, from nothing: its webhooks reach its own server on 127.0.0.2, retry on
 /// a 503, and the two it aims elsewhere are refused with the reason.
 #[tokio::test]
-async fn the_demo_delivers_webhooks_reminds_reviewers_on_slack_and_refuses_the_others() {
+async fn the_demo_delivers_webhooks_reminds_reviewers_on_slack_on_schedule_and_refuses_the_others()
+{
     let db = TestDb::new().await;
     let output = runner(&["demo", "--plugins", test_plugins::dir().to_str().unwrap()])
         .env("DATABASE_URL", db.url())
@@ -748,8 +749,32 @@ async fn the_demo_delivers_webhooks_reminds_reviewers_on_slack_and_refuses_the_o
         "  | Hi ada, 2 pull requests are waiting for your review:\n  | - Bump sqlx (6 days) https://github.com/acme/app/pull/2",
         "  | Hi grace, 2 pull requests are waiting for your review:\n  | - Fix login redirect (2 days) https://github.com/acme/app/pull/1\n  | - Dark mode (1 day) https://github.com/acme/web/pull/1",
     ] {
-        assert!(stdout.contains(reminder), "{reminder}\n{stdout}");
+        // Once per tick of the schedule, at least two ticks.
+        assert!(
+            stdout.matches(reminder).count() >= 2,
+            "{reminder}\n{stdout}"
+        );
     }
+    let ticks: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("  tick ") && l.contains(": pr-reminders job "))
+        .collect();
+    assert!(ticks.len() >= 2, "{stdout}");
+    // Ticks ten seconds apart, on the tens of seconds.
+    for tick in &ticks {
+        let seconds = &tick["  tick HH:MM:".len()..][..2];
+        assert!(seconds.ends_with('0'), "{tick}");
+    }
+    let listed = stdout
+        .split("$ runner schedules list\n")
+        .nth(1)
+        .and_then(|rest| rest.lines().nth(1))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        listed.contains("pr-reminders-every-10s") && listed.contains("*/10 * * * * *"),
+        "{listed}"
+    );
+    assert_eq!(listed.matches(" UTC)").count(), 3, "{listed}");
     for secret in ["ghp_demo0000", "xoxdemowebhooksecret"] {
         assert!(
             !stdout.contains(secret) && !stderr.contains(secret),

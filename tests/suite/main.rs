@@ -20,6 +20,7 @@ mod reliability;
 mod reminders;
 mod retries;
 mod sandbox;
+mod schedules;
 mod schema;
 mod secrets;
 mod tenants;

@@ -83,7 +83,7 @@ enum Command {
     /// instantiate+call, in a database of its own (created and dropped).
     Bench(bench::BenchArgs),
     /// Start from nothing and show jobs running: a fresh database, jobs from every door,
-    /// retries, a permanent failure, sandboxed misbehaviour and a scheduled job.
+    /// retries, a permanent failure, sandboxed misbehaviour, a delayed job and a cron schedule.
     Demo(run::RunArgs),
 }
 

@@ -205,7 +205,8 @@ fn last_job(schedule: &ScheduleRecord) -> String {
     }
 }
 
-fn print_list(schedules: &[ScheduleRecord], now: DateTime<Utc>) {
+/// Prints `schedules` as `runner schedules list` does.
+pub(super) fn print_list(schedules: &[ScheduleRecord], now: DateTime<Utc>) {
     if schedules.is_empty() {
         println!("no schedules");
         return;

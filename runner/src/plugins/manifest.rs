@@ -436,6 +436,63 @@ mod tests {
     }
 
     #[test]
+    fn schedules_are_declared_with_defaults_and_refused_with_the_reason() {
+        let policy = parsed(
+            r#"
+            [[schedules]]
+            name = "weekday-mornings"
+            cron = "0 9 * * MON-FRI"
+            tz = "Europe/Berlin"
+            payload = { team = "web" }
+            catch_up = "latest"
+            within = "6h"
+            [[schedules]]
+            name = "hourly"
+            cron = "@hourly"
+            "#,
+        )
+        .unwrap();
+        let rows: Vec<_> = policy
+            .schedules
+            .iter()
+            .map(|s| s.to_schedule("pr-reminders").to_row())
+            .collect();
+        assert_eq!(rows[0]["time_zone"], "Europe/Berlin");
+        assert_eq!(rows[0]["payload"], serde_json::json!({"team": "web"}));
+        assert_eq!(rows[0]["catch_up"], "latest");
+        assert_eq!(rows[0]["catch_up_within"], "21600 seconds");
+        assert_eq!(rows[1]["time_zone"], "UTC");
+        assert_eq!(rows[1]["tenant"], "default");
+        assert_eq!(rows[1]["payload"], serde_json::json!({}));
+        assert_eq!(rows[1]["overlap"], "allow");
+        for (manifest, reason) in [
+            (
+                "[[schedules]]\nname = \"s\"\ncron = \"0 25 * * *\"",
+                "schedule \"s\": invalid cron expression \"0 25 * * *\": hour field",
+            ),
+            (
+                "[[schedules]]\nname = \"s\"\ncron = \"@daily\"\ntz = \"Berlin\"",
+                "unknown time zone \"Berlin\"",
+            ),
+            (
+                "[[schedules]]\nname = \"s\"\ncron = \"@daily\"\noverlap = \"never\"",
+                "unknown variant `never`",
+            ),
+            (
+                "[[schedules]]\nname = \"s\"\ncron = \"@daily\"\n\
+                 [[schedules]]\nname = \"s\"\ncron = \"@hourly\"",
+                "schedule \"s\": declared twice",
+            ),
+        ] {
+            let error = parse(manifest, &defaults(), (4 << 30, "max_memory"))
+                .unwrap_err()
+                .at(Path::new("t.toml"))
+                .to_string();
+            assert!(error.contains(reason), "{manifest}: {error}");
+        }
+    }
+
+    #[test]
     fn keys_override_the_runner_settings() {
         let policy = parsed(
             r#"

@@ -7,7 +7,8 @@
 //!    and to the committed outcome;
 //! 4. the sandbox alone: instantiate + call of the plugin, no database;
 //! 5. outgoing HTTP: jobs that each make one GET to a local server, against a native client
-//!    making the same requests.
+//!    making the same requests;
+//! 6. a schedule firing every second: how late each tick's job is enqueued.
 //!
 //! The last line sums it up for machines. The benchmark works in a database of its own,
 //! created afresh and dropped at the end.
@@ -16,6 +17,7 @@ mod cpu;
 mod drain;
 mod http;
 mod latency;
+mod schedules;
 mod stats;
 
 use std::path::{Path, PathBuf};
@@ -61,6 +63,9 @@ pub struct BenchArgs {
     /// Jobs that each make one GET to a local server (0: skip the phase).
     #[arg(long, default_value_t = 10_000)]
     http_jobs: usize,
+    /// Seconds a schedule fires every second, timing each tick (0: skip the phase).
+    #[arg(long, default_value_t = 20)]
+    schedule_seconds: u64,
     /// The plugin those jobs run [default: fetch-rust.wasm beside --plugin]
     #[arg(long)]
     http_plugin: Option<PathBuf>,
@@ -90,6 +95,7 @@ pub struct Bench {
     sandbox_calls: usize,
     http_jobs: usize,
     http_plugin: PathBuf,
+    schedule_seconds: u64,
     workers: usize,
     hold_snapshot: bool,
     job_type: String,
@@ -137,6 +143,7 @@ impl BenchArgs {
             sandbox_calls: self.sandbox_calls,
             http_jobs: self.http_jobs,
             http_plugin,
+            schedule_seconds: self.schedule_seconds,
             workers: self.workers,
             hold_snapshot: self.hold_snapshot,
             job_type,
@@ -155,6 +162,7 @@ struct Summary {
     done: Percentiles,
     call: Percentiles,
     http: http::Rates,
+    schedule: schedules::Lateness,
 }
 
 /// Runs every phase and prints the summary line.
@@ -202,7 +210,8 @@ pub async fn bench(db: &Database, bench: Bench) -> anyhow::Result<ExitCode> {
     println!(
         "bench enqueue_jobs_per_s={:.0} drain_jobs_per_s={:.0} latency_start_p50_ms={:.3} \
          latency_start_p99_ms={:.3} latency_done_p50_ms={:.3} latency_done_p99_ms={:.3} \
-         instantiate_call_p50_us={:.1} http_jobs_per_s={:.0} http_native_per_s={:.0}",
+         instantiate_call_p50_us={:.1} http_jobs_per_s={:.0} http_native_per_s={:.0} \
+         schedule_late_p50_ms={:.1} schedule_late_p99_ms={:.1}",
         summary.enqueue_per_s,
         summary.drain_per_s,
         summary.start.p50 * 1e3,
@@ -212,6 +221,8 @@ pub async fn bench(db: &Database, bench: Bench) -> anyhow::Result<ExitCode> {
         summary.call.p50 * 1e6,
         summary.http.jobs_per_s,
         summary.http.native_per_s,
+        summary.schedule.late.p50 * 1e3,
+        summary.schedule.late.p99 * 1e3,
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -233,6 +244,10 @@ async fn phases(
     summary.call = sandbox_calls(bench, dir, run).await?;
     if let Some(server) = server {
         summary.http = http::run(bench.http_jobs, queue, executor(), &run.worker, server).await?;
+    }
+    if bench.schedule_seconds > 0 {
+        summary.schedule =
+            schedules::run(bench.schedule_seconds, queue, executor(), &run.worker).await?;
     }
     Ok(summary)
 }

@@ -74,13 +74,13 @@ pub async fn demo(db: &Database, mut config: RunConfig) -> anyhow::Result<ExitCo
     println!("\n== 3. Enqueue jobs through every door");
     enqueue_jobs(&queue).await?;
     webhooks.enqueue(&queue).await?;
-    reminders.enqueue(&queue).await?;
+    reminders.schedule(&queue).await?;
 
     println!("\n== 4. A runner works the queue (one log line per attempt, on stderr)");
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(runner.run(shutdown.clone()));
     let finished = tokio::select! {
-        result = wait_until_settled(&pool) => { result?; true }
+        result = wait_until_settled(&pool, &reminders) => { result?; true }
         signal = signals.next() => { println!("{signal}: stopping early"); false }
     };
     shutdown.cancel();
@@ -97,7 +97,7 @@ pub async fn demo(db: &Database, mut config: RunConfig) -> anyhow::Result<ExitCo
     print_list(&jobs, &crate::retry::RetryPolicy::default());
     print_reminders(&queue).await?;
     webhooks.report(&queue).await?;
-    reminders.report();
+    reminders.report(&queue).await?;
     print_fairness(&queue).await?;
     if db.is_private() {
         println!("\nThe private cluster stops now; its data stays for the next command.");
@@ -116,19 +116,37 @@ pub async fn demo(db: &Database, mut config: RunConfig) -> anyhow::Result<ExitCo
 /// config, so that the rest of loopback stays refused.
 const SERVER_IP: &str = "127.0.0.2";
 
-/// A plugin directory of the demo's own: links to every plugin of `from`, beside which the
-/// demo writes the manifests that grant its servers.
+/// The job types the demo enqueues.
+const DEMO_PLUGINS: [&str; 11] = [
+    "echo",
+    "sleep",
+    "flaky",
+    "poison",
+    "webhook",
+    "pr-reminders",
+    "slack-notify",
+    "review-reminder-rust",
+    "review-reminder-python",
+    "review-reminder-js",
+    "review-reminder-c",
+];
+
+/// A plugin directory of the demo's own: links to the plugins of `from` that the demo uses
+/// (and no others: each large Python or JavaScript component costs seconds to compile),
+/// beside which the demo writes the manifests that grant its servers.
 fn plugin_dir(from: &Path) -> anyhow::Result<tempfile::TempDir> {
+    std::fs::read_dir(from)
+        .with_context(|| format!("cannot read plugin directory {}", from.display()))?;
     let dir = tempfile::Builder::new()
         .prefix("jobrunner-demo-plugins")
         .tempdir()?;
-    for entry in std::fs::read_dir(from)
-        .with_context(|| format!("cannot read plugin directory {}", from.display()))?
-    {
-        let path = entry?.path();
-        if path.is_file() {
-            let name = path.file_name().expect("a file name");
-            std::os::unix::fs::symlink(path.canonicalize()?, dir.path().join(name))?;
+    for job_type in DEMO_PLUGINS {
+        for extension in ["wasm", "toml"] {
+            let name = format!("{job_type}.{extension}");
+            let path = from.join(&name);
+            if path.is_file() {
+                std::os::unix::fs::symlink(path.canonicalize()?, dir.path().join(name))?;
+            }
         }
     }
     Ok(dir)
@@ -339,21 +357,23 @@ async fn print_reminders(queue: &Queue) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until no job is available or running, for at most a minute.
-async fn wait_until_settled(pool: &PgPool) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+/// Waits until the schedule's reminders are in and no job is available or running, for at
+/// most a minute and a half.
+async fn wait_until_settled(pool: &PgPool, reminders: &reminders::Reminders) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
         let pending: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM jobrunner.jobs WHERE state IN ('available', 'running')",
         )
         .fetch_one(pool)
         .await?;
-        if pending == 0 {
+        if pending == 0 && reminders.ticks_delivered() {
             return Ok(());
         }
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "{pending} jobs still pending after a minute"
+            "{pending} jobs still pending, or the schedule's reminders not all delivered, after \
+             a minute and a half"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

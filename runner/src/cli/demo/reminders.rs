@@ -1,22 +1,34 @@
-//! The demo's reference use case: `pr-reminders` scans a fake GitHub API for the pull
-//! requests waiting for each reviewer and enqueues one `slack-notify` per reviewer, which
-//! posts the reminder to a fake Slack webhook. Both fakes listen on the demo's loopback
-//! address; the GitHub token and the webhook URL are secrets in files of the demo's own.
+//! The demo's reference use case: on a schedule (every 10 seconds here, every weekday morning
+//! for real), `pr-reminders` scans a fake GitHub API for the pull requests waiting for each
+//! reviewer and enqueues one `slack-notify` per reviewer, which posts the reminder to a fake
+//! Slack webhook. Both fakes listen on the demo's loopback address; the GitHub token and the
+//! webhook URL are secrets in files of the demo's own.
 
 use std::collections::BTreeMap;
 
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 
 use super::SERVER_IP;
 use crate::Queue;
 use crate::cli::fake_apis::{FakeGitHub, FakePull, FakeSlack};
+use crate::client::schedules::NewSchedule;
 use crate::job::NewJob;
 use crate::runner::RunConfig;
 use crate::secrets::{SecretSource, SecretTable, Secrets};
 
 /// The demo's GitHub token: fake, and never sent anywhere but the fake GitHub.
 const TOKEN: &str = "ghp_demo0000000000000000000000000000";
+
+/// The schedule that runs the scan.
+const SCHEDULE: &str = "pr-reminders-every-10s";
+
+/// Its cron expression: six fields, the first the seconds.
+const CRON: &str = "*/10 * * * * *";
+
+/// Ticks the demo waits for, and the reviewers each one reminds.
+const TICKS: usize = 2;
+const REVIEWERS: usize = 2;
 
 /// The fake APIs and the secret files, alive while the demo runs.
 pub struct Reminders {
@@ -95,8 +107,8 @@ impl Reminders {
         })
     }
 
-    /// Enqueues the scan, as a schedule will every weekday morning.
-    pub async fn enqueue(&self, queue: &Queue) -> anyhow::Result<()> {
+    /// Schedules the scan every ten seconds, as it would be every weekday morning.
+    pub async fn schedule(&self, queue: &Queue) -> anyhow::Result<()> {
         println!(
             "Config:            [secrets] github_token, slack_webhook = {{ file = ... }} (fake \
              GitHub at {}, fake Slack at {})",
@@ -107,18 +119,23 @@ impl Reminders {
             "pr-reminders.toml: enqueue = [\"slack-notify\"]  secrets = [\"github_token\"]  \
              [config] repos = \"acme/app,acme/web\""
         );
-        let id = queue
-            .enqueue(queue.pool(), &NewJob::new("pr-reminders", json!({})))
-            .await?
-            .id;
+        let schedule = NewSchedule::new(SCHEDULE, CRON, NewJob::new("pr-reminders", json!({})));
+        queue.add_schedule(queue.pool(), &schedule).await?;
         println!(
-            "Rust, reminders:   pr-reminders {{}} -> id {id} (its follow-ups: one slack-notify per reviewer)"
+            "Rust, schedule:    {SCHEDULE}: pr-reminders {{}} at {CRON:?} (6 fields: every 10 s; \
+             for real \"0 9 * * MON-FRI\" in the team's zone), each tick's follow-ups one \
+             slack-notify per reviewer"
         );
         Ok(())
     }
 
-    /// What GitHub was asked (with the token) and what Slack received.
-    pub fn report(&self) {
+    /// Whether the reminders of two ticks reached Slack.
+    pub fn ticks_delivered(&self) -> bool {
+        self.slack.messages().len() >= TICKS * REVIEWERS
+    }
+
+    /// What GitHub was asked (with the token), what Slack received, and the schedule.
+    pub async fn report(&self, queue: &Queue) -> anyhow::Result<()> {
         println!("\nPull-request reminders (config, secrets, follow-up jobs):");
         for request in self.github.received() {
             let token = match request.authorization.as_deref() {
@@ -138,9 +155,24 @@ impl Reminders {
             };
             println!("  Slack  <- POST [the slack_webhook secret] -> {verdict}");
         }
-        println!("Slack messages received:");
+        let ticks: Vec<(i64, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT id, run_at FROM jobrunner.jobs WHERE schedule = $1 ORDER BY run_at",
+        )
+        .bind(SCHEDULE)
+        .fetch_all(queue.pool())
+        .await?;
+        for (id, tick) in &ticks {
+            println!(
+                "  tick {}: pr-reminders job {id}",
+                tick.format("%H:%M:%S UTC")
+            );
+        }
+        println!("Slack messages received ({} ticks):", ticks.len());
         for message in self.slack.messages() {
             println!("  | {}", message.replace('\n', "\n  | "));
         }
+        println!("\n$ runner schedules list");
+        crate::cli::schedules::print_list(&queue.schedules(None).await?, queue.now());
+        Ok(())
     }
 }
