@@ -169,20 +169,19 @@ pub async fn schedules(db: &Database, command: SchedulesCommand) -> anyhow::Resu
     Ok(ExitCode::SUCCESS)
 }
 
-/// The next `n` ticks after `now` (or after the schedule's anchor, if later), each in the
-/// schedule's zone and in UTC.
+/// The next `n` ticks after `after`, each in the schedule's zone and in UTC.
 fn next_ticks(recurrence: &Recurrence, after: DateTime<Utc>, n: usize) -> Vec<String> {
     let zone = recurrence.zone();
     recurrence
         .ticks_after(after)
         .take(n)
         .map(|tick| {
-            let local = tick.with_timezone(&zone);
-            format!(
-                "{} ({})",
-                local.format("%a %Y-%m-%d %H:%M:%S %Z"),
-                tick.format("%H:%M:%S UTC")
-            )
+            let local = tick.with_timezone(&zone).format("%a %Y-%m-%d %H:%M:%S %Z");
+            if zone.name() == "UTC" {
+                local.to_string()
+            } else {
+                format!("{local} ({})", tick.format("%H:%M:%S UTC"))
+            }
         })
         .collect()
 }

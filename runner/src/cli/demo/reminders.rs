@@ -26,6 +26,9 @@ const SCHEDULE: &str = "pr-reminders-every-10s";
 /// Its cron expression: six fields, the first the seconds.
 const CRON: &str = "*/10 * * * * *";
 
+/// The team's time zone: where "09:00 on weekdays" would be read.
+const ZONE: &str = "Europe/Berlin";
+
 /// Ticks the demo waits for, and the reviewers each one reminds.
 const TICKS: usize = 2;
 const REVIEWERS: usize = 2;
@@ -119,11 +122,12 @@ impl Reminders {
             "pr-reminders.toml: enqueue = [\"slack-notify\"]  secrets = [\"github_token\"]  \
              [config] repos = \"acme/app,acme/web\""
         );
-        let schedule = NewSchedule::new(SCHEDULE, CRON, NewJob::new("pr-reminders", json!({})));
+        let schedule = NewSchedule::new(SCHEDULE, CRON, NewJob::new("pr-reminders", json!({})))
+            .time_zone(ZONE);
         queue.add_schedule(queue.pool(), &schedule).await?;
         println!(
-            "Rust, schedule:    {SCHEDULE}: pr-reminders {{}} at {CRON:?} (6 fields: every 10 s; \
-             for real \"0 9 * * MON-FRI\" in the team's zone), each tick's follow-ups one \
+            "Rust, schedule:    {SCHEDULE}: pr-reminders {{}} at {CRON:?} in {ZONE} (6 fields: \
+             every 10 s; for real \"0 9 * * MON-FRI\"), each tick's follow-ups one \
              slack-notify per reviewer"
         );
         Ok(())
