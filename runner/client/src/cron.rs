@@ -81,6 +81,27 @@ impl Recurrence {
             .map(|next| next.with_timezone(&Utc))
     }
 
+    /// A fire time at or before `at`, close to the latest one (the backward search meets
+    /// daylight-saving changes from the other side; [`Recurrence::latest_in`] settles it).
+    fn previous_at_or_before(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = at.with_timezone(&self.zone);
+        self.cron
+            .find_previous_occurrence(&local, true)
+            .ok()
+            .map(|previous| previous.with_timezone(&Utc))
+    }
+
+    /// The latest fire time in `(after, until]`, without walking every tick in between.
+    pub fn latest_in(&self, after: DateTime<Utc>, until: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let near = self
+            .previous_at_or_before(until)
+            .map_or(after, |previous| previous - chrono::Duration::seconds(1))
+            .max(after);
+        self.ticks_after(near)
+            .take_while(|tick| *tick <= until)
+            .last()
+    }
+
     /// Fire times strictly after `after`, in order.
     pub fn ticks_after(&self, after: DateTime<Utc>) -> impl Iterator<Item = DateTime<Utc>> + '_ {
         std::iter::successors(self.next_after(after), |tick| self.next_after(*tick))
@@ -417,6 +438,40 @@ mod tests {
         let hourly = Recurrence::parse("@hourly", "America/New_York").unwrap();
         assert_eq!(ticks_on(&hourly, spring).len(), 23);
         assert_eq!(ticks_on(&hourly, autumn).len(), 25);
+    }
+
+    #[test]
+    fn the_latest_tick_is_found_without_walking_and_agrees_with_the_forward_ticks() {
+        let every_second = Recurrence::parse("* * * * * *", "UTC").unwrap();
+        let (after, until) = (utc("2025-12-07T10:00:00Z"), utc("2026-12-07T10:00:05.5Z"));
+        assert_eq!(
+            every_second.latest_in(after, until),
+            Some(utc("2026-12-07T10:00:05Z"))
+        );
+        assert_eq!(every_second.latest_in(until, until), None);
+        // Across both daylight-saving days, in both zones, for fixed times and wildcards: the
+        // latest tick by the backward search is the last of the forward ones.
+        for zone in ["Europe/Berlin", "America/New_York"] {
+            for cron in ["30 2 * * *", "0 * * * *", "*/15 1-3 * * *", "30 1 * * *"] {
+                let recurrence = Recurrence::parse(cron, zone).unwrap();
+                for day in ["2026-03-08", "2026-03-29", "2026-10-25", "2026-11-01"] {
+                    let start = utc(&format!("{day}T00:00:00Z"));
+                    let forward: Vec<_> = recurrence
+                        .ticks_after(start)
+                        .take_while(|t| *t <= start + chrono::Duration::hours(30))
+                        .collect();
+                    for minutes in (0..30 * 60).step_by(7) {
+                        let until = start + chrono::Duration::minutes(minutes);
+                        let expected = forward.iter().rev().find(|t| **t <= until).copied();
+                        assert_eq!(
+                            recurrence.latest_in(start, until),
+                            expected,
+                            "{cron} in {zone} until {until}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

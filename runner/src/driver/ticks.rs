@@ -48,7 +48,7 @@ pub fn plan(
         enqueue
             .last()
             .copied()
-            .or_else(|| latest_tick(recurrence, anchor, on_time_from))
+            .or_else(|| recurrence.latest_in(anchor, on_time_from))
             .unwrap_or(first_due)
     };
     let plan = match schedule.catch_up {
@@ -100,28 +100,6 @@ pub fn plan(
 
 fn grace() -> chrono::Duration {
     chrono::Duration::from_std(MISFIRE_GRACE).expect("a small duration")
-}
-
-/// The newest tick in `(after, until]`, found by stepping back from `until` a day at a time
-/// (a schedule missed for a year is not walked tick by tick).
-fn latest_tick(
-    recurrence: &Recurrence,
-    after: DateTime<Utc>,
-    until: DateTime<Utc>,
-) -> Option<DateTime<Utc>> {
-    let mut from = until;
-    loop {
-        let step = chrono::Duration::days(1);
-        let start = from.checked_sub_signed(step).unwrap_or(after).max(after);
-        let latest = recurrence
-            .ticks_after(start)
-            .take_while(|tick| *tick <= from)
-            .last();
-        if latest.is_some() || start <= after {
-            return latest;
-        }
-        from = start;
-    }
 }
 
 /// What a fire did.
