@@ -475,6 +475,20 @@ mod tests {
     }
 
     #[test]
+    fn a_day_of_month_and_a_day_of_week_both_restricted_match_either() {
+        // Vixie cron: the 13th, or a Friday. Monday 7 December 2026: Friday the 11th is next.
+        let either = Recurrence::parse("0 0 13 * FRI", "UTC").unwrap();
+        let ticks: Vec<_> = either
+            .ticks_after(utc("2026-12-07T00:00:00Z"))
+            .take(2)
+            .collect();
+        assert_eq!(
+            ticks,
+            [utc("2026-12-11T00:00:00Z"), utc("2026-12-13T00:00:00Z")]
+        );
+    }
+
+    #[test]
     fn a_date_that_never_comes_has_no_tick() {
         let never = Recurrence::parse("0 0 30 2 *", "UTC").unwrap();
         assert_eq!(never.next_after(utc("2026-12-07T00:00:00Z")), None);
