@@ -536,6 +536,18 @@ async fn the_cli_adds_lists_pauses_runs_and_removes_schedules() {
         out.contains("schedule weekday-reminders added for tenant acme"),
         "{out}"
     );
+    let (_, out, _) = run_cli(&url, &["schedules", "list", "--json"]).await;
+    let listed: serde_json::Value = serde_json::from_str(out.trim()).expect(&out);
+    assert_eq!(
+        (
+            &listed["time_zone"],
+            &listed["overlap"],
+            &listed["catch_up"]
+        ),
+        (&json!("Europe/Berlin"), &json!("skip"), &json!("all"))
+    );
+    assert_eq!(listed["catch_up_within_secs"], 21_600);
+    assert_eq!(listed["payload"], json!({"team": "web"}));
     let (_, out, _) = run_cli(&url, &["schedules", "list"]).await;
     let row = out
         .lines()

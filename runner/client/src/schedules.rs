@@ -240,7 +240,8 @@ pub struct ScheduleRecord {
     pub overlap: Overlap,
     /// What happens to missed ticks.
     pub catch_up: CatchUp,
-    /// How far back catching up goes.
+    /// How far back catching up goes (in JSON: `catch_up_within_secs`).
+    #[serde(rename = "catch_up_within_secs", serialize_with = "as_seconds")]
     pub catch_up_within: Duration,
     /// Whether it is paused.
     pub paused: bool,
@@ -274,6 +275,10 @@ impl ScheduleRecord {
         self.last_tick
             .map_or(self.since, |tick| tick.max(self.since))
     }
+}
+
+fn as_seconds<S: serde::Serializer>(duration: &Duration, to: S) -> Result<S::Ok, S::Error> {
+    to.serialize_u64(duration.as_secs())
 }
 
 #[derive(sqlx::FromRow)]
