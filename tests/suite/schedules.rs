@@ -720,6 +720,10 @@ async fn manifest_schedules_follow_the_manifest_and_leave_the_others_alone() {
     )
     .unwrap();
     until_cron(&queue, "hourly", None).await;
+    // The plugin removed: its schedules go with it.
+    std::fs::remove_file(dir.path().join("echo.wasm")).unwrap();
+    std::fs::remove_file(dir.path().join("echo.toml")).unwrap();
+    until_cron(&queue, "weekly", None).await;
     // The CLI's schedule was never touched.
     let nightly = queue.schedule("nightly", "default").await.unwrap();
     assert_eq!(
