@@ -15,9 +15,9 @@ use crate::client::WAKE_CHANNEL;
 use crate::client::schedules::SCHEDULES_CHANNEL;
 use crate::driver::Floors;
 
-/// Wakes the claim loops on every notification, until claiming stops. Reconnects with backoff
-/// when the connection drops; after every (re)connect it wakes them once, since notifications
-/// sent while disconnected are lost. `listening` reports whether it is subscribed; claim
+/// Wakes the claim loops on every new-job notification and the scheduler on every schedule
+/// change, until claiming stops. Reconnects with backoff when the connection drops; after
+/// every (re)connect it wakes both once, since notifications sent while disconnected are lost. `listening` reports whether it is subscribed; claim
 /// floors are used only while it is.
 pub(super) struct Listener {
     pub queue: Queue,
