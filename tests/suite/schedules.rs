@@ -509,6 +509,17 @@ async fn sql_and_rust_accept_the_same_cron_language_with_the_same_reasons() {
 async fn the_cli_adds_lists_pauses_runs_and_removes_schedules() {
     let db = TestDb::new().await;
     let url = db.url();
+    // `runner schedules VERB weekday-reminders --tenant acme`
+    let acme_schedule = |verb: &'static str| {
+        let url = url.clone();
+        async move {
+            run_cli(
+                &url,
+                &["schedules", verb, "weekday-reminders", "--tenant", "acme"],
+            )
+            .await
+        }
+    };
     let add = [
         "schedules",
         "add",
@@ -561,23 +572,9 @@ async fn the_cli_adds_lists_pauses_runs_and_removes_schedules() {
         "{row}"
     );
 
-    let (_, out, _) = run_cli(
-        &url,
-        &[
-            "schedules",
-            "run-now",
-            "weekday-reminders",
-            "--tenant",
-            "acme",
-        ],
-    )
-    .await;
+    let (_, out, _) = acme_schedule("run-now").await;
     let id: i64 = out.split_whitespace().nth(1).unwrap().parse().expect(&out);
-    let (_, out, _) = run_cli(
-        &url,
-        &["schedules", "show", "weekday-reminders", "--tenant", "acme"],
-    )
-    .await;
+    let (_, out, _) = acme_schedule("show").await;
     assert!(
         out.contains(&format!("last job:    {id} available")),
         "{out}"
@@ -588,55 +585,15 @@ async fn the_cli_adds_lists_pauses_runs_and_removes_schedules() {
     );
     assert!(out.contains("payload:     {\"team\":\"web\"}"), "{out}");
 
-    run_cli(
-        &url,
-        &[
-            "schedules",
-            "pause",
-            "weekday-reminders",
-            "--tenant",
-            "acme",
-        ],
-    )
-    .await;
+    acme_schedule("pause").await;
     let (_, out, _) = run_cli(&url, &["schedules", "list", "--tenant", "acme"]).await;
     assert!(out.contains("paused"), "{out}");
-    run_cli(
-        &url,
-        &[
-            "schedules",
-            "resume",
-            "weekday-reminders",
-            "--tenant",
-            "acme",
-        ],
-    )
-    .await;
-    let (status, _, _) = run_cli(
-        &url,
-        &[
-            "schedules",
-            "remove",
-            "weekday-reminders",
-            "--tenant",
-            "acme",
-        ],
-    )
-    .await;
+    acme_schedule("resume").await;
+    let (status, _, _) = acme_schedule("remove").await;
     assert!(status.success());
     let (_, out, _) = run_cli(&url, &["schedules", "list"]).await;
     assert_eq!(out.trim(), "no schedules");
-    let (status, _, err) = run_cli(
-        &url,
-        &[
-            "schedules",
-            "remove",
-            "weekday-reminders",
-            "--tenant",
-            "acme",
-        ],
-    )
-    .await;
+    let (status, _, err) = acme_schedule("remove").await;
     assert!(
         !status.success() && err.contains("has no schedule named \"weekday-reminders\""),
         "{err}"

@@ -335,14 +335,17 @@ impl From<ScheduleRow> for ScheduleRecord {
     }
 }
 
-/// The columns [`ScheduleRecord`] reads, from `jobrunner.schedules AS s`.
+/// The columns [`ScheduleRecord`] reads, from `jobrunner.schedules AS s`, but the last job's
+/// state.
 const SCHEDULE_COLUMNS: &str = "s.tenant, s.name, s.cron, s.time_zone, s.job_type, s.payload, \
      s.priority, s.max_attempts, s.unique_key, s.overlap, s.catch_up, \
      extract(epoch FROM s.catch_up_within)::float8 AS catch_up_seconds, \
-     s.paused, s.origin, s.version, s.since, s.last_tick, s.last_job_id, \
-     (SELECT j.state::text FROM jobrunner.job_status AS j WHERE j.id = s.last_job_id) \
-        AS last_job_state, \
-     s.last_error, s.created_at";
+     s.paused, s.origin, s.version, s.since, s.last_tick, s.last_job_id, s.last_error, \
+     s.created_at";
+
+/// The last job's state, for operators (a runner firing ticks needs none).
+const LAST_JOB_STATE: &str = "(SELECT j.state::text FROM jobrunner.job_status AS j \
+     WHERE j.id = s.last_job_id) AS last_job_state";
 
 impl Queue {
     /// Adds a schedule. Its ticks after now are due. Refused with the reason if a field is
@@ -380,7 +383,7 @@ impl Queue {
     /// Every schedule (or `tenant`'s), by tenant and name.
     pub async fn schedules(&self, tenant: Option<&str>) -> Result<Vec<ScheduleRecord>> {
         let rows: Vec<ScheduleRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {SCHEDULE_COLUMNS} FROM jobrunner.schedules AS s
+            "SELECT {SCHEDULE_COLUMNS}, {LAST_JOB_STATE} FROM jobrunner.schedules AS s
               WHERE $1::text IS NULL OR s.tenant = $1
               ORDER BY s.tenant, s.name"
         )))
@@ -390,10 +393,24 @@ impl Queue {
         Ok(rows.into_iter().map(ScheduleRecord::from).collect())
     }
 
+    /// The schedules that are not paused, as a runner fires them: without the last job's
+    /// state.
+    #[doc(hidden)]
+    pub async fn active_schedules(&self) -> Result<Vec<ScheduleRecord>> {
+        let rows: Vec<ScheduleRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {SCHEDULE_COLUMNS}, NULL::text AS last_job_state
+               FROM jobrunner.schedules AS s
+              WHERE NOT s.paused"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(ScheduleRecord::from).collect())
+    }
+
     /// Tenant `tenant`'s schedule `name`.
     pub async fn schedule(&self, name: &str, tenant: &str) -> Result<ScheduleRecord> {
         let row: Option<ScheduleRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {SCHEDULE_COLUMNS} FROM jobrunner.schedules AS s
+            "SELECT {SCHEDULE_COLUMNS}, {LAST_JOB_STATE} FROM jobrunner.schedules AS s
               WHERE s.tenant = $1 AND s.name = $2"
         )))
         .bind(tenant)

@@ -15,11 +15,10 @@ use crate::Queue;
 use crate::config::parse_duration;
 use crate::job::{MAX_PAYLOAD_BYTES, NewJob, Schedule, Unique};
 
-/// Flags of `runner enqueue`.
+/// What a job is, as flags: `runner enqueue`'s, and the job each tick of
+/// `runner schedules add` enqueues.
 #[derive(Debug, Args)]
-pub struct EnqueueArgs {
-    /// The job type (the plugin's name).
-    job_type: String,
+pub struct JobFields {
     /// The payload, JSON text.
     #[arg(long, default_value = "{}")]
     payload: String,
@@ -27,12 +26,6 @@ pub struct EnqueueArgs {
     /// for a command line.
     #[arg(long, conflicts_with = "payload")]
     payload_file: Option<PathBuf>,
-    /// Run at this time (RFC 3339, e.g. 2026-12-01T09:00:00Z) instead of now.
-    #[arg(long, value_parser = parse_rfc3339, conflicts_with = "delay")]
-    run_at: Option<DateTime<Utc>>,
-    /// Run this long from now (e.g. 90s, 5m, 1h).
-    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
-    delay: Option<Duration>,
     /// The tenant the job belongs to.
     #[arg(long, default_value = "default")]
     tenant: String,
@@ -42,6 +35,43 @@ pub struct EnqueueArgs {
     /// Attempts before the job is kept as failed [default: the runner's]
     #[arg(long)]
     max_attempts: Option<u32>,
+}
+
+impl JobFields {
+    /// A job of `job_type` with these fields, due now, unchecked.
+    pub fn job(&self, job_type: &str) -> anyhow::Result<NewJob> {
+        let payload = match &self.payload_file {
+            Some(path) => read_payload(path)?,
+            None => self.payload.clone(),
+        };
+        let mut job = NewJob::from_json_text(job_type, &payload)?
+            .tenant(&self.tenant)
+            .priority(self.priority);
+        if let Some(max) = self.max_attempts {
+            job = job.max_attempts(max);
+        }
+        Ok(job)
+    }
+
+    /// The tenant.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+}
+
+/// Flags of `runner enqueue`.
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// The job type (the plugin's name).
+    job_type: String,
+    #[command(flatten)]
+    job: JobFields,
+    /// Run at this time (RFC 3339, e.g. 2026-12-01T09:00:00Z) instead of now.
+    #[arg(long, value_parser = parse_rfc3339, conflicts_with = "delay")]
+    run_at: Option<DateTime<Utc>>,
+    /// Run this long from now (e.g. 90s, 5m, 1h).
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
+    delay: Option<Duration>,
     /// Deduplicate by this key instead of by job type + payload.
     #[arg(long, conflicts_with = "no_unique")]
     unique_key: Option<String>,
@@ -63,18 +93,11 @@ impl EnqueueArgs {
             (None, true) => Unique::Off,
             (None, false) => Unique::ByPayload,
         };
-        let payload = match &self.payload_file {
-            Some(path) => read_payload(path)?,
-            None => self.payload.clone(),
-        };
-        let mut job = NewJob::from_json_text(&self.job_type, &payload)?
-            .tenant(&self.tenant)
-            .priority(self.priority)
+        let job = self
+            .job
+            .job(&self.job_type)?
             .schedule(schedule)
             .unique(unique);
-        if let Some(max) = self.max_attempts {
-            job = job.max_attempts(max);
-        }
         job.validate()?;
         Ok(job)
     }

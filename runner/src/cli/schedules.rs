@@ -7,9 +7,9 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 
 use super::database::Database;
+use super::enqueue::JobFields;
 use crate::client::cron::Recurrence;
 use crate::client::schedules::{CatchUp, NewSchedule, Overlap, ScheduleRecord};
-use crate::job::NewJob;
 
 /// Subcommands of `runner schedules`.
 #[derive(Debug, Subcommand)]
@@ -63,18 +63,9 @@ pub struct AddArgs {
     /// The type of the job each tick enqueues.
     #[arg(long)]
     job_type: String,
-    /// Its JSON payload.
-    #[arg(long, default_value = "{}")]
-    payload: String,
-    /// The tenant the schedule and its jobs belong to.
-    #[arg(long, default_value = "default")]
-    tenant: String,
-    /// The jobs' priority; lower runs first.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    priority: i32,
-    /// The jobs' attempt limit [default: the runner's].
-    #[arg(long)]
-    max_attempts: Option<u32>,
+    /// The job's payload, tenant (the schedule's too), priority and max attempts.
+    #[command(flatten)]
+    job: JobFields,
     /// A unique-key template for each tick's job: {tick} (RFC 3339, UTC) and {schedule}.
     #[arg(long)]
     unique_key: Option<String>,
@@ -92,12 +83,7 @@ pub struct AddArgs {
 
 impl AddArgs {
     fn to_schedule(&self) -> anyhow::Result<NewSchedule> {
-        let mut job = NewJob::from_json_text(&self.job_type, &self.payload)?
-            .tenant(&self.tenant)
-            .priority(self.priority);
-        if let Some(max) = self.max_attempts {
-            job = job.max_attempts(max);
-        }
+        let job = self.job.job(&self.job_type)?;
         let mut schedule = NewSchedule::new(&self.name, &self.cron, job)
             .time_zone(&self.tz)
             .overlap(self.overlap)
@@ -132,7 +118,7 @@ pub async fn schedules(db: &Database, command: SchedulesCommand) -> anyhow::Resu
             println!(
                 "schedule {} added for tenant {}: {recurrence}, next at {}",
                 args.name,
-                args.tenant,
+                args.job.tenant(),
                 next_ticks(&recurrence, queue.now(), 1).join(", ")
             );
         }

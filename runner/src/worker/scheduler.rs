@@ -63,11 +63,11 @@ impl Scheduler {
         parsed: &mut Recurrences,
     ) -> jobrunner_client::Result<Option<DateTime<Utc>>> {
         loop {
-            let schedules = self.driver.queue().schedules(None).await?;
+            let schedules = self.driver.queue().active_schedules().await?;
             let now = self.driver.queue().now();
             let mut fired_any = false;
             let mut next: Option<DateTime<Utc>> = None;
-            for schedule in schedules.iter().filter(|s| !s.paused) {
+            for schedule in &schedules {
                 let Some(recurrence) = parsed.get(schedule) else {
                     continue;
                 };
