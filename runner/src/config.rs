@@ -89,6 +89,9 @@ pub struct FileConfig {
     /// The `[tenants.<name>]` tables: each tenant's own policy.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantSettings>,
+    /// The `[web]` table: the HTTP listener of health checks, metrics and the dashboard.
+    #[serde(default)]
+    pub web: crate::web::WebSettings,
 }
 
 impl FileConfig {

@@ -14,6 +14,7 @@
 //! - [`retry`] decides when a failed attempt runs again; [`clock`] is the one source of "now".
 //! - [`runner`] puts it all together: [`Runner::builder`] is what `runner run` runs, and what
 //!   tests and embedders start in process.
+//! - [`web`] is the HTTP listener: health checks, the Prometheus [`metrics`] and the dashboard.
 //! - [`config`] merges flags, environment and the TOML file; [`cli`] is the `runner` binary;
 //!   [`private_pg`] starts a throwaway PostgreSQL when none is configured.
 
@@ -22,6 +23,7 @@ pub mod config;
 pub mod driver;
 pub mod executor;
 pub mod job;
+pub mod metrics;
 pub mod plugins;
 pub mod private_pg;
 pub mod retry;
@@ -30,6 +32,7 @@ pub mod sandbox;
 pub mod secrets;
 pub mod tenants;
 pub mod text;
+pub mod web;
 pub mod worker;
 
 pub use jobrunner_client as client;

@@ -54,6 +54,9 @@ pub struct RunConfig {
     pub secrets: Secrets,
     /// The tenant policy to publish at start, if the config file has one.
     pub tenants: Option<Tenants>,
+    /// The HTTP listener (health checks, metrics, dashboard) `runner run` starts beside the
+    /// runner, if one is asked for.
+    pub web: Option<crate::web::WebConfig>,
 }
 
 /// Sets a runner up: [`Runner::builder`].

@@ -22,6 +22,7 @@ fn config(plugins: &std::path::Path) -> RunConfig {
         limits: Limits::default(),
         secrets: Default::default(),
         tenants: None,
+        web: None,
     }
 }
 

@@ -24,4 +24,5 @@ mod schedules;
 mod schema;
 mod secrets;
 mod tenants;
+mod web;
 mod worker;

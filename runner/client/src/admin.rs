@@ -7,6 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
+use sqlx::{Postgres, QueryBuilder};
 
 use crate::job::JobState;
 use crate::{Queue, QueueError, Result, count};
@@ -143,33 +144,210 @@ pub struct JobFilter {
     pub parent: Option<i64>,
     /// Only the jobs this schedule enqueued (by name, in any tenant unless `tenant` is set).
     pub schedule: Option<String>,
+    /// Only jobs enqueued at or after this time.
+    pub created_from: Option<DateTime<Utc>>,
+    /// Only jobs enqueued before this time.
+    pub created_until: Option<DateTime<Utc>>,
+    /// Only jobs with a smaller id: the cursor of the next page, newest first.
+    pub before_id: Option<i64>,
     /// At most this many, newest first.
     pub limit: u32,
 }
 
+impl JobFilter {
+    /// Appends ` WHERE ...` with this filter's conditions (not its cursor or limit) to
+    /// `query`, over `jobrunner.job_status` or `jobrunner.jobs`. Only the filters given become
+    /// conditions, so every query gets a plan for the indexes it can use.
+    fn push_conditions(&self, query: &mut QueryBuilder<Postgres>) {
+        query.push(" WHERE true");
+        if let Some(state) = self.state {
+            query.push(" AND state = ").push_bind(state.as_str());
+            query.push("::jobrunner.job_state");
+        }
+        if let Some(job_type) = &self.job_type {
+            query.push(" AND job_type = ").push_bind(job_type.clone());
+        }
+        if let Some(tenant) = &self.tenant {
+            query.push(" AND tenant = ").push_bind(tenant.clone());
+        }
+        if let Some(parent) = self.parent {
+            query.push(" AND parent_id = ").push_bind(parent);
+        }
+        if let Some(schedule) = &self.schedule {
+            query.push(" AND schedule = ").push_bind(schedule.clone());
+        }
+        if let Some(from) = self.created_from {
+            query.push(" AND created_at >= ").push_bind(from);
+        }
+        if let Some(until) = self.created_until {
+            query.push(" AND created_at < ").push_bind(until);
+        }
+    }
+
+    /// The conditions and the page: cursor, newest first, limit.
+    fn push_page(&self, query: &mut QueryBuilder<Postgres>) {
+        self.push_conditions(query);
+        if let Some(before) = self.before_id {
+            query.push(" AND id < ").push_bind(before);
+        }
+        query
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(self.limit));
+    }
+}
+
+/// One line of a jobs list: what a list shows, without the payload and result.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct JobSummary {
+    /// The job's id.
+    pub id: i64,
+    /// Its type.
+    pub job_type: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// Its state, as `JobState::as_str` spells it.
+    pub state: String,
+    /// Attempts started so far.
+    pub attempt: i32,
+    /// Its own attempt limit, if it has one.
+    pub max_attempts: Option<i32>,
+    /// When it is (or was) due.
+    pub run_at: DateTime<Utc>,
+    /// When it was enqueued.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// The most recent failure's message, cut to 200 characters.
+    pub last_error: Option<String>,
+    /// The job that enqueued it, if any.
+    pub parent_id: Option<i64>,
+    /// The schedule that enqueued it, if any.
+    pub schedule: Option<String>,
+}
+
+/// What a bulk action does to the jobs a filter selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BulkAction {
+    /// Failed jobs become available again (as [`Queue::retry_job`]).
+    Retry,
+    /// Available jobs are cancelled.
+    Cancel,
+    /// Finished jobs (completed, failed, cancelled) are deleted.
+    Delete,
+}
+
+impl BulkAction {
+    /// The states the action applies to; other jobs the filter selects are left alone.
+    pub fn states(self) -> &'static [JobState] {
+        match self {
+            BulkAction::Retry => &[JobState::Failed],
+            BulkAction::Cancel => &[JobState::Available],
+            BulkAction::Delete => &[JobState::Completed, JobState::Failed, JobState::Cancelled],
+        }
+    }
+}
+
+/// At most this many jobs change in one bulk statement, so that one never holds many locks.
+pub const BULK_CHUNK: u32 = 5_000;
+
 impl Queue {
     /// Jobs matching `filter`, newest first.
     pub async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
-        let rows: Vec<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {JOB_COLUMNS}
-               FROM jobrunner.job_status
-              WHERE ($1::text IS NULL OR state = $1::jobrunner.job_state)
-                AND ($2::text IS NULL OR job_type = $2)
-                AND ($3::text IS NULL OR tenant = $3)
-                AND ($5::bigint IS NULL OR parent_id = $5)
-                AND ($6::text IS NULL OR schedule = $6)
-              ORDER BY id DESC
-              LIMIT $4"
-        )))
-        .bind(filter.state.map(JobState::as_str))
-        .bind(filter.job_type.as_deref())
-        .bind(filter.tenant.as_deref())
-        .bind(i64::from(filter.limit))
-        .bind(filter.parent)
-        .bind(filter.schedule.as_deref())
-        .fetch_all(&self.pool)
-        .await?;
+        let mut query = QueryBuilder::new(format!("SELECT {JOB_COLUMNS} FROM jobrunner.job_status"));
+        filter.push_page(&mut query);
+        let rows: Vec<JobRow> = query.build_query_as().fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(JobRecord::from).collect())
+    }
+
+    /// One page of jobs matching `filter`, newest first, without payloads or results.
+    pub async fn job_summaries(&self, filter: &JobFilter) -> Result<Vec<JobSummary>> {
+        let mut query = QueryBuilder::new(
+            "SELECT id, job_type, tenant, state::text AS state, attempt, max_attempts, run_at,
+                    created_at, updated_at, left(errors -> -1 ->> 'error', 200) AS last_error,
+                    parent_id, schedule
+               FROM jobrunner.job_status",
+        );
+        filter.push_page(&mut query);
+        Ok(query.build_query_as().fetch_all(&self.pool).await?)
+    }
+
+    /// How many jobs `filter` selects that `action` applies to (its cursor and limit aside).
+    pub async fn count_for(&self, filter: &JobFilter, action: BulkAction) -> Result<i64> {
+        let mut query = QueryBuilder::new("SELECT count(*) FROM jobrunner.jobs");
+        filter.push_conditions(&mut query);
+        push_states(&mut query, action);
+        Ok(query.build_query_scalar().fetch_one(&self.pool).await?)
+    }
+
+    /// Applies `action` to every job `filter` selects that it applies to, [`BULK_CHUNK`] jobs
+    /// per statement, and returns the type and tenant of each job it changed. A failed job
+    /// whose unique key another pending job holds is not retried, nor a second failed job
+    /// with the same key.
+    pub async fn bulk(
+        &self,
+        filter: &JobFilter,
+        action: BulkAction,
+        default_max_attempts: u32,
+    ) -> Result<Vec<(String, String)>> {
+        let mut changed = Vec::new();
+        loop {
+            let chunk = self.bulk_chunk(filter, action, default_max_attempts).await?;
+            let last = chunk.len() < BULK_CHUNK as usize;
+            changed.extend(chunk);
+            if last {
+                return Ok(changed);
+            }
+        }
+    }
+
+    async fn bulk_chunk(
+        &self,
+        filter: &JobFilter,
+        action: BulkAction,
+        default_max_attempts: u32,
+    ) -> Result<Vec<(String, String)>> {
+        let mut query = QueryBuilder::new("");
+        match action {
+            BulkAction::Retry => query
+                .push("UPDATE jobrunner.jobs SET state = 'available', run_at = ")
+                .push_bind(self.now())
+                .push(", updated_at = ")
+                .push_bind(self.now())
+                .push(", max_attempts = CASE WHEN attempt >= coalesce(max_attempts, ")
+                .push_bind(i32::try_from(default_max_attempts).unwrap_or(i32::MAX))
+                .push(
+                    ") THEN attempt + 1 ELSE max_attempts END
+                     WHERE id IN (SELECT DISTINCT ON (tenant, key) id
+                                    FROM (SELECT id, tenant, coalesce(unique_key, id::text) AS key
+                                            FROM jobrunner.jobs AS j",
+                ),
+            BulkAction::Cancel => query
+                .push("UPDATE jobrunner.jobs SET state = 'cancelled', updated_at = ")
+                .push_bind(self.now())
+                .push(" WHERE id IN (SELECT id FROM (SELECT id FROM jobrunner.jobs AS j"),
+            BulkAction::Delete => query
+                .push("DELETE FROM jobrunner.jobs")
+                .push(" WHERE id IN (SELECT id FROM (SELECT id FROM jobrunner.jobs AS j"),
+        };
+        filter.push_conditions(&mut query);
+        push_states(&mut query, action);
+        if action == BulkAction::Retry {
+            query.push(
+                " AND (unique_key IS NULL OR NOT EXISTS (
+                     SELECT FROM jobrunner.jobs AS p
+                      WHERE p.tenant = j.tenant AND p.unique_key = j.unique_key
+                        AND p.state IN ('available', 'running')))",
+            );
+        }
+        query
+            .push(" LIMIT ")
+            .push_bind(i64::from(BULK_CHUNK))
+            .push(" FOR UPDATE SKIP LOCKED) AS chosen) RETURNING job_type, tenant");
+        let rows = query.build_query_as().fetch_all(&self.pool).await?;
+        if action == BulkAction::Retry && !rows.is_empty() {
+            crate::wake_runners(&self.pool).await?;
+        }
+        Ok(rows)
     }
 
     /// The job with this id.
@@ -292,6 +470,15 @@ impl Queue {
             Err(e) => e.into(),
         }
     }
+}
+
+/// Keeps the jobs `action` applies to.
+fn push_states(query: &mut QueryBuilder<Postgres>, action: BulkAction) {
+    let states: Vec<&str> = action.states().iter().map(|s| s.as_str()).collect();
+    query
+        .push(" AND state = ANY(")
+        .push_bind(states)
+        .push("::jobrunner.job_state[])");
 }
 
 fn is_unique_violation(error: &sqlx::Error) -> bool {

@@ -46,7 +46,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-pub use admin::{AttemptError, JobFilter, JobRecord};
+pub use admin::{AttemptError, BulkAction, JobFilter, JobRecord, JobSummary};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use enqueue::Enqueued;
 pub use job::{InvalidJob, JobState, NewJob, Schedule, Unique};

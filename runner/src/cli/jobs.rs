@@ -80,6 +80,7 @@ pub async fn jobs(
                 parent,
                 schedule,
                 limit,
+                ..JobFilter::default()
             };
             let jobs = queue.list_jobs(&filter).await?;
             if json {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod call;
+mod dashboard;
 mod database;
 mod demo;
 mod enqueue;
@@ -19,6 +20,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::MakeWriterExt;
+
+use crate::worker::{LogStream, OUTCOME_TARGET, OutcomeWriter};
 
 use crate::config::{FileConfig, LogFormat};
 
@@ -82,9 +86,12 @@ enum Command {
     /// Measure enqueue and drain throughput, enqueue-to-start latency and sandbox
     /// instantiate+call, in a database of its own (created and dropped).
     Bench(bench::BenchArgs),
+    /// Serve the health checks, metrics and dashboard of `runner run --http` without running
+    /// jobs.
+    Dashboard(dashboard::DashboardArgs),
     /// Start from nothing and show jobs running: a fresh database, jobs from every door,
     /// retries, a permanent failure, sandboxed misbehaviour, a delayed job and a cron schedule.
-    Demo(run::RunArgs),
+    Demo(demo::DemoArgs),
 }
 
 /// Entry point of the `runner` binary.
@@ -104,7 +111,13 @@ fn try_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
-    let _flush_logs_at_exit = init_logging(cli.log_format.or(file.log_format).unwrap_or_default());
+    // The demo's backlog would print a line per job: it shows a progress line instead.
+    let default_filter = match cli.command {
+        Command::Demo(_) => "info,sqlx=warn,jobrunner::outcome=warn",
+        _ => "info,sqlx=warn",
+    };
+    let format = cli.log_format.or(file.log_format).unwrap_or_default();
+    let _flush_logs_at_exit = init_logging(format, default_filter);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -122,7 +135,8 @@ enum Prepared {
     Schedules(schedules::SchedulesCommand),
     Plugins(plugins::PluginsArgs),
     Tenants(tenants::TenantsArgs),
-    Demo(crate::runner::RunConfig),
+    Demo(crate::runner::RunConfig, demo::Ending),
+    Dashboard(dashboard::Dashboard),
     Bench(Box<bench::Bench>),
 }
 
@@ -140,7 +154,11 @@ impl Command {
                 command.check()?;
                 Prepared::Schedules(command)
             }
-            Command::Demo(args) => Prepared::Demo(demo::with_demo_defaults(args).resolve(file)?),
+            Command::Demo(args) => Prepared::Demo(
+                demo::with_demo_defaults(args.run).resolve(file)?,
+                demo::Ending::of(args.exit),
+            ),
+            Command::Dashboard(args) => Prepared::Dashboard(args.resolve(file)?),
             Command::Bench(args) => Prepared::Bench(Box::new(args.resolve(file)?)),
         })
     }
@@ -165,8 +183,9 @@ async fn dispatch(cli: Cli, file: FileConfig) -> anyhow::Result<ExitCode> {
         Prepared::Schedules(command) => schedules::schedules(&db, command).await,
         Prepared::Plugins(args) => plugins::plugins(&db, args).await,
         Prepared::Tenants(args) => tenants::tenants(&db, args).await,
-        Prepared::Demo(config) => demo::demo(&db, config).await,
+        Prepared::Demo(config, ending) => demo::demo(&db, config, ending).await,
         Prepared::Bench(bench) => bench::bench(&db, *bench).await,
+        Prepared::Dashboard(dashboard) => dashboard::dashboard(&db, dashboard).await,
         Prepared::Call(_) => unreachable!("handled before connecting"),
     };
     db.close().await;
@@ -177,26 +196,37 @@ async fn dispatch(cli: Cli, file: FileConfig) -> anyhow::Result<ExitCode> {
 /// in batches: a busy runner writes an outcome line per job, and one write(2) per line on the
 /// job's path cost a tenth of the drain rate. Nothing is dropped (a full buffer blocks the
 /// logger). The guard writes what is left when it is dropped at exit.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+///
+/// Outcome lines are the exception: a killed process loses what its buffer holds, so they
+/// are written straight to the stream, a statement's lines at once, before the statement
+/// ([`OutcomeWriter`]). They may come out ahead of older buffered lines.
+fn init_logging(
+    format: LogFormat,
+    default_filter: &str,
+) -> tracing_appender::non_blocking::WorkerGuard {
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let buffered = |out: Box<dyn std::io::Write + Send>| {
-        tracing_appender::non_blocking::NonBlockingBuilder::default()
+    let buffered = |out: Box<dyn std::io::Write + Send>, stream| {
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
             .lossy(false)
             .thread_name("jobrunner-log")
-            .finish(std::io::BufWriter::new(out))
+            .finish(std::io::BufWriter::new(out));
+        let writer = writer
+            .with_filter(|meta: &tracing::Metadata<'_>| meta.target() != OUTCOME_TARGET)
+            .or_else(OutcomeWriter::to(stream));
+        (writer, guard)
     };
     match format {
         LogFormat::Text => {
             // Colours only for a person: escape codes garble files and pipes, and cost time.
             let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let (writer, guard) = buffered(Box::new(std::io::stderr()));
+            let (writer, guard) = buffered(Box::new(std::io::stderr()), LogStream::Stderr);
             builder.with_ansi(ansi).with_writer(writer).init();
             guard
         }
         LogFormat::Json => {
-            let (writer, guard) = buffered(Box::new(std::io::stdout()));
+            let (writer, guard) = buffered(Box::new(std::io::stdout()), LogStream::Stdout);
             builder
                 .json()
                 .flatten_event(true)

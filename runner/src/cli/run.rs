@@ -14,6 +14,7 @@ use super::database::Database;
 use crate::config::{ConfigError, FileConfig, SandboxSettings, WorkerSettings};
 use crate::runner::{RunConfig, Runner};
 use crate::sandbox::Sandbox;
+use crate::web::{Readiness, WebServer, WebSettings};
 
 /// Flags of `runner run` (and `runner demo`).
 #[derive(Debug, clap::Args)]
@@ -29,6 +30,8 @@ pub struct RunArgs {
     pub worker: WorkerSettings,
     #[command(flatten)]
     pub sandbox: SandboxSettings,
+    #[command(flatten)]
+    pub web: WebSettings,
 }
 
 impl RunArgs {
@@ -48,6 +51,7 @@ impl RunArgs {
                 .unwrap_or_else(|| plugins.join(".jobrunner-cache")),
             plugins,
             worker: self.worker.or(file.worker.clone()).resolve()?,
+            web: self.web.or(&file.web).resolve()?,
             sandbox,
             limits,
         })
@@ -63,26 +67,81 @@ pub async fn run(
     config_file: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::new()?;
+    let readiness = Readiness::runner();
+    // Before the plugins load, so that probes see "not ready" rather than nothing.
+    let web = Listener::start(&config, db.queue(), &readiness).await?;
     let runner = Runner::builder(config).queue(db.queue()).build().await?;
+    readiness.plugins_loaded();
     let _reloading = config_file
         .map(|file| reload_secrets_on_hangup(runner.sandbox(), file))
         .transpose()?;
     let shutdown = CancellationToken::new();
     let mut running = std::pin::pin!(runner.run(shutdown.clone()));
     tokio::select! {
-        result = &mut running => return result.map(|()| ExitCode::SUCCESS),
+        result = &mut running => return web.after(result).await,
         signal = signals.next() => {
             tracing::info!(signal, "signal received (signal again to exit at once)");
+            readiness.shutting_down();
             shutdown.cancel();
         }
     }
     tokio::select! {
-        result = running => result.map(|()| ExitCode::SUCCESS),
+        result = running => web.after(result).await,
         signal = signals.next() => {
             tracing::warn!(signal, "exiting at once; unfinished jobs run again when their \
                                     leases expire");
             db.stop_private_now();
             std::process::exit(130)
+        }
+    }
+}
+
+/// The web listener of `runner run`, if it has one: it serves until the runner has stopped.
+pub(super) struct Listener {
+    server: Option<WebServer>,
+    stop: CancellationToken,
+}
+
+impl Listener {
+    /// Starts the listener `config` asks for, if any.
+    pub async fn start(
+        config: &RunConfig,
+        queue: crate::Queue,
+        readiness: &Arc<Readiness>,
+    ) -> anyhow::Result<Self> {
+        let stop = CancellationToken::new();
+        let server = match &config.web {
+            Some(web) => Some(
+                WebServer::start(
+                    web.clone(),
+                    queue,
+                    Arc::clone(readiness),
+                    config.worker.retry.max_attempts,
+                    stop.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        Ok(Self { server, stop })
+    }
+
+    /// The dashboard's URL, if there is a listener.
+    pub fn url(&self) -> Option<String> {
+        self.server.as_ref().map(|s| format!("http://{}/", s.addr))
+    }
+
+    /// Stops the listener once the runner ended with `result`.
+    pub async fn after(self, result: anyhow::Result<()>) -> anyhow::Result<ExitCode> {
+        self.stop().await;
+        result.map(|()| ExitCode::SUCCESS)
+    }
+
+    /// Stops the listener and waits until it has.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        if let Some(server) = self.server {
+            server.stopped().await;
         }
     }
 }

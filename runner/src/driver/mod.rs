@@ -29,7 +29,7 @@ pub use claim::{ClaimRequest, ClaimType, Claimed};
 pub use floors::Floors;
 pub use lease::Rescued;
 pub use outcome::{MAX_ERROR_LEN, Outcome, Settlement};
-pub use runners::RunnerInfo;
+pub use runners::{RunnerInfo, Totals};
 pub use tenants::TenantOverview;
 pub use vacuum::Vacuum;
 

@@ -24,6 +24,19 @@ pub struct RunnerInfo {
     pub seen_at: DateTime<Utc>,
     /// Its plugins' statuses, as it published them.
     pub plugins: serde_json::Value,
+    /// Attempts it completed since it started.
+    pub completed: i64,
+    /// Attempts that failed for good on it since it started.
+    pub failed: i64,
+}
+
+/// A runner's outcome counts since it started, as it announces them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Attempts completed.
+    pub completed: i64,
+    /// Attempts that failed for good.
+    pub failed: i64,
 }
 
 impl Driver {
@@ -34,6 +47,7 @@ impl Driver {
         plugin_dir: &str,
         started_at: DateTime<Utc>,
         plugins: &serde_json::Value,
+        totals: Totals,
     ) -> Result<()> {
         let now = self.queue.now();
         let forget_before = now - chrono::Duration::from_std(FORGET_AFTER).unwrap_or_default();
@@ -41,11 +55,13 @@ impl Driver {
             "WITH forgotten AS (
                  DELETE FROM jobrunner.runners WHERE seen_at < $6 AND owner <> $1
              )
-             INSERT INTO jobrunner.runners (owner, plugin_dir, started_at, seen_at, plugins)
-             VALUES ($1, $2, $3, $4, $5)
+             INSERT INTO jobrunner.runners
+                    (owner, plugin_dir, started_at, seen_at, plugins, completed, failed)
+             VALUES ($1, $2, $3, $4, $5, $7, $8)
              ON CONFLICT (owner) DO UPDATE
                 SET plugin_dir = excluded.plugin_dir, seen_at = excluded.seen_at,
-                    plugins = excluded.plugins",
+                    plugins = excluded.plugins, completed = excluded.completed,
+                    failed = excluded.failed",
         )
         .bind(owner)
         .bind(plugin_dir)
@@ -53,6 +69,8 @@ impl Driver {
         .bind(now)
         .bind(plugins)
         .bind(forget_before)
+        .bind(totals.completed)
+        .bind(totals.failed)
         .execute(self.queue.pool())
         .await?;
         Ok(())
@@ -71,7 +89,7 @@ impl Driver {
     pub async fn runners(&self, within: Duration) -> Result<Vec<RunnerInfo>> {
         let since = self.queue.now() - chrono::Duration::from_std(within).unwrap_or_default();
         Ok(sqlx::query_as(
-            "SELECT owner, plugin_dir, started_at, seen_at, plugins
+            "SELECT owner, plugin_dir, started_at, seen_at, plugins, completed, failed
                FROM jobrunner.runners WHERE seen_at >= $1 ORDER BY owner",
         )
         .bind(since)

@@ -75,7 +75,13 @@ async fn announce(
         }
         let statuses = serde_json::to_value(registry.statuses()).expect("statuses serialize");
         if let Err(error) = driver
-            .announce_runner(&owner, &plugin_dir, started_at, &statuses)
+            .announce_runner(
+                &owner,
+                &plugin_dir,
+                started_at,
+                &statuses,
+                crate::metrics::totals(),
+            )
             .await
         {
             tracing::warn!(%error, "cannot announce this runner's plugins; retrying");

@@ -298,6 +298,9 @@ impl Sandbox {
         let secrets = self.services.secrets.load_full();
         let mut store = self.store(JobLabel::new(job, Arc::clone(&secrets)), limits);
         let (result, backtrace) = execute(&mut store, plugin, job, limits).await;
+        if let Err(error) = &result {
+            count_stop(job, error);
+        }
         let state = store.data_mut();
         state.finish();
         let (stdout, stderr) = state.wasi.output();
@@ -356,7 +359,9 @@ async fn call_run(
     pre: &JobHandlerPre<GuestState>,
     job: &Job,
 ) -> wasmtime::Result<Result<Option<String>, WitJobError>> {
+    let started = std::time::Instant::now();
     let instance = pre.instantiate_async(&mut *store).await?;
+    crate::metrics::instantiated(&job.job_type, started.elapsed());
     let job = WitJob {
         id: job.id,
         job_type: job.job_type.clone(),
@@ -366,6 +371,19 @@ async fn call_run(
         payload: job.payload.clone(),
     };
     instance.call_run(&mut *store, &job).await
+}
+
+/// Counts an attempt the sandbox stopped: a trap, or a limit it tripped.
+fn count_stop(job: &Job, error: &RunError) {
+    let limit = match error {
+        RunError::Trap { kind, .. } => return crate::metrics::trapped(&job.job_type, kind),
+        RunError::CpuBudget(_) => "cpu",
+        RunError::Timeout(_) => "wall",
+        RunError::MemoryLimit(_) => "memory",
+        RunError::TransferTooLarge { .. } | RunError::ResultTooLarge { .. } => "output",
+        _ => return,
+    };
+    crate::metrics::limit_tripped(&job.job_type, &job.tenant, limit);
 }
 
 /// What the guest returned, with secrets redacted: its result, and the message of its

@@ -138,10 +138,12 @@ impl<E: Executor> Attempts<E> {
             tenant = %job.tenant, attempt = job.attempt, "job started"
         );
         let started = Instant::now();
-        let Some((outcome, plugin_sha256)) = self
+        crate::metrics::running(1.0);
+        let executed = self
             .execute(job, claim.ticket, &claim.lease_lost, interrupt)
-            .await
-        else {
+            .await;
+        crate::metrics::running(-1.0);
+        let Some((outcome, plugin_sha256)) = executed else {
             // Another runner owns the job now: nothing to record, but the slot is free.
             drop(claim);
             self.reporter.slots.freed();

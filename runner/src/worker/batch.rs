@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::attempt::Report;
 use super::inflight::{InFlight, Ticket};
-use super::outcome_log::{Recorded, log_outcome, log_outcomes};
+use super::outcome_log::{NotApplied, log_intended, log_not_applied, log_recorded};
 use crate::driver::{Driver, OpenBatch};
 
 /// Batch transactions open at once per worker, each on a connection of its own.
@@ -267,7 +267,7 @@ impl Batches {
                 // Only if the completer is gone: the lease expires and the job is rescued.
                 let _ = self.closing.completer.send(report).await;
             } else {
-                log_outcome(&report, Recorded::BatchLost);
+                log_not_applied(&report, NotApplied::BatchLost);
                 self.closing.inflight.remove(report.ticket);
             }
         }
@@ -288,6 +288,7 @@ impl Batches {
         // The leases start when the statement reads the database's clock: no later than this.
         let asked_at = Instant::now();
         let settlements = reports.iter().map(|r| &r.settlement);
+        log_intended(&reports);
         let finished = c
             .driver
             .finish_batch(
@@ -311,7 +312,7 @@ impl Batches {
                 if c.recorded.receiver_count() > 0 {
                     let _ = c.recorded.send(applied.as_slice().into());
                 }
-                log_outcomes(&reports, &applied, false);
+                log_recorded(&reports, &applied, false);
             }
             Err(error) => {
                 self.counts.lost.fetch_add(1, Relaxed);
@@ -327,7 +328,7 @@ impl Batches {
                     c.inflight.remove(*ticket);
                 }
                 for report in &reports {
-                    log_outcome(report, Recorded::BatchLost);
+                    log_not_applied(report, NotApplied::BatchLost);
                     c.inflight.remove(report.ticket);
                 }
             }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::attempt::Report;
 use super::inflight::InFlight;
-use super::outcome_log::log_outcomes;
+use super::outcome_log::{log_intended, log_recorded};
 use super::service::Service;
 use super::{retry_delay, sleep_or_stop};
 use crate::driver::Driver;
@@ -58,6 +58,7 @@ impl Completer {
 
     async fn write(&self, batch: &[Report], give_up: &CancellationToken) {
         let mut failures = 0;
+        log_intended(batch);
         loop {
             let settlements = batch.iter().map(|r| &r.settlement);
             match self
@@ -72,7 +73,7 @@ impl Completer {
                     if self.recorded.receiver_count() > 0 {
                         let _ = self.recorded.send(applied.as_slice().into());
                     }
-                    log_outcomes(batch, &applied, failures > 0);
+                    log_recorded(batch, &applied, failures > 0);
                     return;
                 }
                 Err(error) => {

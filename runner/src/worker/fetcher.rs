@@ -135,7 +135,11 @@ impl<E: Executor> Fetcher<E> {
                 }
                 _ => None,
             };
+            let now = self.driver.queue().now();
             for (job, (ticket, lease_lost)) in claimed.jobs.into_iter().zip(tickets) {
+                let ripe_since = job.run_at.max(job.created_at);
+                let waited = (now - ripe_since).to_std().unwrap_or_default();
+                crate::metrics::claimed(&job.job_type, &job.tenant, waited);
                 let slot = slots
                     .split(1)
                     .expect("one slot was reserved per claimed job");

@@ -54,6 +54,8 @@ use crate::retry::RetryPolicy;
 
 use attempt::{Attempts, Reporter};
 pub use batch::{BatchStats, OPEN_BATCHES};
+pub use outcome_log::TARGET as OUTCOME_TARGET;
+pub use outcome_log::writer::{OutcomeWriter, Stream as LogStream};
 use batch::{Batches, Closing};
 use completer::Completer;
 use fetcher::Fetcher;

@@ -1,7 +1,8 @@
-//! The outcome log line: one per attempt, target `jobrunner::outcome`, written once the outcome
-//! is committed. The completer and the batch keepers write it for the attempts this runner
-//! ran, the rescuer for the attempts it took back from runners whose leases expired or whose
-//! batch transactions were lost; operators and tests count them.
+//! The outcome log line: one per attempt, target `jobrunner::outcome`, written before the
+//! statement that records the outcome is sent (see [`log_intended`]), and corrected by a
+//! later line if the outcome is not applied. The completer and the batch keepers write it for
+//! the attempts this runner ran, the rescuer for the attempts it took back from runners whose
+//! leases expired or whose batch transactions were lost; operators and tests count them.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -11,6 +12,9 @@ use tracing::Level;
 
 use super::attempt::Report;
 use crate::driver::Outcome;
+
+/// The log target of outcome lines.
+pub const TARGET: &str = "jobrunner::outcome";
 
 /// The fields of one outcome line.
 #[derive(Debug, Default)]
@@ -64,11 +68,9 @@ impl OutcomeLine<'_> {
     }
 }
 
-/// What became of an attempt's outcome write.
+/// Why an outcome line written before its statement did not come true.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Recorded {
-    /// Committed.
-    Applied,
+pub(super) enum NotApplied {
     /// Refused by the fence; `after_retry`: an earlier try's reply was lost, so that try may
     /// have committed it.
     Fenced { after_retry: bool },
@@ -76,40 +78,85 @@ pub(super) enum Recorded {
     BatchLost,
 }
 
-/// The outcome line of one attempt, once its outcome is committed (or refused, or lost).
-pub(super) fn log_outcome(report: &Report, recorded: Recorded) {
+/// Writes the outcome lines of `reports` — each as if its outcome will be applied — in one
+/// write, straight to the log, before the statement that records them is sent: a line is
+/// never lost to a crash that its outcome survives. What does not come true is corrected by
+/// a later line for the same job and attempt: [`log_recorded`] here, or the rescuer's on
+/// another runner if this one dies first. The last line of an attempt is its outcome.
+pub(super) fn log_intended<'a>(reports: impl IntoIterator<Item = &'a Report>) {
+    writer::at_once(|| reports.into_iter().for_each(log_outcome));
+}
+
+/// After the statement: counts each applied outcome, and corrects the line of each other.
+pub(super) fn log_recorded<'a>(
+    reports: impl IntoIterator<Item = &'a Report>,
+    applied: &[i64],
+    after_retry: bool,
+) {
+    let applied: HashSet<i64> = applied.iter().copied().collect();
+    for report in reports {
+        if applied.contains(&report.settlement.job_id) {
+            crate::metrics::outcome(
+                &report.job_type,
+                &report.tenant,
+                report.settlement.outcome.label(),
+                Some(report.duration),
+            );
+        } else {
+            log_not_applied(report, NotApplied::Fenced { after_retry });
+        }
+    }
+}
+
+/// The line of an attempt whose outcome was written as intended, then not applied.
+pub(super) fn log_not_applied(report: &Report, why: NotApplied) {
+    let settlement = &report.settlement;
+    let line = OutcomeLine {
+        job_id: settlement.job_id,
+        job_type: &report.job_type,
+        tenant: &report.tenant,
+        attempt: settlement.attempt,
+        outcome: "lease_lost",
+        error: settlement.outcome.error(),
+        duration: Some(report.duration),
+        plugin_sha256: settlement.plugin_sha256.as_deref(),
+        ..OutcomeLine::default()
+    };
+    let why = match why {
+        NotApplied::Fenced { after_retry: true } => {
+            "outcome not applied: recorded by an earlier try whose reply was lost, or the lease \
+             was lost"
+        }
+        NotApplied::Fenced { after_retry: false } => {
+            "outcome not applied: the lease was lost and another runner owns the job"
+        }
+        NotApplied::BatchLost => {
+            "outcome not applied: the batch transaction was lost; the job runs again, this \
+             attempt counted"
+        }
+    };
+    line.log(Level::WARN, why);
+}
+
+/// The outcome line of one attempt.
+fn log_outcome(report: &Report) {
     let settlement = &report.settlement;
     let mut line = OutcomeLine {
         job_id: settlement.job_id,
         job_type: &report.job_type,
         tenant: &report.tenant,
         attempt: settlement.attempt,
+        outcome: settlement.outcome.label(),
         error: settlement.outcome.error(),
         duration: Some(report.duration),
         plugin_sha256: settlement.plugin_sha256.as_deref(),
         ..OutcomeLine::default()
     };
-    let why_not = match recorded {
-        Recorded::Applied => None,
-        Recorded::Fenced { after_retry: true } => Some(
-            "outcome not applied: recorded by an earlier try whose reply was lost, or the lease \
-             was lost",
-        ),
-        Recorded::Fenced { after_retry: false } => {
-            Some("outcome not applied: the lease was lost and another runner owns the job")
-        }
-        Recorded::BatchLost => Some(
-            "outcome not applied: the batch transaction was lost; the job runs again, this \
-             attempt counted",
-        ),
-    };
-    if let Some(why_not) = why_not {
-        line.outcome = "lease_lost";
-        return line.log(Level::WARN, why_not);
-    }
-    line.outcome = settlement.outcome.label();
     match &settlement.outcome {
-        Outcome::Completed { .. } => line.log(Level::INFO, "job completed"),
+        Outcome::Completed { follow_ups, .. } => {
+            crate::metrics::follow_ups(&report.job_type, &report.tenant, follow_ups.len());
+            line.log(Level::INFO, "job completed")
+        }
         Outcome::Retry { run_at, .. } => {
             line.retry_at = Some(*run_at);
             line.log(Level::WARN, "job failed; will retry")
@@ -122,19 +169,92 @@ pub(super) fn log_outcome(report: &Report, recorded: Recorded) {
     }
 }
 
-/// The outcome lines of `reports` written in one statement that applied `applied`.
-pub(super) fn log_outcomes<'a>(
-    reports: impl IntoIterator<Item = &'a Report>,
-    applied: &[i64],
-    after_retry: bool,
-) {
-    let applied: HashSet<i64> = applied.iter().copied().collect();
-    for report in reports {
-        let recorded = if applied.contains(&report.settlement.job_id) {
-            Recorded::Applied
-        } else {
-            Recorded::Fenced { after_retry }
-        };
-        log_outcome(report, recorded);
+pub mod writer {
+    //! Where outcome lines go: straight to the log's file descriptor, never through the
+    //! buffer the other lines share (which a killed process loses). The lines of one
+    //! statement are gathered and written with one `write(2)`.
+
+    use std::cell::RefCell;
+    use std::io::Write;
+    use std::sync::OnceLock;
+
+    use tracing_subscriber::fmt::MakeWriter;
+
+    /// The log's stream.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Stream {
+        /// Standard output (JSON logs).
+        Stdout,
+        /// Standard error (text logs).
+        Stderr,
+    }
+
+    static STREAM: OnceLock<Stream> = OnceLock::new();
+
+    thread_local! {
+        /// The lines of the statement being logged on this thread, while [`at_once`] runs.
+        static GATHERED: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+    }
+
+    /// The `MakeWriter` of outcome lines, writing to `stream`.
+    #[derive(Debug, Clone, Copy)]
+    pub struct OutcomeWriter;
+
+    impl OutcomeWriter {
+        /// Outcome lines go to `stream` from now on.
+        pub fn to(stream: Stream) -> Self {
+            let _ = STREAM.set(stream);
+            OutcomeWriter
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for OutcomeWriter {
+        type Writer = Line;
+
+        fn make_writer(&'a self) -> Line {
+            Line
+        }
+    }
+
+    /// One formatted line on its way out.
+    pub struct Line;
+
+    impl Write for Line {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            let gathered = GATHERED.with_borrow_mut(|gathered| match gathered {
+                Some(buffer) => {
+                    buffer.extend_from_slice(bytes);
+                    true
+                }
+                None => false,
+            });
+            if !gathered {
+                write_out(bytes)?;
+            }
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn write_out(bytes: &[u8]) -> std::io::Result<()> {
+        match STREAM.get().copied().unwrap_or(Stream::Stderr) {
+            Stream::Stdout => std::io::stdout().lock().write_all(bytes),
+            Stream::Stderr => std::io::stderr().lock().write_all(bytes),
+        }
+    }
+
+    /// Runs `log`, then writes every outcome line it logged on this thread with one write.
+    pub(in crate::worker) fn at_once(log: impl FnOnce()) {
+        GATHERED.with_borrow_mut(|gathered| *gathered = Some(Vec::new()));
+        log();
+        let lines = GATHERED.with_borrow_mut(Option::take).unwrap_or_default();
+        if !lines.is_empty()
+            && let Err(error) = write_out(&lines)
+        {
+            tracing::error!(%error, "cannot write outcome lines to the log");
+        }
     }
 }

@@ -126,5 +126,6 @@ fn log_rescued(job: &Rescued) {
         (false, true) => ("retry", "batch transaction lost; job rescued"),
     };
     line.outcome = outcome;
+    crate::metrics::rescued(&job.job_type, &job.tenant);
     line.log(Level::WARN, message);
 }

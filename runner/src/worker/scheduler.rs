@@ -115,6 +115,12 @@ impl Scheduler {
         }
         if let (Some(first), Some(job)) = (plan.enqueue.first(), fired.job_ids.last()) {
             let late = (now - *first).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e3;
+            crate::metrics::schedule_fired(
+                tenant,
+                name,
+                (now - *first).to_std().unwrap_or_default(),
+                fired.job_ids.len(),
+            );
             tracing::info!(tenant, schedule = name, job_type = %schedule.job_type,
                            tick = %plan.last_tick, ticks = fired.job_ids.len(), job = job,
                            late_ms = late, "schedule fired");

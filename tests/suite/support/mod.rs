@@ -6,6 +6,7 @@ pub mod http_server;
 pub mod live;
 pub mod plugins;
 pub mod process;
+pub mod web;
 
 use std::future::Future;
 use std::time::Duration;

@@ -135,6 +135,7 @@ impl BenchArgs {
             plugin_cache: Some(cache),
             worker: self.worker,
             sandbox: self.sandbox,
+            web: crate::web::WebSettings::default(),
         }
         .resolve(file)?;
         Ok(Bench {

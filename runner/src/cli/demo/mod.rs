@@ -15,17 +15,50 @@ use tokio_util::sync::CancellationToken;
 
 use super::database::Database;
 use super::jobs::print_list;
-use super::run::{RunArgs, Signals};
+use super::run::{Listener, RunArgs, Signals};
 use super::tenants::print_tenants;
 use crate::Queue;
 use crate::client::admin::JobFilter;
 use crate::config::{FileConfig, SandboxSettings, WorkerSettings};
 use crate::driver::Driver;
+use crate::web::Readiness;
 use crate::job::NewJob;
 use crate::runner::{RunConfig, Runner};
 
 /// The database the demo creates afresh on every run.
 const DEMO_DATABASE: &str = "jobrunner_demo";
+
+/// Flags of `runner demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// End once the jobs have settled, even in a terminal (where the demo otherwise keeps the
+    /// runner and the dashboard up until Ctrl-C)
+    #[arg(long)]
+    pub exit: bool,
+}
+
+/// What the demo does once its jobs have settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Keep the runner and the dashboard up until a signal: a person is watching.
+    StayUp,
+    /// End, as a script expects.
+    Exit,
+}
+
+impl Ending {
+    /// Stay up only in a terminal, and without `--exit`.
+    pub fn of(exit: bool) -> Self {
+        use std::io::IsTerminal;
+        if !exit && std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+            Ending::StayUp
+        } else {
+            Ending::Exit
+        }
+    }
+}
 
 /// Demo defaults that make retries show up within a second, keep completed jobs so their
 /// results can be shown, and stop a runaway guest within a second. Flags and the config file
@@ -46,11 +79,15 @@ pub fn with_demo_defaults(args: RunArgs) -> RunArgs {
             memory: Some(bytesize::ByteSize::mib(64)),
             ..SandboxSettings::default()
         }),
+        web: args.web.or(&crate::web::WebSettings {
+            http: crate::web::EXAMPLE_ADDR.parse().ok(),
+            ..crate::web::WebSettings::default()
+        }),
     }
 }
 
 /// Runs the demo.
-pub async fn demo(db: &Database, mut config: RunConfig) -> anyhow::Result<ExitCode> {
+pub async fn demo(db: &Database, mut config: RunConfig, ending: Ending) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::new()?;
     let pool = db
         .fresh_database(DEMO_DATABASE, 10)
@@ -63,8 +100,11 @@ pub async fn demo(db: &Database, mut config: RunConfig) -> anyhow::Result<ExitCo
     config.plugins = plugins.path().to_owned();
     let webhooks = webhooks::Receiver::start(&mut config).await?;
     let reminders = reminders::Reminders::start(&mut config).await?;
+    let readiness = Readiness::runner();
+    let web = Listener::start(&config, queue.clone(), &readiness).await?;
     // Migrates, loads the plugins and publishes the policy; runs nothing yet.
     let runner = Runner::builder(config).queue(queue.clone()).build().await?;
+    readiness.plugins_loaded();
     let url = demo_url(db.options());
     println!("== 1. Fresh database {DEMO_DATABASE}, schema `jobrunner` migrated");
 
@@ -76,15 +116,16 @@ pub async fn demo(db: &Database, mut config: RunConfig) -> anyhow::Result<ExitCo
     webhooks.enqueue(&queue).await?;
     reminders.schedule(&queue).await?;
 
-    println!("\n== 4. A runner works the queue (one log line per attempt, on stderr)");
+    println!(
+        "\n== 4. A runner works the queue (failed attempts logged on stderr, the backlog as \
+         progress)"
+    );
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(runner.run(shutdown.clone()));
     let finished = tokio::select! {
         result = wait_until_settled(&pool, &reminders) => { result?; true }
         signal = signals.next() => { println!("{signal}: stopping early"); false }
     };
-    shutdown.cancel();
-    running.await??;
 
     println!("\n== 5. Where every job ended up (the backlog aside)");
     let mut jobs = queue
@@ -99,10 +140,24 @@ pub async fn demo(db: &Database, mut config: RunConfig) -> anyhow::Result<ExitCo
     webhooks.report(&queue).await?;
     reminders.report(&queue).await?;
     print_fairness(&queue).await?;
+    if !db.is_private() {
+        println!("\nLook closer:  runner --database-url '{url}' jobs show <ID>");
+    }
+    if let Some(dashboard) = web.url() {
+        println!("Dashboard:    {dashboard}");
+    }
+    if finished && ending == Ending::StayUp {
+        println!("\nThe runner and the dashboard keep running (the schedule ticks every 10 s). \
+                  Ctrl-C to stop.");
+        let signal = signals.next().await;
+        println!("{signal}: stopping");
+    }
+    readiness.shutting_down();
+    shutdown.cancel();
+    running.await??;
+    web.stop().await;
     if db.is_private() {
         println!("\nThe private cluster stops now; its data stays for the next command.");
-    } else {
-        println!("\nLook closer:  runner --database-url '{url}' jobs show <ID>");
     }
     pool.close().await;
     Ok(if finished {
@@ -361,13 +416,18 @@ async fn print_reminders(queue: &Queue) -> anyhow::Result<()> {
 /// most a minute and a half.
 async fn wait_until_settled(pool: &PgPool, reminders: &reminders::Reminders) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let mut progress = Progress::new();
     loop {
-        let pending: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM jobrunner.jobs WHERE state IN ('available', 'running')",
+        let (pending, backlog): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE tenant = $1)
+               FROM jobrunner.job_status WHERE state IN ('available', 'running')",
         )
+        .bind(BACKLOG_TENANT)
         .fetch_one(pool)
         .await?;
+        progress.show(BACKLOG as i64 - backlog, pending);
         if pending == 0 && reminders.ticks_delivered() {
+            progress.done();
             return Ok(());
         }
         anyhow::ensure!(
@@ -376,5 +436,48 @@ async fn wait_until_settled(pool: &PgPool, reminders: &reminders::Reminders) -> 
              a minute and a half"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The backlog's progress: one line rewritten in place in a terminal, else a line a second.
+struct Progress {
+    terminal: bool,
+    started: std::time::Instant,
+    last: Option<std::time::Instant>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            terminal: std::io::IsTerminal::is_terminal(&std::io::stdout()),
+            started: std::time::Instant::now(),
+            last: None,
+        }
+    }
+
+    fn show(&mut self, backlog_done: i64, pending: i64) {
+        let every = if self.terminal { 0.2 } else { 1.0 };
+        if self.last.is_some_and(|last| last.elapsed().as_secs_f64() < every) {
+            return;
+        }
+        self.last = Some(std::time::Instant::now());
+        let line = format!(
+            "backlog: {backlog_done}/{BACKLOG} jobs done, {pending} jobs pending in all ({:.0} s)",
+            self.started.elapsed().as_secs_f64()
+        );
+        if self.terminal {
+            print!("\r{line}   ");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        } else {
+            println!("{line}");
+        }
+    }
+
+    fn done(&mut self) {
+        self.last = None;
+        self.show(BACKLOG as i64, 0);
+        if self.terminal {
+            println!();
+        }
     }
 }

@@ -24,6 +24,8 @@ pub(crate) struct Exchange {
     job: Arc<JobLabel>,
     method: Method,
     url: String,
+    /// The destination's host, for the request counter.
+    host: String,
     started: Instant,
     /// Request body bytes sent, counted by the body as hyper pulls it.
     pub bytes_out: Arc<AtomicU64>,
@@ -48,6 +50,7 @@ impl Exchange {
                 .redactor()
                 .redact(&format!("{destination}{path}"))
                 .into_owned(),
+            host: destination.host.clone(),
             started: Instant::now(),
             bytes_out: Arc::default(),
             bytes_in: 0,
@@ -86,6 +89,10 @@ impl Exchange {
             return;
         }
         let job = &self.job;
+        crate::metrics::http_request(&self.host, self.status);
+        if limit.is_some() {
+            crate::metrics::limit_tripped(&job.job_type, &job.tenant, "http");
+        }
         let duration_ms = self.started.elapsed().as_millis() as u64;
         let bytes_out = self.bytes_out.load(Ordering::Relaxed);
         let (method, url, status, bytes_in) =

@@ -1,0 +1,140 @@
+//! `/jobs/{id}`: one job — its payload and result, every failed attempt with its error (a
+//! trap's kind and backtrace are part of it), its parent and follow-ups — and the actions its
+//! state allows: retry a failed job, cancel an available one.
+
+use axum::Form;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Redirect};
+use jobrunner_client::{JobFilter, JobRecord, JobState};
+use maud::{Markup, html};
+use serde::Deserialize;
+
+use super::{PageError, PageResult, action_button, layout, state_badge, time};
+use crate::web::AppState;
+
+/// Follow-ups listed on a job's page; the jobs list shows them all.
+const FOLLOW_UPS_SHOWN: u32 = 20;
+
+/// A job's page.
+pub async fn page(State(state): State<AppState>, Path(id): Path<String>) -> PageResult {
+    let id = parse_id(&id)?;
+    let job = state.queue.job(id).await?;
+    let follow_ups = state
+        .queue
+        .job_summaries(&JobFilter {
+            parent: Some(id),
+            limit: FOLLOW_UPS_SHOWN,
+            ..JobFilter::default()
+        })
+        .await?;
+    let body = html! {
+        h1 { "Job " (job.id) " " (state_badge(job.state.as_str())) }
+        (actions(&state, &job))
+        (facts(&job))
+        h2 { "Payload" }
+        pre #payload { (pretty(&job.payload)) }
+        @if let Some(result) = &job.result {
+            h2 { "Result" }
+            pre #result { (pretty(result)) }
+        }
+        h2 { "Failed attempts" }
+        @if job.errors.is_empty() {
+            p.muted { "None." }
+        } @else {
+            table #attempts {
+                tr { th.num { "Attempt" } th { "At" } th { "Plugin" } th { "Error" } }
+                @for error in &job.errors {
+                    tr {
+                        td.num { (error.attempt) } td { (time(error.at)) }
+                        td { (error.plugin_sha256.as_deref().map(|s| &s[..s.len().min(12)]).unwrap_or("-")) }
+                        td { pre.error { (error.error) } }
+                    }
+                }
+            }
+        }
+        h2 { "Follow-ups" }
+        @if follow_ups.is_empty() {
+            p.muted { "None." }
+        } @else {
+            ul {
+                @for f in &follow_ups {
+                    li { a href={"/jobs/" (f.id)} { "job " (f.id) } " " (f.job_type) " " (state_badge(&f.state)) }
+                }
+            }
+            p { a href={"/jobs?parent=" (id)} { "All follow-ups of this job" } }
+        }
+    };
+    Ok(layout(&format!("Job {id}"), "/jobs", body).into_response())
+}
+
+fn facts(job: &JobRecord) -> Markup {
+    html! {
+        dl {
+            dt { "Type" } dd { a href={"/jobs?type=" (crate::web::auth::urlencode(&job.job_type))} { (job.job_type) } }
+            dt { "Tenant" } dd { (job.tenant) }
+            dt { "Attempt" } dd { (job.attempt) @if let Some(max) = job.max_attempts { " of " (max) } @else { " (runner's default limit)" } }
+            dt { "Priority" } dd { (job.priority) }
+            dt { "Enqueued" } dd { (time(job.created_at)) " UTC" }
+            dt { "Run at" } dd { (time(job.run_at)) " UTC" }
+            dt { "Updated" } dd { (time(job.updated_at)) " UTC" }
+            @if let Some(owner) = &job.lease_owner { dt { "Held by" } dd { (owner) } }
+            @if let Some(key) = &job.unique_key { dt { "Unique key" } dd { (key) } }
+            @if let Some(parent) = job.parent_id { dt { "Parent" } dd { a href={"/jobs/" (parent)} { "job " (parent) } } }
+            @if let Some(schedule) = &job.schedule { dt { "Schedule" } dd { a href="/schedules" { (schedule) } } }
+        }
+    }
+}
+
+fn actions(state: &AppState, job: &JobRecord) -> Markup {
+    let id = job.id;
+    html! {
+        p {
+            @if job.state == JobState::Failed { (action_button(state, &format!("/jobs/{id}/retry"), "Retry", &[])) }
+            @if job.state == JobState::Available { (action_button(state, &format!("/jobs/{id}/cancel"), "Cancel", &[])) }
+        }
+    }
+}
+
+fn pretty(value: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+}
+
+fn parse_id(id: &str) -> Result<i64, PageError> {
+    id.parse()
+        .map_err(|_| PageError::NotFound(format!("{id:?} is not a job id")))
+}
+
+/// An action form's only field.
+#[derive(Deserialize)]
+pub struct ActionForm {
+    /// The CSRF token; missing is refused like wrong.
+    #[serde(default)]
+    pub csrf: String,
+}
+
+/// Retries a failed job, then shows it.
+pub async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Form(form): Form<ActionForm>,
+) -> PageResult {
+    state.auth.check_csrf(&form.csrf)?;
+    let id = parse_id(&id)?;
+    state.queue.retry_job(id, state.default_max_attempts).await?;
+    tracing::info!(job_id = id, "job retried from the dashboard");
+    Ok(Redirect::to(&format!("/jobs/{id}")).into_response())
+}
+
+/// Cancels an available job, then shows it.
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Form(form): Form<ActionForm>,
+) -> PageResult {
+    state.auth.check_csrf(&form.csrf)?;
+    let id = parse_id(&id)?;
+    let job = state.queue.cancel_job(id).await?;
+    crate::metrics::cancelled(&job.job_type, &job.tenant);
+    tracing::info!(job_id = id, "job cancelled from the dashboard");
+    Ok(Redirect::to(&format!("/jobs/{id}")).into_response())
+}

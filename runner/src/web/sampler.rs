@@ -1,0 +1,235 @@
+//! What the listener knows about the whole queue: a snapshot read from the database in a few
+//! queries, shared by every page and scrape and refreshed at most every [`FRESH`], and the
+//! last hour of samples taken from the snapshots, for the overview's charts.
+//!
+//! The samples are kept in this process: the charts cover the time since it started, up to an
+//! hour. Throughput comes from the outcome counts every runner announces with its plugins.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::Queue;
+use crate::driver::{Driver, RunnerInfo};
+
+/// A snapshot younger than this is served as it is.
+const FRESH: Duration = Duration::from_secs(5);
+/// How often a sample is taken, whether or not anyone looks.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+/// How much history the charts keep.
+pub const HISTORY: Duration = Duration::from_secs(3600);
+/// A runner that has not announced itself for this long is not live.
+pub const LIVE: Duration = Duration::from_secs(30);
+
+/// Jobs in one state of one type and tenant.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StateCount {
+    /// The state.
+    pub state: String,
+    /// The job type.
+    pub job_type: String,
+    /// The tenant.
+    pub tenant: String,
+    /// How many.
+    pub count: i64,
+}
+
+/// Ripe jobs waiting for a runner, of one type and tenant.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Ripe {
+    /// The job type.
+    pub job_type: String,
+    /// The tenant.
+    pub tenant: String,
+    /// How many are ripe.
+    pub count: i64,
+    /// How long the oldest has been ripe, in seconds.
+    pub oldest_secs: f64,
+}
+
+/// The queue at one moment.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// When it was read.
+    pub at: DateTime<Utc>,
+    taken: Instant,
+    /// Jobs by state, type and tenant.
+    pub states: Vec<StateCount>,
+    /// Ripe jobs by type and tenant.
+    pub ripe: Vec<Ripe>,
+    /// The live runners.
+    pub runners: Vec<RunnerInfo>,
+}
+
+impl Snapshot {
+    async fn take(queue: &Queue) -> jobrunner_client::Result<Self> {
+        let now = queue.now();
+        let states = sqlx::query_as(
+            "SELECT state::text AS state, job_type, tenant, count(*) AS count
+               FROM jobrunner.job_status GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        )
+        .fetch_all(queue.pool())
+        .await?;
+        let ripe = sqlx::query_as(
+            "SELECT job_type, tenant, count(*) AS count,
+                    extract(epoch FROM $1 - min(run_at))::float8 AS oldest_secs
+               FROM jobrunner.jobs
+              WHERE state = 'available' AND run_at <= $1
+              GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .bind(now)
+        .fetch_all(queue.pool())
+        .await?;
+        let runners = Driver::new(queue.clone()).runners(LIVE).await?;
+        Ok(Self {
+            at: now,
+            taken: Instant::now(),
+            states,
+            ripe,
+            runners,
+        })
+    }
+
+    /// Jobs in `state`, of every type and tenant.
+    pub fn in_state(&self, state: &str) -> i64 {
+        self.states
+            .iter()
+            .filter(|c| c.state == state)
+            .map(|c| c.count)
+            .sum()
+    }
+}
+
+/// One point of the charts.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Available jobs, ripe or not.
+    pub available: i64,
+    /// Ripe jobs waiting for a runner.
+    pub ripe: i64,
+    /// Running jobs.
+    pub running: i64,
+    /// Attempts completed per second since the previous sample, by every live runner.
+    pub completed_per_s: f64,
+    /// Jobs failed for good per second since the previous sample.
+    pub failed_per_s: f64,
+}
+
+/// The snapshot cache and the history.
+pub struct Sampler {
+    queue: Queue,
+    cached: tokio::sync::Mutex<Option<Arc<Snapshot>>>,
+    history: Mutex<VecDeque<Sample>>,
+    /// Each runner's announced totals at the previous sample.
+    previous: Mutex<Option<(Instant, HashMap<String, (i64, i64)>)>>,
+}
+
+impl Sampler {
+    /// A sampler of `queue`, with no history yet.
+    pub fn new(queue: Queue) -> Self {
+        Self {
+            queue,
+            cached: tokio::sync::Mutex::new(None),
+            history: Mutex::new(VecDeque::new()),
+            previous: Mutex::new(None),
+        }
+    }
+
+    /// Samples every [`SAMPLE_EVERY`] until the handle is dropped.
+    pub fn start(self: &Arc<Self>) -> AbortOnDropHandle<()> {
+        let sampler = Arc::clone(self);
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            let mut every = tokio::time::interval(SAMPLE_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                match sampler.snapshot().await {
+                    Ok(snapshot) => sampler.record(&snapshot),
+                    Err(error) => tracing::warn!(%error, "cannot sample the queue"),
+                }
+            }
+        }))
+    }
+
+    /// The current snapshot: the cached one while fresh, else read now (once, however many
+    /// ask at the same time).
+    pub async fn snapshot(&self) -> jobrunner_client::Result<Arc<Snapshot>> {
+        let mut cached = self.cached.lock().await;
+        if let Some(snapshot) = cached.as_ref()
+            && snapshot.taken.elapsed() < FRESH
+        {
+            return Ok(Arc::clone(snapshot));
+        }
+        let snapshot = Arc::new(Snapshot::take(&self.queue).await?);
+        *cached = Some(Arc::clone(&snapshot));
+        Ok(snapshot)
+    }
+
+    /// The samples of the last hour, oldest first.
+    pub fn history(&self) -> Vec<Sample> {
+        self.history.lock().expect("not poisoned").iter().copied().collect()
+    }
+
+    fn record(&self, snapshot: &Snapshot) {
+        let totals: HashMap<String, (i64, i64)> = snapshot
+            .runners
+            .iter()
+            .map(|r| (r.owner.clone(), (r.completed, r.failed)))
+            .collect();
+        let mut previous = self.previous.lock().expect("not poisoned");
+        let (completed_per_s, failed_per_s) = match previous.as_ref() {
+            Some((then, before)) => rates(before, &totals, then.elapsed()),
+            None => (0.0, 0.0),
+        };
+        *previous = Some((snapshot.taken, totals));
+        let sample = Sample {
+            at: snapshot.at,
+            available: snapshot.in_state("available"),
+            ripe: snapshot.ripe.iter().map(|r| r.count).sum(),
+            running: snapshot.in_state("running"),
+            completed_per_s,
+            failed_per_s,
+        };
+        let mut history = self.history.lock().expect("not poisoned");
+        history.push_back(sample);
+        let keep = (HISTORY.as_secs() / SAMPLE_EVERY.as_secs()) as usize;
+        while history.len() > keep {
+            history.pop_front();
+        }
+    }
+}
+
+/// Completed and failed per second between two readings of the runners' totals. A runner
+/// seen in only one of them (started or stopped between) counts from what it announced.
+fn rates(
+    before: &HashMap<String, (i64, i64)>,
+    now: &HashMap<String, (i64, i64)>,
+    between: Duration,
+) -> (f64, f64) {
+    let secs = between.as_secs_f64().max(1e-3);
+    let (mut completed, mut failed) = (0, 0);
+    for (owner, (c, f)) in now {
+        let (c0, f0) = before.get(owner).copied().unwrap_or((0, 0));
+        completed += (c - c0).max(0);
+        failed += (f - f0).max(0);
+    }
+    (completed as f64 / secs, failed as f64 / secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_count_each_runner_from_its_previous_totals() {
+        let before = HashMap::from([("a".to_owned(), (100, 1)), ("gone".to_owned(), (50, 0))]);
+        let now = HashMap::from([("a".to_owned(), (150, 3)), ("new".to_owned(), (50, 0))]);
+        let (completed, failed) = rates(&before, &now, Duration::from_secs(10));
+        assert_eq!((completed, failed), (10.0, 0.2));
+    }
+}

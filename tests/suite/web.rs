@@ -1,0 +1,286 @@
+//! The web listener: health checks, Prometheus metrics, the token, CSRF and read-only guards,
+//! and the dashboard driven in a real headless Chromium against real runners.
+
+use std::time::Duration;
+
+use fantoccini::Locator;
+use hyper::{Method, StatusCode};
+use runner::client::schedules::NewSchedule;
+use runner::client::{JobState, NewJob};
+use serde_json::json;
+
+use crate::support::live::Live;
+use crate::support::process::run_cli;
+use crate::support::web::{Browser, Dashboard, base_url, csrf_of, get, metric, request};
+use crate::support::{TestDb, eventually, settled, state_of};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A plugin directory with `echo` and `poison`.
+fn plugins() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for job_type in ["echo", "poison"] {
+        let link = dir.path().join(format!("{job_type}.wasm"));
+        std::os::unix::fs::symlink(test_plugins::path(job_type), link).unwrap();
+    }
+    dir
+}
+
+async fn enqueue(db: &TestDb, job: NewJob) -> i64 {
+    let queue = db.queue();
+    queue.enqueue(queue.pool(), &job).await.unwrap().id
+}
+
+/// A job that failed for good, of a type no runner here serves: retried, it stays available.
+async fn failed_job(db: &TestDb) -> i64 {
+    let id = enqueue(db, NewJob::new("gone", json!({"n": 1})).max_attempts(1)).await;
+    sqlx::query(
+        "UPDATE jobrunner.jobs SET state = 'failed', attempt = 1,
+                errors = jsonb_build_array(jsonb_build_object(
+                    'attempt', 1, 'at', now(), 'error', 'trap (unreachable_code_reached): boom'))
+          WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&db.queue().pool().clone())
+    .await
+    .unwrap();
+    id
+}
+
+#[tokio::test]
+async fn metrics_count_what_the_runner_did_and_health_checks_answer() {
+    let db = TestDb::new().await;
+    let dir = plugins();
+    let live = Live::start(&db, dir.path(), &["--http", "127.0.0.1:0"]).await;
+    let base = base_url(&live).await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(enqueue(&db, NewJob::new("echo", json!({ "n": n }))).await);
+    }
+    let trap = NewJob::new("poison", json!({"do": "trap"})).max_attempts(1).tenant("acme");
+    let trapped = enqueue(&db, trap).await;
+    for id in &ids {
+        settled(&db.queue(), *id, JobState::Completed).await;
+    }
+    settled(&db.queue(), trapped, JobState::Failed).await;
+
+    let healthz = get(&format!("{base}/healthz"), &[]).await;
+    assert_eq!((healthz.status, healthz.body.as_str()), (StatusCode::OK, "ok\n"));
+    let readyz = get(&format!("{base}/readyz"), &[]).await;
+    assert_eq!((readyz.status, readyz.body.as_str()), (StatusCode::OK, "ready\n"));
+
+    let echo = [("job_type", "echo"), ("tenant", "default")];
+    let poison = [("job_type", "poison"), ("tenant", "acme")];
+    // The queue's gauges come from a snapshot at most 5 s old: wait for one taken after.
+    let text = eventually("the gauges to show the failed job", WAIT, || async {
+        let text = get(&format!("{base}/metrics"), &[]).await.body;
+        let failed = [("state", "failed"), ("job_type", "poison")];
+        (metric(&text, "jobrunner_jobs", &failed) == Some(1.0)).then_some(text)
+    })
+    .await;
+    assert_eq!(metric(&text, "jobrunner_jobs_completed_total", &echo), Some(5.0));
+    assert_eq!(metric(&text, "jobrunner_jobs_claimed_total", &echo), Some(5.0));
+    assert_eq!(metric(&text, "jobrunner_jobs_failed_total", &poison), Some(1.0));
+    assert_eq!(
+        metric(&text, "jobrunner_attempt_duration_seconds_count", &echo),
+        Some(5.0)
+    );
+    assert_eq!(
+        metric(&text, "jobrunner_job_start_latency_seconds_count", &echo),
+        Some(5.0)
+    );
+    let trap_kind = [("job_type", "poison"), ("kind", "unreachable_code_reached")];
+    assert_eq!(metric(&text, "jobrunner_traps_total", &trap_kind), Some(1.0));
+    assert!(metric(&text, "jobrunner_sandbox_instantiate_seconds_count", &[("job_type", "echo")]) >= Some(5.0));
+    let completed = [("state", "completed"), ("job_type", "echo"), ("tenant", "default")];
+    assert_eq!(metric(&text, "jobrunner_jobs", &completed), Some(5.0));
+    assert_eq!(metric(&text, "jobrunner_runners_live", &[]), Some(1.0));
+    assert_eq!(metric(&text, "jobrunner_attempts_running", &[]), Some(0.0));
+    let loaded = [("job_type", "echo")];
+    assert_eq!(metric(&text, "jobrunner_plugin_loaded", &loaded), Some(1.0));
+    assert!(metric(&text, "jobrunner_db_pool_connections", &[("state", "idle")]).is_some());
+    assert!(text.contains("# HELP jobrunner_jobs_completed_total"), "{text}");
+    live.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_guards_everything_but_the_health_checks() {
+    let db = TestDb::new().await;
+    let token = "correct-horse-battery-staple";
+    let dashboard = Dashboard::start(&db, &["--web-token", token]).await;
+    let base = &dashboard.base;
+
+    assert_eq!(get(&format!("{base}/healthz"), &[]).await.status, StatusCode::OK);
+    assert_eq!(get(&format!("{base}/readyz"), &[]).await.status, StatusCode::OK);
+    let refused = get(&format!("{base}/metrics"), &[]).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    let wrong = get(&format!("{base}/metrics"), &[("authorization", "Bearer nope")]).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let bearer = format!("Bearer {token}");
+    let allowed = get(&format!("{base}/metrics"), &[("authorization", &bearer)]).await;
+    assert_eq!(allowed.status, StatusCode::OK);
+
+    // A browser goes to the login form, and comes back with a cookie that is not the token.
+    let page = get(&format!("{base}/jobs?state=failed"), &[("accept", "text/html")]).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(page.headers["location"], "/login?next=/jobs%3Fstate%3Dfailed");
+    let login = |token: &str| format!("token={token}&next=%2Fjobs");
+    let bad = request(Method::POST, &format!("{base}/login"), &[], Some(&login("nope"))).await;
+    assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
+    let good = request(Method::POST, &format!("{base}/login"), &[], Some(&login(token))).await;
+    assert_eq!(good.status, StatusCode::SEE_OTHER);
+    assert_eq!(good.headers["location"], "/jobs");
+    let cookie = good.headers["set-cookie"].to_str().unwrap();
+    assert!(!cookie.contains(token), "the cookie holds a hash, not the token");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    let session = cookie.split(';').next().unwrap();
+    let jobs = get(&format!("{base}/jobs"), &[("cookie", session)]).await;
+    assert_eq!(jobs.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_dashboard_on_a_public_address_needs_a_token() {
+    let db = TestDb::new().await;
+    // Refused before anything binds: no traffic leaves loopback.
+    let (status, _, stderr) = run_cli(&db.url(), &["dashboard", "--http", "0.0.0.0:0"]).await;
+    assert!(!status.success());
+    assert!(stderr.contains("refusing to serve the dashboard on 0.0.0.0:0 without a token"), "{stderr}");
+    let short = ["dashboard", "--http", "127.0.0.1:0", "--web-token", "short"];
+    let (status, _, stderr) = run_cli(&db.url(), &short).await;
+    assert!(!status.success());
+    assert!(stderr.contains("at least 16 characters"), "{stderr}");
+}
+
+#[tokio::test]
+async fn actions_need_the_csrf_token_and_a_read_only_dashboard_refuses_them() {
+    let db = TestDb::new().await;
+    let id = failed_job(&db).await;
+    let dashboard = Dashboard::start(&db, &[]).await;
+    let retry = format!("{}/jobs/{id}/retry", dashboard.base);
+
+    let page = get(&format!("{}/jobs/{id}", dashboard.base), &[]).await;
+    let csrf = csrf_of(&page.body);
+    let forged = request(Method::POST, &retry, &[], Some("csrf=guess")).await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    let missing = request(Method::POST, &retry, &[], Some("")).await;
+    assert_eq!(missing.status, StatusCode::FORBIDDEN);
+    let form = format!("csrf={csrf}");
+    let cross_site = [("sec-fetch-site", "cross-site")];
+    let from_elsewhere = request(Method::POST, &retry, &cross_site, Some(&form)).await;
+    assert_eq!(from_elsewhere.status, StatusCode::FORBIDDEN);
+    assert_eq!(state_of(&db, id).await, "failed", "nothing refused changed the job");
+
+    let done = request(Method::POST, &retry, &[], Some(&form)).await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER);
+    assert_eq!(state_of(&db, id).await, "available");
+
+    let other = failed_job(&db).await;
+    let read_only = Dashboard::start(&db, &["--read-only"]).await;
+    let page = get(&format!("{}/jobs/{other}", read_only.base), &[]).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.body.contains("<form"), "a read-only page has no forms");
+    let retry = format!("{}/jobs/{other}/retry", read_only.base);
+    let refused = request(Method::POST, &retry, &[], Some(&form)).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(refused.body.contains("read-only"));
+    assert_eq!(state_of(&db, other).await, "failed");
+}
+
+#[tokio::test]
+async fn the_dashboard_works_in_a_real_browser() {
+    let db = TestDb::new().await;
+    let dir = plugins();
+    let live = Live::start(&db, dir.path(), &["--http", "127.0.0.1:0"]).await;
+    let base = base_url(&live).await;
+    let xss = "<script>window.__xss = 1</script><img src=x onerror=\"window.__xss = 2\">";
+    let hostile = enqueue(&db, NewJob::new("echo", json!({ "note": xss }))).await;
+    for n in 0..3 {
+        let id = enqueue(&db, NewJob::new("echo", json!({ "n": n })).tenant("acme")).await;
+        settled(&db.queue(), id, JobState::Completed).await;
+    }
+    settled(&db.queue(), hostile, JobState::Completed).await;
+    let failed = failed_job(&db).await;
+    let queue = db.queue();
+    let job = NewJob::new("echo", json!({"report": "weekly"}));
+    let schedule = NewSchedule::new("weekly-report", "0 9 * * 1", job).time_zone("Europe/Berlin");
+    queue.add_schedule(queue.pool(), &schedule).await.unwrap();
+
+    let browser = Browser::start().await;
+    let c = &browser.client;
+    for (path, name, heading) in [
+        ("/", "overview", "Overview"),
+        ("/jobs", "jobs", "Jobs"),
+        (&format!("/jobs/{failed}") as &str, "job", "Job"),
+        ("/plugins", "plugins", "Plugins"),
+        ("/tenants", "tenants", "Tenants"),
+        ("/schedules", "schedules", "Schedules"),
+    ] {
+        c.goto(&format!("{base}{path}")).await.unwrap();
+        let h1 = c.find(Locator::Css("h1")).await.unwrap().text().await.unwrap();
+        assert!(h1.starts_with(heading), "{path}: {h1}");
+        browser.screenshot(name).await;
+    }
+
+    // Filter the list with its form: only failed jobs remain.
+    c.goto(&format!("{base}/jobs")).await.unwrap();
+    let state = c.find(Locator::Css("select[name=state]")).await.unwrap();
+    state.select_by_value("failed").await.unwrap();
+    c.find(Locator::Css("form.filters button")).await.unwrap().click().await.unwrap();
+    let url = c.current_url().await.unwrap();
+    assert!(url.as_str().contains("state=failed"), "{url}");
+    let states = c.find_all(Locator::Css("#jobs .state")).await.unwrap();
+    assert_eq!(states.len(), 1, "one failed job");
+    assert_eq!(states[0].text().await.unwrap(), "failed");
+
+    // Open it and retry it: its state changes.
+    c.find(Locator::LinkText(&failed.to_string())).await.unwrap().click().await.unwrap();
+    let badge = c.find(Locator::Css("h1 .state")).await.unwrap();
+    assert_eq!(badge.text().await.unwrap(), "failed");
+    c.find(Locator::Css("form[action$='/retry'] button")).await.unwrap().click().await.unwrap();
+    let badge = c.find(Locator::Css("h1 .state")).await.unwrap();
+    assert_eq!(badge.text().await.unwrap(), "available");
+    assert_eq!(state_of(&db, failed).await, "available");
+
+    // The hostile payload is text on the page, and none of it ran.
+    c.goto(&format!("{base}/jobs/{hostile}")).await.unwrap();
+    let payload = c.find(Locator::Css("#payload")).await.unwrap().text().await.unwrap();
+    assert!(payload.contains("<script>window.__xss = 1</script>"), "{payload}");
+    let ran = c.execute("return window.__xss === undefined", vec![]).await.unwrap();
+    assert_eq!(ran, json!(true), "the payload's script did not run");
+    browser.screenshot("job-hostile-payload").await;
+
+    // Pause the schedule from its page.
+    c.goto(&format!("{base}/schedules")).await.unwrap();
+    let row = Locator::Css("tr[data-schedule='weekly-report']");
+    let row_el = c.find(row).await.unwrap();
+    row_el.find(Locator::Css("button")).await.unwrap().click().await.unwrap();
+    let row_el = c.find(row).await.unwrap();
+    let shown = row_el.find(Locator::Css("td.state")).await.unwrap().text().await.unwrap();
+    assert_eq!(shown, "paused");
+    assert!(queue.schedule("weekly-report", "default").await.unwrap().paused);
+
+    // Bulk: cancel every available job of type gone, after a confirmation with the count.
+    c.goto(&format!("{base}/jobs?type=gone&state=available")).await.unwrap();
+    let action = c.find(Locator::Css("select[name=action]")).await.unwrap();
+    action.select_by_value("cancel").await.unwrap();
+    c.find(Locator::Css("form[action='/jobs/bulk'] button")).await.unwrap().click().await.unwrap();
+    let count = c.find(Locator::Css("#count")).await.unwrap().text().await.unwrap();
+    assert_eq!(count, "1");
+    browser.screenshot("bulk-confirm").await;
+    c.find(Locator::Css("#confirm")).await.unwrap().click().await.unwrap();
+    let done = c.find(Locator::Css("#done")).await.unwrap().text().await.unwrap();
+    assert!(done.starts_with("cancel: 1 jobs changed"), "{done}");
+    assert_eq!(state_of(&db, failed).await, "cancelled");
+
+    // A read-only dashboard shows the same pages without a single action.
+    let read_only = Dashboard::start(&db, &["--read-only"]).await;
+    let other = failed_job(&db).await;
+    c.goto(&format!("{}/jobs/{other}", read_only.base)).await.unwrap();
+    assert!(c.find_all(Locator::Css("button")).await.unwrap().is_empty());
+    c.goto(&format!("{}/schedules", read_only.base)).await.unwrap();
+    assert!(c.find_all(Locator::Css("button")).await.unwrap().is_empty());
+    browser.screenshot("schedules-read-only").await;
+
+    c.clone().close().await.unwrap();
+    live.stop().await;
+}
