@@ -18,27 +18,38 @@
 -- batch's runner, in the attempt it runs as (the jobs table still says available: the batch
 -- has written nothing yet). `batch_id` names the batch; a leased job has none. `parent_id`: the
 -- job whose attempt enqueued it; `schedule`: the schedule whose tick did.
-CREATE OR REPLACE VIEW jobrunner.job_status AS
+--
+-- Two views and their union: a page of jobs newest first (the dashboard's, `runner jobs list`)
+-- reads each view with its own ORDER BY id DESC LIMIT, which an index scan answers, where a
+-- LIMIT over the union makes the planner read every job.
+CREATE OR REPLACE VIEW jobrunner.job_status_unbatched AS
 SELECT j.id, j.job_type, j.tenant, j.state, j.payload, j.priority, j.run_at, j.attempt,
        j.max_attempts, j.lease_owner, j.lease_expires_at, j.unique_key, j.errors, j.result,
-       j.created_at, j.updated_at, NULL::bigint AS batch_id, j.parent_id, j.schedule
+       j.created_at, j.updated_at, NULL::bigint AS batch_id, j.parent_id, j.schedule,
+       j.cancelled_by
   FROM jobrunner.jobs AS j
  WHERE j.state <> 'available'
-    OR j.id NOT IN (SELECT unnest(b.job_ids) FROM jobrunner.batches AS b)
-UNION ALL
+    OR j.id NOT IN (SELECT unnest(b.job_ids) FROM jobrunner.batches AS b);
+
 -- A job of a batch that died and was claimed again before the rescuer came shows once, in
 -- its newest batch.
+CREATE OR REPLACE VIEW jobrunner.job_status_batched AS
 SELECT *
   FROM (SELECT DISTINCT ON (j.id)
                j.id, j.job_type, j.tenant, 'running'::jobrunner.job_state AS state, j.payload,
                j.priority, j.run_at, j.attempt + 1 AS attempt, j.max_attempts,
                b.owner AS lease_owner, NULL::timestamptz AS lease_expires_at, j.unique_key,
                j.errors, j.result, j.created_at, j.updated_at, b.id AS batch_id, j.parent_id,
-               j.schedule
+               j.schedule, j.cancelled_by
           FROM jobrunner.batches AS b
          CROSS JOIN LATERAL unnest(b.job_ids) AS x(id)
           JOIN jobrunner.jobs AS j ON j.id = x.id AND j.state = 'available'
          ORDER BY j.id, b.started_at DESC) AS held;
+
+CREATE OR REPLACE VIEW jobrunner.job_status AS
+SELECT * FROM jobrunner.job_status_unbatched
+UNION ALL
+SELECT * FROM jobrunner.job_status_batched;
 
 -- Counts the attempts of batches whose transaction ended without committing, up to `lim`
 -- jobs: each job of such a batch that is still available gets its attempt counted, with an

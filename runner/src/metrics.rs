@@ -89,8 +89,8 @@ pub fn claimed(job_type: &str, tenant: &str, waited: Duration) {
     histogram!("jobrunner_job_start_latency_seconds", &labels).record(waited.as_secs_f64());
 }
 
-/// An attempt's outcome was committed: `outcome` is `completed`, `retry`, `failed` or
-/// `requeued`; `duration` is how long it ran, when this runner ran it.
+/// An attempt's outcome was committed: `outcome` is `completed`, `retry`, `failed`,
+/// `cancelled` or `requeued`; `duration` is how long it ran, when this runner ran it.
 pub fn outcome(job_type: &str, tenant: &str, outcome: &str, duration: Option<Duration>) {
     match outcome {
         "completed" => COMPLETED.fetch_add(1, Ordering::Relaxed),
@@ -105,6 +105,7 @@ pub fn outcome(job_type: &str, tenant: &str, outcome: &str, duration: Option<Dur
         "completed" => "jobrunner_jobs_completed_total",
         "retry" => "jobrunner_jobs_retried_total",
         "failed" => "jobrunner_jobs_failed_total",
+        "cancelled" => "jobrunner_jobs_cancelled_total",
         _ => "jobrunner_jobs_requeued_total",
     };
     counter!(name, &labels).increment(1);
@@ -120,7 +121,7 @@ pub fn rescued(job_type: &str, tenant: &str) {
     }
 }
 
-/// Jobs were cancelled through this process.
+/// A job was cancelled through this process before it ran.
 pub fn cancelled(job_type: &str, tenant: &str) {
     if enabled() {
         counter!("jobrunner_jobs_cancelled_total", &job_labels(job_type, tenant)).increment(1);

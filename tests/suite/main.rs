@@ -14,6 +14,7 @@ mod follow_ups;
 mod hot_reload;
 mod http;
 mod leases;
+mod operator;
 mod plugin_cli;
 mod plugin_dir;
 mod reliability;

@@ -207,9 +207,17 @@ async fn the_dashboard_works_in_a_real_browser() {
 
     let browser = Browser::start().await;
     let c = &browser.client;
+    // The overview counts what ran, by type and tenant.
+    eventually("the overview to count the echo jobs", WAIT, || async {
+        c.goto(&format!("{base}/")).await.unwrap();
+        let cell = c.find(Locator::Css("#jobs-by-type")).await.ok()?.text().await.ok()?;
+        cell.contains("echo").then_some(())
+    })
+    .await;
     for (path, name, heading) in [
         ("/", "overview", "Overview"),
         ("/jobs", "jobs", "Jobs"),
+        ("/types", "types", "Job types"),
         (&format!("/jobs/{failed}") as &str, "job", "Job"),
         ("/plugins", "plugins", "Plugins"),
         ("/tenants", "tenants", "Tenants"),

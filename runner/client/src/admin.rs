@@ -67,6 +67,8 @@ pub struct JobRecord {
     /// The schedule whose tick enqueued it (a name in its tenant), if any. The schedule may be
     /// gone.
     pub schedule: Option<String>,
+    /// Who cancelled it, or asked the runner running it to stop it.
+    pub cancelled_by: Option<String>,
 }
 
 impl JobRecord {
@@ -96,6 +98,7 @@ struct JobRow {
     updated_at: DateTime<Utc>,
     parent_id: Option<i64>,
     schedule: Option<String>,
+    cancelled_by: Option<String>,
 }
 
 impl From<JobRow> for JobRecord {
@@ -122,6 +125,7 @@ impl From<JobRow> for JobRecord {
             updated_at: row.updated_at,
             parent_id: row.parent_id,
             schedule: row.schedule,
+            cancelled_by: row.cancelled_by,
         }
     }
 }
@@ -129,7 +133,7 @@ impl From<JobRow> for JobRecord {
 /// The columns [`JobRow`] reads.
 const JOB_COLUMNS: &str = "id, job_type, tenant, state::text AS state, payload, priority, run_at, \
      attempt, max_attempts, lease_owner, lease_expires_at, unique_key, errors, result, \
-     created_at, updated_at, parent_id, schedule";
+     created_at, updated_at, parent_id, schedule, cancelled_by";
 
 /// Which jobs to list. Empty filters match everything.
 #[derive(Debug, Clone, Default)]
@@ -184,15 +188,28 @@ impl JobFilter {
         }
     }
 
-    /// The conditions and the page: cursor, newest first, limit.
-    fn push_page(&self, query: &mut QueryBuilder<Postgres>) {
-        self.push_conditions(query);
-        if let Some(before) = self.before_id {
-            query.push(" AND id < ").push_bind(before);
+    /// The query of one page of `columns` of `jobrunner.job_status`: each of its two views
+    /// read newest first from the cursor, with the limit (an index scan each), then merged.
+    fn page_query(&self, columns: &str) -> QueryBuilder<Postgres> {
+        let mut query = QueryBuilder::new("SELECT * FROM (");
+        for (i, view) in ["job_status_unbatched", "job_status_batched"].iter().enumerate() {
+            if i > 0 {
+                query.push(" UNION ALL ");
+            }
+            query.push(format!("(SELECT {columns} FROM jobrunner.{view}"));
+            self.push_conditions(&mut query);
+            if let Some(before) = self.before_id {
+                query.push(" AND id < ").push_bind(before);
+            }
+            query
+                .push(" ORDER BY id DESC LIMIT ")
+                .push_bind(i64::from(self.limit))
+                .push(")");
         }
         query
-            .push(" ORDER BY id DESC LIMIT ")
+            .push(") AS page ORDER BY id DESC LIMIT ")
             .push_bind(i64::from(self.limit));
+        query
     }
 }
 
@@ -247,27 +264,42 @@ impl BulkAction {
     }
 }
 
+/// The LISTEN/NOTIFY channel on which runners hear that a job they run was cancelled: a JSON
+/// object with the job's `id`, its `attempt` and who cancelled it (`by`).
+pub const CANCEL_CHANNEL: &str = "jobrunner_cancel";
+
+/// What [`Queue::cancel`] did.
+#[derive(Debug, Clone)]
+pub enum Cancellation {
+    /// The job was available: it is cancelled.
+    Cancelled(JobRecord),
+    /// The job is running: the runner holding it was asked to stop it.
+    Stopping {
+        /// That runner.
+        owner: String,
+        /// The attempt it runs.
+        attempt: u32,
+    },
+}
+
 /// At most this many jobs change in one bulk statement, so that one never holds many locks.
 pub const BULK_CHUNK: u32 = 5_000;
 
 impl Queue {
     /// Jobs matching `filter`, newest first.
     pub async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
-        let mut query = QueryBuilder::new(format!("SELECT {JOB_COLUMNS} FROM jobrunner.job_status"));
-        filter.push_page(&mut query);
+        let mut query = filter.page_query(JOB_COLUMNS);
         let rows: Vec<JobRow> = query.build_query_as().fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(JobRecord::from).collect())
     }
 
     /// One page of jobs matching `filter`, newest first, without payloads or results.
     pub async fn job_summaries(&self, filter: &JobFilter) -> Result<Vec<JobSummary>> {
-        let mut query = QueryBuilder::new(
-            "SELECT id, job_type, tenant, state::text AS state, attempt, max_attempts, run_at,
-                    created_at, updated_at, left(errors -> -1 ->> 'error', 200) AS last_error,
-                    parent_id, schedule
-               FROM jobrunner.job_status",
+        let mut query = filter.page_query(
+            "id, job_type, tenant, state::text AS state, attempt, max_attempts, run_at, \
+             created_at, updated_at, left(errors -> -1 ->> 'error', 200) AS last_error, \
+             parent_id, schedule",
         );
-        filter.push_page(&mut query);
         Ok(query.build_query_as().fetch_all(&self.pool).await?)
     }
 
@@ -399,7 +431,59 @@ impl Queue {
         Ok(row.into())
     }
 
-    /// Cancels an available job. Running jobs are left alone.
+    /// Cancels job `id` as `by`. An available job is cancelled at once; a running one's
+    /// runner is asked to stop it (over [`CANCEL_CHANNEL`]): it stops the guest where it is
+    /// and records the job `cancelled`, within milliseconds. Either way `cancelled_by` says
+    /// who.
+    pub async fn cancel(&self, id: i64, by: &str) -> Result<Cancellation> {
+        if by.trim().is_empty() {
+            return Err(QueueError::Rejected("a cancellation names who cancels".into()));
+        }
+        // Not a job a batch transaction holds (locked, and available in the table): waiting
+        // for its lock would wait for the batch; it is running, and asked below.
+        let row: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "UPDATE jobrunner.jobs SET state = 'cancelled', cancelled_by = $2, updated_at = $3
+              WHERE id = (SELECT id FROM jobrunner.jobs WHERE id = $1 AND state = 'available'
+                            FOR UPDATE SKIP LOCKED)
+          RETURNING {JOB_COLUMNS}"
+        )))
+        .bind(id)
+        .bind(by)
+        .bind(self.now())
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = row {
+            return Ok(Cancellation::Cancelled(row.into()));
+        }
+        let job = self.job(id).await?;
+        if job.state != JobState::Running {
+            return Err(QueueError::WrongState {
+                id,
+                state: job.state,
+                expected: JobState::Running,
+                action: "cancelled",
+            });
+        }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE jobrunner.jobs SET cancelled_by = $2 WHERE id = $1 AND state = 'running'")
+            .bind(id)
+            .bind(by)
+            .execute(&mut *tx)
+            .await?;
+        let request = serde_json::json!({ "id": id, "attempt": job.attempt, "by": by });
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CANCEL_CHANNEL)
+            .bind(request.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Cancellation::Stopping {
+            owner: job.lease_owner.unwrap_or_default(),
+            attempt: job.attempt,
+        })
+    }
+
+    /// Cancels an available job. Running jobs are left alone ([`Queue::cancel`] stops them).
     pub async fn cancel_job(&self, id: i64) -> Result<JobRecord> {
         let row: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "UPDATE jobrunner.jobs SET state = 'cancelled', updated_at = $2

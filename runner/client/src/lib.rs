@@ -38,6 +38,7 @@ pub mod clock;
 pub mod cron;
 mod enqueue;
 pub mod job;
+pub mod job_types;
 mod migrate;
 pub mod schedules;
 
@@ -46,10 +47,13 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-pub use admin::{AttemptError, BulkAction, JobFilter, JobRecord, JobSummary};
+pub use admin::{
+    AttemptError, BulkAction, CANCEL_CHANNEL, Cancellation, JobFilter, JobRecord, JobSummary,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use enqueue::Enqueued;
 pub use job::{InvalidJob, JobState, NewJob, Schedule, Unique};
+pub use job_types::PausedJobType;
 pub use migrate::schema_fingerprint;
 
 /// The LISTEN/NOTIFY channel on which the database announces new jobs.

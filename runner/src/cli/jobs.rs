@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 use super::database::Database;
-use crate::client::admin::{JobFilter, JobRecord};
+use crate::client::admin::{Cancellation, JobFilter, JobRecord};
 use crate::job::JobState;
 use crate::retry::RetryPolicy;
 
@@ -49,11 +49,31 @@ pub enum JobsCommand {
         /// The job's id.
         id: i64,
     },
-    /// Cancel an available job. Running jobs are not touched.
+    /// Cancel a job: an available one at once; a running one is stopped by the runner
+    /// holding it, which records it cancelled (this waits for that, up to 10 s).
     Cancel {
         /// The job's id.
         id: i64,
+        /// Who cancels it, as recorded [default: cli (USER)]
+        #[arg(long)]
+        by: Option<String>,
     },
+    /// Stop every runner from claiming jobs of a type until it is resumed (running jobs
+    /// finish; new jobs are still enqueued, and wait).
+    PauseType {
+        /// The job type.
+        job_type: String,
+        /// Who pauses it, as recorded [default: cli (USER)]
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Let runners claim jobs of a paused type again.
+    ResumeType {
+        /// The job type.
+        job_type: String,
+    },
+    /// List the paused job types.
+    Paused,
 }
 
 /// Runs a `runner jobs` subcommand.
@@ -119,12 +139,88 @@ pub async fn jobs(
                 max_attempts(&job, policy)
             );
         }
-        JobsCommand::Cancel { id } => {
-            let job = queue.cancel_job(id).await?;
-            println!("job {} cancelled", job.id);
+        JobsCommand::Cancel { id, by } => cancel(&queue, id, &by.unwrap_or_else(cli_user)).await?,
+        JobsCommand::PauseType { job_type, by } => {
+            let paused = queue
+                .pause_job_type(&job_type, &by.unwrap_or_else(cli_user))
+                .await?;
+            println!(
+                "job type {} paused (since {} by {}): no runner claims its jobs until \
+                 `runner jobs resume-type {}`",
+                paused.job_type,
+                paused.paused_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                paused.paused_by,
+                paused.job_type
+            );
+        }
+        JobsCommand::ResumeType { job_type } => {
+            if queue.resume_job_type(&job_type).await? {
+                println!("job type {job_type} resumed");
+            } else {
+                println!("job type {job_type} was not paused");
+            }
+        }
+        JobsCommand::Paused => {
+            let paused = queue.paused_job_types().await?;
+            if paused.is_empty() {
+                println!("no job type is paused");
+            }
+            let rows: Vec<[String; 3]> = paused
+                .iter()
+                .map(|p| {
+                    let at = p.paused_at.format("%Y-%m-%d %H:%M:%S").to_string();
+                    [p.job_type.clone(), at, p.paused_by.clone()]
+                })
+                .collect();
+            if !rows.is_empty() {
+                super::print_table(["JOB TYPE", "PAUSED AT (UTC)", "BY"], &rows);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who the CLI says cancels or pauses, unless `--by` says.
+fn cli_user() -> String {
+    format!("cli ({})", whoami::username().unwrap_or_else(|_| "unknown".into()))
+}
+
+/// How long `jobs cancel` waits for a running job's runner to record it cancelled.
+const CANCEL_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Cancels job `id` as `by`; for a running job, waits until its runner recorded the end.
+async fn cancel(queue: &crate::Queue, id: i64, by: &str) -> anyhow::Result<()> {
+    let (owner, attempt) = match queue.cancel(id, by).await? {
+        Cancellation::Cancelled(job) => {
+            println!("job {} cancelled", job.id);
+            return Ok(());
+        }
+        Cancellation::Stopping { owner, attempt } => (owner, attempt),
+    };
+    println!("job {id} is running (attempt {attempt}) on runner {owner}: asked it to stop");
+    let deadline = tokio::time::Instant::now() + CANCEL_PATIENCE;
+    loop {
+        let job = queue.job(id).await;
+        match job {
+            Ok(job) if job.state == JobState::Running && job.attempt == attempt => {}
+            Ok(job) => {
+                println!("job {id} is {} now", job.state.as_str());
+                return Ok(());
+            }
+            // A completion deletes the job unless completed jobs are retained.
+            Err(crate::client::QueueError::NotFound(_)) => {
+                println!("job {id} completed before it could be stopped");
+                return Ok(());
+            }
+            Err(error) => return Err(error.into()),
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "job {id} is still running after {CANCEL_PATIENCE:?}: its runner may be gone (the \
+             job runs again elsewhere once its lease expires)"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// Follow-ups listed by `jobs show` at most (newest first); `jobs list --parent` lists all.
@@ -208,6 +304,9 @@ fn print_job(job: &JobRecord, policy: &RetryPolicy) {
             "schedule:    {schedule} (its tick at {} enqueued this job)",
             job.run_at.to_rfc3339()
         );
+    }
+    if let Some(by) = &job.cancelled_by {
+        println!("cancelled by: {by}");
     }
     println!("payload:     {}", job.payload);
     if let Some(result) = &job.result {

@@ -52,6 +52,12 @@ pub enum Outcome {
         /// When it becomes ripe again; `None` keeps its run-at (ripe at once).
         run_at: Option<DateTime<Utc>>,
     },
+    /// Stopped while running because an operator cancelled it: kept as `cancelled`, the
+    /// attempt counted.
+    Cancelled {
+        /// Who cancelled it.
+        by: String,
+    },
 }
 
 impl Outcome {
@@ -62,6 +68,7 @@ impl Outcome {
             Outcome::Retry { .. } => "retry",
             Outcome::Failed { .. } => "failed",
             Outcome::Requeued { .. } => "requeued",
+            Outcome::Cancelled { .. } => "cancelled",
         }
     }
 
@@ -69,7 +76,9 @@ impl Outcome {
     pub fn error(&self) -> Option<&str> {
         match self {
             Outcome::Retry { error, .. } | Outcome::Failed { error } => Some(error),
-            Outcome::Completed { .. } | Outcome::Requeued { .. } => None,
+            Outcome::Completed { .. } | Outcome::Requeued { .. } | Outcome::Cancelled { .. } => {
+                None
+            }
         }
     }
 }
@@ -117,6 +126,7 @@ struct Columns<'a> {
     errors: Vec<Option<std::borrow::Cow<'a, str>>>,
     results: Vec<Option<&'a str>>,
     plugins: Vec<Option<&'a str>>,
+    cancelled_by: Vec<Option<&'a str>>,
 }
 
 impl<'a> Columns<'a> {
@@ -135,6 +145,10 @@ impl<'a> Columns<'a> {
             c.errors
                 .push(s.outcome.error().map(|e| clip(e, MAX_ERROR_LEN)));
             c.plugins.push(s.plugin_sha256.as_deref());
+            c.cancelled_by.push(match &s.outcome {
+                Outcome::Cancelled { by } => Some(by),
+                _ => None,
+            });
             c.results.push(match &s.outcome {
                 Outcome::Completed {
                     result: Some(result),
@@ -267,8 +281,8 @@ impl Driver {
         Ok(sqlx::query_as(
             "WITH input AS (
                  SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[],
-                                      $5::text[], $6::text[], $10::text[])
-                          AS t(id, attempt, outcome, run_at, error, result, plugin)
+                                      $5::text[], $6::text[], $10::text[], $14::text[])
+                          AS t(id, attempt, outcome, run_at, error, result, plugin, cancelled_by)
              ),
              -- The fence is in each statement's own WHERE, not in a shared CTE: only there
              -- is it checked again on the row version a concurrent rescue may have written.
@@ -289,8 +303,10 @@ impl Driver {
                     SET state = (CASE i.outcome
                                      WHEN 'completed' THEN 'completed'
                                      WHEN 'failed' THEN 'failed'
+                                     WHEN 'cancelled' THEN 'cancelled'
                                      ELSE 'available'
                                  END)::jobrunner.job_state,
+                        cancelled_by = coalesce(i.cancelled_by, j.cancelled_by),
                         attempt = CASE WHEN i.outcome = 'requeued' THEN i.attempt - 1
                                        ELSE i.attempt END,
                         run_at = coalesce(i.run_at, j.run_at),
@@ -342,6 +358,7 @@ impl Driver {
         .bind(closing.map_or(&[][..], |c| c.running))
         .bind(closing.map(|c| c.lease_until))
         .bind(closing.map(|c| c.batch))
+        .bind(&c.cancelled_by)
         .fetch_all(conn)
         .await?)
     }

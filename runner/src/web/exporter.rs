@@ -13,7 +13,7 @@ use metrics::{Unit, describe_counter, describe_gauge, describe_histogram, gauge}
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use super::AppState;
-use super::sampler::Snapshot;
+use super::sampler::{SCRAPE_FRESH, Snapshot};
 
 /// Histogram buckets, in seconds: from a microsecond job's instantiate to a slow attempt.
 const BUCKETS: [f64; 16] = [
@@ -42,7 +42,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let Some(handle) = HANDLE.get() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "metrics are not installed\n").into_response();
     };
-    match state.sampler.snapshot().await {
+    match state.sampler.snapshot(SCRAPE_FRESH).await {
         Ok(snapshot) => set_queue_gauges(&snapshot),
         Err(error) => tracing::warn!(%error, "cannot read the queue's gauges"),
     }

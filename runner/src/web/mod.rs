@@ -1,5 +1,6 @@
 //! The runner's HTTP listener: health checks (`/healthz`, `/readyz`), Prometheus metrics
-//! (`/metrics`) and the dashboard (`/`, `/jobs`, `/plugins`, `/tenants`, `/schedules`), one
+//! (`/metrics`) and the dashboard (`/`, `/jobs`, `/types`, `/plugins`, `/tenants`,
+//! `/schedules`), one
 //! axum router on one address. `runner run --http ADDR` serves it beside a worker; `runner
 //! dashboard --http ADDR` serves it alone, for a host that only watches.
 //!
@@ -185,6 +186,7 @@ fn router(state: AppState) -> Router {
             "/schedules/{tenant}/{name}/{action}",
             post(pages::schedules::act),
         )
+        .route("/types/{job_type}/{action}", post(pages::types::act))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::actions_allowed,
@@ -193,6 +195,7 @@ fn router(state: AppState) -> Router {
         .route("/", get(pages::overview::page))
         .route("/jobs", get(pages::jobs::page))
         .route("/jobs/{id}", get(pages::job::page))
+        .route("/types", get(pages::types::page))
         .route("/plugins", get(pages::plugins::page))
         .route("/tenants", get(pages::tenants::page))
         .route("/schedules", get(pages::schedules::page))

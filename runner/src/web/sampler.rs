@@ -1,5 +1,6 @@
 //! What the listener knows about the whole queue: a snapshot read from the database in a few
-//! queries, shared by every page and scrape and refreshed at most every [`FRESH`], and the
+//! queries, shared by every page and scrape and read again when it is older than they accept
+//! ([`SCRAPE_FRESH`], [`PAGE_FRESH`]), and the
 //! last hour of samples taken from the snapshots, for the overview's charts.
 //!
 //! The samples are kept in this process: the charts cover the time since it started, up to an
@@ -15,8 +16,10 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::Queue;
 use crate::driver::{Driver, RunnerInfo};
 
-/// A snapshot younger than this is served as it is.
-const FRESH: Duration = Duration::from_secs(5);
+/// A scrape is served a snapshot up to this old: scrapes cost no query in between.
+pub const SCRAPE_FRESH: Duration = Duration::from_secs(5);
+/// A page is served a snapshot up to this old: what a person looks at is current.
+pub const PAGE_FRESH: Duration = Duration::from_secs(1);
 /// How often a sample is taken, whether or not anyone looks.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 /// How much history the charts keep.
@@ -148,7 +151,7 @@ impl Sampler {
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
-                match sampler.snapshot().await {
+                match sampler.snapshot(SCRAPE_FRESH).await {
                     Ok(snapshot) => sampler.record(&snapshot),
                     Err(error) => tracing::warn!(%error, "cannot sample the queue"),
                 }
@@ -156,12 +159,12 @@ impl Sampler {
         }))
     }
 
-    /// The current snapshot: the cached one while fresh, else read now (once, however many
-    /// ask at the same time).
-    pub async fn snapshot(&self) -> jobrunner_client::Result<Arc<Snapshot>> {
+    /// A snapshot at most `max_age` old: the cached one, else one read now (once, however
+    /// many ask at the same time).
+    pub async fn snapshot(&self, max_age: Duration) -> jobrunner_client::Result<Arc<Snapshot>> {
         let mut cached = self.cached.lock().await;
         if let Some(snapshot) = cached.as_ref()
-            && snapshot.taken.elapsed() < FRESH
+            && snapshot.taken.elapsed() < max_age
         {
             return Ok(Arc::clone(snapshot));
         }

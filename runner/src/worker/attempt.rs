@@ -10,7 +10,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::batch::Batch;
-use super::inflight::{InFlight, Ticket};
+use super::inflight::{Cancel, InFlight, Ticket};
 use super::service::Service;
 use super::slots::Slots;
 use crate::Queue;
@@ -27,6 +27,8 @@ pub(super) struct ClaimedJob {
     pub ticket: Ticket,
     /// Fires when the heartbeat finds the claim's lease gone, or its batch transaction is.
     pub lease_lost: CancellationToken,
+    /// Fires when an operator cancels the job.
+    pub cancel: Cancel,
     pub slot: OwnedSemaphorePermit,
     /// The batch transaction it was claimed in, if any: its outcome goes there while the
     /// batch is open.
@@ -139,9 +141,7 @@ impl<E: Executor> Attempts<E> {
         );
         let started = Instant::now();
         crate::metrics::running(1.0);
-        let executed = self
-            .execute(job, claim.ticket, &claim.lease_lost, interrupt)
-            .await;
+        let executed = self.execute(&claim, interrupt).await;
         crate::metrics::running(-1.0);
         let Some((outcome, plugin_sha256)) = executed else {
             // Another runner owns the job now: nothing to record, but the slot is free.
@@ -168,11 +168,10 @@ impl<E: Executor> Attempts<E> {
     /// comes with the plugin version that ran the attempt.
     async fn execute(
         &self,
-        job: &Job,
-        ticket: Ticket,
-        lease_lost: &CancellationToken,
+        claim: &ClaimedJob,
         interrupt: &CancellationToken,
     ) -> Option<(Outcome, Option<Arc<str>>)> {
+        let job = &claim.job;
         // The job first: one that finishes in its first poll never registers with the tokens,
         // whose waiter lists every executor shares.
         tokio::select! {
@@ -185,14 +184,22 @@ impl<E: Executor> Attempts<E> {
             _ = interrupt.cancelled() => {
                 Some((requeued("interrupted: the runner's shutdown deadline passed"), None))
             }
-            _ = lease_lost.cancelled() => {
+            by = claim.cancel.requested() => {
+                // Dropping the executor's future stopped the guest where it was.
+                tracing::info!(
+                    job_id = job.id, job_type = %job.job_type, tenant = %job.tenant,
+                    attempt = job.attempt, by, "job cancelled while running; its guest stopped"
+                );
+                Some((Outcome::Cancelled { by }, None))
+            }
+            _ = claim.lease_lost.cancelled() => {
                 tracing::warn!(
                     job_id = job.id, job_type = %job.job_type, tenant = %job.tenant,
                     attempt = job.attempt,
                     "lease lost while running (another runner may have taken the job); \
                      abandoning this attempt"
                 );
-                self.inflight.remove(ticket);
+                self.inflight.remove(claim.ticket);
                 None
             }
         }

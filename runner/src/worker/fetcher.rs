@@ -131,12 +131,13 @@ impl<E: Executor> Fetcher<E> {
                 .collect();
             let batch = match (claimed.batch.take(), batches, room) {
                 (Some(open), Some(batches), Some(room)) => {
-                    Some(batches.keep(open, tickets.clone(), room))
+                        let held = tickets.iter().map(|(t, lost, _)| (*t, lost.clone()));
+                    Some(batches.keep(open, held.collect(), room))
                 }
                 _ => None,
             };
             let now = self.driver.queue().now();
-            for (job, (ticket, lease_lost)) in claimed.jobs.into_iter().zip(tickets) {
+            for (job, (ticket, lease_lost, cancel)) in claimed.jobs.into_iter().zip(tickets) {
                 let ripe_since = job.run_at.max(job.created_at);
                 let waited = (now - ripe_since).to_std().unwrap_or_default();
                 crate::metrics::claimed(&job.job_type, &job.tenant, waited);
@@ -147,6 +148,7 @@ impl<E: Executor> Fetcher<E> {
                     job,
                     ticket,
                     lease_lost,
+                    cancel,
                     slot,
                     batch: batch.clone(),
                 };

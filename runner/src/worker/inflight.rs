@@ -5,7 +5,7 @@
 //! completer forgetting an old claim can never drop a newer claim of the same job.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ struct Entry {
     attempt: u32,
     renewed: Instant,
     lease_lost: CancellationToken,
+    cancel: Cancel,
     /// Its outcome is being written: a renewal that misses it may come after the commit.
     recording: bool,
     /// Held by a per-job lease, which the heartbeat renews; else by a batch transaction.
@@ -30,6 +31,27 @@ pub(super) struct Ticket {
     pub job_id: i64,
     pub attempt: u32,
     seq: u64,
+}
+
+/// An operator's request to stop a running attempt: fires once, with who asked.
+#[derive(Clone, Default)]
+pub(super) struct Cancel {
+    token: CancellationToken,
+    by: Arc<OnceLock<String>>,
+}
+
+impl Cancel {
+    /// Asks the attempt to stop, as `by`; the first request names who cancelled it.
+    fn request(&self, by: &str) {
+        let _ = self.by.set(by.to_owned());
+        self.token.cancel();
+    }
+
+    /// Waits for a request and says who made it.
+    pub async fn requested(&self) -> String {
+        self.token.cancelled().await;
+        self.by.get().cloned().unwrap_or_default()
+    }
 }
 
 /// Claimed jobs by id. A std mutex: every critical section is a map operation.
@@ -51,14 +73,16 @@ impl InFlight {
         job: &Job,
         asked_at: Instant,
         leased: bool,
-    ) -> (Ticket, CancellationToken) {
+    ) -> (Ticket, CancellationToken, Cancel) {
         let seq = self.next_ticket.fetch_add(1, Ordering::Relaxed);
         let lease_lost = CancellationToken::new();
+        let cancel = Cancel::default();
         let entry = Entry {
             ticket: seq,
             attempt: job.attempt,
             renewed: asked_at,
             lease_lost: lease_lost.clone(),
+            cancel: cancel.clone(),
             recording: false,
             leased,
         };
@@ -68,7 +92,18 @@ impl InFlight {
             attempt: job.attempt,
             seq,
         };
-        (ticket, lease_lost)
+        (ticket, lease_lost, cancel)
+    }
+
+    /// Asks the running attempt `attempt` of job `id`, if this runner holds it, to stop, as
+    /// `by`. Returns whether it holds it.
+    pub fn cancel(&self, id: i64, attempt: u32, by: &str) -> bool {
+        let jobs = self.jobs();
+        let Some(entry) = jobs.get(&id).filter(|e| e.attempt == attempt) else {
+            return false;
+        };
+        entry.cancel.request(by);
+        true
     }
 
     /// Notes that the outcomes of `tickets` are being written. Their leases are still renewed,
@@ -163,7 +198,7 @@ mod tests {
         let interval = Duration::from_secs(1);
         // A claim that took two intervals to come back: its lease began before it did.
         let asked_at = Instant::now() - 2 * interval;
-        let (ticket, lease_lost) = inflight.insert(&Job::standalone("slow", "{}"), asked_at, true);
+        let (ticket, lease_lost, _) = inflight.insert(&Job::standalone("slow", "{}"), asked_at, true);
         assert_eq!(inflight.renewal_due(interval), vec![ticket]);
 
         inflight.renewed(&[ticket], &[ticket.job_id], Instant::now());
@@ -175,7 +210,7 @@ mod tests {
     fn a_batch_claim_is_renewed_only_once_it_goes_on_under_a_lease() {
         let inflight = InFlight::default();
         let long_ago = Instant::now() - Duration::from_secs(10);
-        let (ticket, _) = inflight.insert(&Job::standalone("short", "{}"), long_ago, false);
+        let (ticket, _, _) = inflight.insert(&Job::standalone("short", "{}"), long_ago, false);
         assert!(inflight.renewal_due(Duration::ZERO).is_empty());
         inflight.leased([ticket], Instant::now());
         assert_eq!(inflight.renewal_due(Duration::ZERO), vec![ticket]);
@@ -185,11 +220,11 @@ mod tests {
     fn a_lease_missing_from_a_renewal_is_signalled_lost_and_a_newer_claim_is_kept() {
         let inflight = InFlight::default();
         let job = Job::standalone("lost", "{}");
-        let (old, old_lost) = inflight.insert(&job, Instant::now(), true);
+        let (old, old_lost, _) = inflight.insert(&job, Instant::now(), true);
         assert_eq!(inflight.renewed(&[old], &[], Instant::now()), 1);
         assert!(old_lost.is_cancelled());
 
-        let (new, new_lost) = inflight.insert(&job, Instant::now(), true);
+        let (new, new_lost, _) = inflight.insert(&job, Instant::now(), true);
         inflight.remove(old);
         inflight.recording([new]);
         assert_eq!(

@@ -222,6 +222,7 @@ impl<E: Executor> Worker<E> {
             floors,
             wake: Arc::clone(&wake),
             schedules: Arc::clone(&schedules_changed),
+            inflight: Arc::clone(&inflight),
             listening,
         });
         maintaining.start(Scheduler {

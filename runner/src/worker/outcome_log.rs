@@ -166,6 +166,10 @@ fn log_outcome(report: &Report) {
             line.reason = Some(reason);
             line.log(Level::INFO, "job requeued")
         }
+        Outcome::Cancelled { by } => {
+            line.reason = Some(by);
+            line.log(Level::INFO, "job cancelled")
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! LISTEN for new jobs so that an idle runner claims them at once instead of at its next poll,
-//! and so that the claim floors hear of jobs that became available below them; and for
-//! schedule changes, so that the scheduler reads them at once.
+//! and so that the claim floors hear of jobs that became available below them; for schedule
+//! changes, so that the scheduler reads them at once; and for cancellations, so that a job
+//! this runner runs stops at once.
 
 use std::sync::Arc;
 
@@ -11,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use super::service::Service;
 use super::{retry_delay, sleep_or_stop};
 use crate::Queue;
-use crate::client::WAKE_CHANNEL;
+use crate::client::{CANCEL_CHANNEL, WAKE_CHANNEL};
+use super::inflight::InFlight;
 use crate::client::schedules::SCHEDULES_CHANNEL;
 use crate::driver::Floors;
 
@@ -25,6 +27,8 @@ pub(super) struct Listener {
     pub wake: Arc<Notify>,
     /// Notified when a schedule changes (and after every reconnect).
     pub schedules: Arc<Notify>,
+    /// The attempts running here, which a cancellation stops.
+    pub inflight: Arc<InFlight>,
     pub listening: watch::Sender<bool>,
 }
 
@@ -56,10 +60,29 @@ impl Service for Listener {
 }
 
 impl Listener {
+    /// Stops the attempt a cancellation names, if it runs here.
+    fn cancel(&self, request: &str) {
+        #[derive(serde::Deserialize)]
+        struct Request {
+            id: i64,
+            attempt: u32,
+            by: String,
+        }
+        match serde_json::from_str::<Request>(request) {
+            Ok(r) => {
+                if self.inflight.cancel(r.id, r.attempt, &r.by) {
+                    tracing::info!(job_id = r.id, attempt = r.attempt, by = r.by,
+                                   "cancellation received; stopping the job");
+                }
+            }
+            Err(error) => tracing::warn!(%error, request, "unreadable cancellation; ignored"),
+        }
+    }
+
     async fn subscribe(&self) -> Result<PgListener, sqlx::Error> {
         let mut listener = PgListener::connect_with(self.queue.pool()).await?;
         listener
-            .listen_all([WAKE_CHANNEL, SCHEDULES_CHANNEL])
+            .listen_all([WAKE_CHANNEL, SCHEDULES_CHANNEL, CANCEL_CHANNEL])
             .await?;
         Ok(listener)
     }
@@ -78,6 +101,9 @@ impl Listener {
             match message {
                 Ok(Some(notification)) if notification.channel() == SCHEDULES_CHANNEL => {
                     self.schedules.notify_one();
+                }
+                Ok(Some(notification)) if notification.channel() == CANCEL_CHANNEL => {
+                    self.cancel(notification.payload());
                 }
                 Ok(Some(notification)) => {
                     self.floors.hear(notification.payload());

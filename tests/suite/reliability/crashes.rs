@@ -1,5 +1,6 @@
 //! Runners that die, freeze or are told to stop while they hold jobs.
 
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -110,6 +111,7 @@ async fn twenty_kills_of_three_runners_draining_lose_and_repeat_no_completion() 
         recoveries.push(tokio::spawn(watch_recovery(db.pool.clone(), owner, killed)));
     }
     Endings::all_completed_once(&db.pool, jobs as i64, 5 * MINUTE * soak() as u32).await;
+    every_completion_has_its_line_and_every_other_line_a_correction(&db, &fleet).await;
     let mut worst = Recovery {
         released: Duration::ZERO,
         resumed: Duration::ZERO,
@@ -284,4 +286,48 @@ async fn sigterm_with_a_thousand_jobs_in_flight_loses_and_counts_none_of_them() 
         JOBS - done.completed
     );
     second.stop().await;
+}
+
+/// The outcome log survives SIGKILL as the database does: every committed completion has its
+/// "job completed" line (written before the statement that commits it), and each such line
+/// whose outcome did not come true (its runner died first, or was fenced off) is followed by
+/// a line for the same job and attempt that says what did.
+async fn every_completion_has_its_line_and_every_other_line_a_correction(db: &TestDb, fleet: &Fleet) {
+    let endings: Vec<(i64, i32)> = sqlx::query_as("SELECT job_id, attempt FROM public.endings")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    let ended: HashMap<i64, i64> = endings.iter().map(|(id, a)| (*id, i64::from(*a))).collect();
+    let lines = fleet.outcome_lines();
+    let of = |line: &Value| (line["job_id"].as_i64().unwrap(), line["attempt"].as_i64().unwrap());
+    let completed: HashSet<(i64, i64)> = lines
+        .iter()
+        .filter(|line| line["message"] == "job completed")
+        .map(of)
+        .collect();
+    let missing: Vec<_> = ended
+        .iter()
+        .filter(|(id, attempt)| !completed.contains(&(**id, **attempt)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} completions have no \"job completed\" line, e.g. {:?}",
+        missing.len(),
+        ended.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let corrected: HashSet<(i64, i64)> = lines
+        .iter()
+        .filter(|line| line["outcome"] != "completed")
+        .map(of)
+        .collect();
+    let uncorrected: Vec<_> = completed
+        .iter()
+        .filter(|(id, attempt)| ended.get(id) != Some(attempt))
+        .filter(|key| !corrected.contains(key))
+        .collect();
+    assert!(
+        uncorrected.is_empty(),
+        "completion lines that did not come true, without a correcting line: {uncorrected:?}"
+    );
 }

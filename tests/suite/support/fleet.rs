@@ -1,8 +1,9 @@
 //! The fault-injection harness: several `runner run` processes on one database, signals to any
 //! of them, and an audit, kept by the database itself, of every job that reached an end.
 //!
-//! The audit counts what was committed, not what was logged: a runner killed with SIGKILL loses
-//! its buffered log lines, and a completion rejected by fencing is logged but never written.
+//! The audit counts what was committed, not what was logged: a completion rejected by fencing,
+//! or lost with its runner before it committed, is logged but never written (a later line for
+//! the same attempt corrects it). The logs of killed runners are kept.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,6 +24,8 @@ pub struct Fleet {
     env: Vec<(String, String)>,
     /// The runners, in start order; a replaced one takes its predecessor's place.
     pub runners: Vec<Live>,
+    /// The runners killed and replaced, for their logs.
+    killed: Vec<Live>,
 }
 
 impl Fleet {
@@ -49,6 +52,7 @@ impl Fleet {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             runners: Vec::with_capacity(size),
+            killed: Vec::new(),
         };
         for _ in 0..size {
             let runner = fleet.spawn().await;
@@ -82,14 +86,25 @@ impl Fleet {
     pub async fn kill_and_replace(&mut self, i: usize) -> String {
         let owner = self.runners[i].owner();
         self.runners[i].kill().await;
-        self.runners[i] = self.spawn().await;
+        let replacement = self.spawn().await;
+        self.killed
+            .push(std::mem::replace(&mut self.runners[i], replacement));
         owner
     }
 
-    /// Every runner's log events with `message`.
+    /// Every runner's log events with `message`, the killed runners' included.
     pub fn events(&self, message: &str) -> Vec<Value> {
-        let each = self.runners.iter().map(|runner| runner.events(message));
-        each.flatten().collect()
+        let each = self.runners.iter().chain(&self.killed);
+        each.flat_map(|runner| runner.events(message)).collect()
+    }
+
+    /// Every runner's outcome lines (target `jobrunner::outcome`), the killed runners'
+    /// included, in the order each runner wrote them, runner by runner.
+    pub fn outcome_lines(&self) -> Vec<Value> {
+        let each = self.runners.iter().chain(&self.killed);
+        each.flat_map(|runner| runner.log())
+            .filter(|event| event["target"] == "jobrunner::outcome")
+            .collect()
     }
 
     /// Every runner's log events about job `id`, each with the runner's lease owner name:

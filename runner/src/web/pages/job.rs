@@ -5,7 +5,7 @@
 use axum::Form;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect};
-use jobrunner_client::{JobFilter, JobRecord, JobState};
+use jobrunner_client::{Cancellation, JobFilter, JobRecord, JobState};
 use maud::{Markup, html};
 use serde::Deserialize;
 
@@ -81,6 +81,7 @@ fn facts(job: &JobRecord) -> Markup {
             @if let Some(key) = &job.unique_key { dt { "Unique key" } dd { (key) } }
             @if let Some(parent) = job.parent_id { dt { "Parent" } dd { a href={"/jobs/" (parent)} { "job " (parent) } } }
             @if let Some(schedule) = &job.schedule { dt { "Schedule" } dd { a href="/schedules" { (schedule) } } }
+            @if let Some(by) = &job.cancelled_by { dt { "Cancelled by" } dd #cancelled-by { (by) } }
         }
     }
 }
@@ -90,7 +91,9 @@ fn actions(state: &AppState, job: &JobRecord) -> Markup {
     html! {
         p {
             @if job.state == JobState::Failed { (action_button(state, &format!("/jobs/{id}/retry"), "Retry", &[])) }
-            @if job.state == JobState::Available { (action_button(state, &format!("/jobs/{id}/cancel"), "Cancel", &[])) }
+            @if matches!(job.state, JobState::Available | JobState::Running) {
+                (action_button(state, &format!("/jobs/{id}/cancel"), "Cancel", &[]))
+            }
         }
     }
 }
@@ -125,7 +128,10 @@ pub async fn retry(
     Ok(Redirect::to(&format!("/jobs/{id}")).into_response())
 }
 
-/// Cancels an available job, then shows it.
+/// Who the dashboard says cancels.
+pub const DASHBOARD: &str = "dashboard";
+
+/// Cancels a job (a running one is stopped by its runner), then shows it.
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -133,8 +139,9 @@ pub async fn cancel(
 ) -> PageResult {
     state.auth.check_csrf(&form.csrf)?;
     let id = parse_id(&id)?;
-    let job = state.queue.cancel_job(id).await?;
-    crate::metrics::cancelled(&job.job_type, &job.tenant);
+    if let Cancellation::Cancelled(job) = state.queue.cancel(id, DASHBOARD).await? {
+        crate::metrics::cancelled(&job.job_type, &job.tenant);
+    }
     tracing::info!(job_id = id, "job cancelled from the dashboard");
     Ok(Redirect::to(&format!("/jobs/{id}")).into_response())
 }

@@ -8,6 +8,7 @@ pub mod overview;
 pub mod plugins;
 pub mod schedules;
 pub mod tenants;
+pub mod types;
 
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -69,6 +70,7 @@ pub fn layout(title: &str, current: &str, body: Markup) -> Html<String> {
     let nav = [
         ("/", "Overview"),
         ("/jobs", "Jobs"),
+        ("/types", "Job types"),
         ("/plugins", "Plugins"),
         ("/tenants", "Tenants"),
         ("/schedules", "Schedules"),

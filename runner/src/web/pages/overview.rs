@@ -11,11 +11,12 @@ use maud::{Markup, html};
 
 use super::{PageResult, layout, time};
 use crate::web::AppState;
+use crate::web::sampler::PAGE_FRESH;
 use crate::web::sampler::{Sample, Snapshot};
 
 /// The overview page.
 pub async fn page(State(state): State<AppState>) -> PageResult {
-    let snapshot = state.sampler.snapshot().await?;
+    let snapshot = state.sampler.snapshot(PAGE_FRESH).await?;
     let history = state.sampler.history();
     let body = html! {
         h1 { "Overview" }
@@ -73,7 +74,7 @@ fn by_state(
         @if rows.is_empty() {
             p.muted { "No jobs yet." }
         } @else {
-            table {
+            table id={"jobs-by-" (param)} {
                 tr { th { (param) } @for s in JobState::ALL { th.num { (s.as_str()) } } }
                 @for (name, counts) in &rows {
                     tr {

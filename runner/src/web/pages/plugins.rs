@@ -8,10 +8,11 @@ use maud::html;
 use super::{PageResult, cut, layout, time};
 use crate::plugins::PluginStatus;
 use crate::web::AppState;
+use crate::web::sampler::PAGE_FRESH;
 
 /// The plugins page.
 pub async fn page(State(state): State<AppState>) -> PageResult {
-    let snapshot = state.sampler.snapshot().await?;
+    let snapshot = state.sampler.snapshot(PAGE_FRESH).await?;
     let body = html! {
         h1 { "Plugins" }
         @if snapshot.runners.is_empty() {
