@@ -26,7 +26,7 @@ CREATE OR REPLACE VIEW jobrunner.job_status_unbatched AS
 SELECT j.id, j.job_type, j.tenant, j.state, j.payload, j.priority, j.run_at, j.attempt,
        j.max_attempts, j.lease_owner, j.lease_expires_at, j.unique_key, j.errors, j.result,
        j.created_at, j.updated_at, NULL::bigint AS batch_id, j.parent_id, j.schedule,
-       j.cancelled_by
+       j.cancelled_by, j.attempt_logs
   FROM jobrunner.jobs AS j
  WHERE j.state <> 'available'
     OR j.id NOT IN (SELECT unnest(b.job_ids) FROM jobrunner.batches AS b);
@@ -40,7 +40,7 @@ SELECT *
                j.priority, j.run_at, j.attempt + 1 AS attempt, j.max_attempts,
                b.owner AS lease_owner, NULL::timestamptz AS lease_expires_at, j.unique_key,
                j.errors, j.result, j.created_at, j.updated_at, b.id AS batch_id, j.parent_id,
-               j.schedule, j.cancelled_by
+               j.schedule, j.cancelled_by, j.attempt_logs
           FROM jobrunner.batches AS b
          CROSS JOIN LATERAL unnest(b.job_ids) AS x(id)
           JOIN jobrunner.jobs AS j ON j.id = x.id AND j.state = 'available'

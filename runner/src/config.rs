@@ -359,6 +359,10 @@ pub struct SandboxSettings {
     /// Guest stdout, and stderr, kept per attempt [default: 16KiB]
     #[arg(long, value_parser = parse_size)]
     pub max_output: Option<ByteSize>,
+    /// The last bytes of each attempt's guest log (lines, stdout, stderr) kept with the job,
+    /// for `runner jobs show` and the dashboard; 0 keeps none [default: 16KiB]
+    #[arg(long, value_parser = parse_size)]
+    pub keep_guest_log: Option<ByteSize>,
     /// Wasm stack per instance [default: 512KiB]
     #[arg(long, value_parser = parse_size)]
     pub max_stack: Option<ByteSize>,
@@ -384,6 +388,7 @@ impl SandboxSettings {
             max_payload: self.max_payload.or(fallback.max_payload),
             max_result: self.max_result.or(fallback.max_result),
             max_output: self.max_output.or(fallback.max_output),
+            keep_guest_log: self.keep_guest_log.or(fallback.keep_guest_log),
             max_stack: self.max_stack.or(fallback.max_stack),
             instances: self.instances.or(fallback.instances),
             keep_resident: self.keep_resident.or(fallback.keep_resident),
@@ -406,6 +411,7 @@ impl SandboxSettings {
             max_payload: size(self.max_payload, l.max_payload),
             max_result: size(self.max_result, l.max_result),
             max_output: size(self.max_output, l.max_output),
+            keep_log: size(self.keep_guest_log, l.keep_log),
             ..l
         };
         let config = SandboxConfig {

@@ -38,6 +38,7 @@ fn settle(job: &runner::Job, outcome: Outcome) -> Settlement {
         attempt: job.attempt,
         outcome,
         plugin_sha256: None,
+        journal: None,
     }
 }
 

@@ -96,6 +96,14 @@ async fn a_granted_host_is_reached_by_rust_python_and_javascript_guests() {
         config(),
     )
     .await;
+    // The attempt's journal, kept with the job, has the request (without its query).
+    let journal = run.journal.clone().expect("the attempt's request is kept");
+    let calls = &journal.http[..];
+    assert_eq!(calls.len(), 1, "{journal:?}");
+    assert_eq!(
+        (calls[0].method.as_str(), calls[0].url.as_str(), calls[0].status),
+        ("POST", format!("{}/hook", server.origin()).as_str(), Some(200))
+    );
     assert_eq!(result(run), json!({"status": 200}));
     let seen = &server.seen()[0];
     assert_eq!(

@@ -56,6 +56,7 @@ fn completed(job: &runner::Job) -> Settlement {
             follow_ups: Vec::new(),
         },
         plugin_sha256: None,
+        journal: None,
     }
 }
 

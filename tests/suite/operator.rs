@@ -78,6 +78,16 @@ async fn cancelling_a_running_job_stops_its_guest_and_records_who_cancelled_it()
     running(&db, leased).await;
     let batched = enqueue(&db, NewJob::new("sleep", json!({"ms": 600_001}))).await;
     running(&db, batched).await;
+    let held_by: Vec<Option<i64>> =
+        sqlx::query_scalar("SELECT batch_id FROM jobrunner.job_status WHERE id = ANY($1) ORDER BY id")
+            .bind([leased, batched])
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert!(
+        held_by[0].is_none() && held_by[1].is_some(),
+        "one leased, one in a batch: {held_by:?}"
+    );
 
     for (id, by) in [(batched, "ops-bob"), (leased, "ops-alice")] {
         let asked = Instant::now();

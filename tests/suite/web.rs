@@ -292,3 +292,38 @@ async fn the_dashboard_works_in_a_real_browser() {
     c.clone().close().await.unwrap();
     live.stop().await;
 }
+
+#[tokio::test]
+async fn each_attempts_log_is_kept_with_its_job_and_shown_after_its_runner_is_gone() {
+    let db = TestDb::new().await;
+    let dir = plugins();
+    let live = Live::start(&db, dir.path(), &["--keep-guest-log", "1KiB"]).await;
+    let flood = NewJob::new("poison", json!({"do": "log-flood", "lines": 300}));
+    let flood = enqueue(&db, flood).await;
+    let trap = NewJob::new("poison", json!({"do": "trap"})).max_attempts(2);
+    let trap = enqueue(&db, trap).await;
+    settled(&db.queue(), flood, JobState::Completed).await;
+    settled(&db.queue(), trap, JobState::Failed).await;
+    live.stop().await;
+
+    let kept = db.queue().job(flood).await.unwrap().attempt_logs;
+    assert_eq!(kept.len(), 1);
+    let log = &kept[0].log;
+    assert!(kept[0].log_cut && log.len() <= 1024, "{log}");
+    assert!(log.ends_with("200 log lines dropped: the guest wrote more than 100 lines at once or 20 per second\n"), "{log}");
+    assert!(log.contains("INFO flood line 99\n") && !log.contains("flood line 0\n"), "{log}");
+    let trapped = db.queue().job(trap).await.unwrap().attempt_logs;
+    assert_eq!(trapped.iter().map(|l| l.attempt).collect::<Vec<_>>(), [1, 2]);
+    for attempt in &trapped {
+        let log = &attempt.log;
+        assert!(log.contains("panicked at") && log.contains("stderr poison: trap requested"), "{log}");
+    }
+
+    // The runner is gone; a dashboard shows them.
+    let dashboard = Dashboard::start(&db, &[]).await;
+    let page = get(&format!("{}/jobs/{trap}", dashboard.base), &[]).await.body;
+    assert!(page.contains("id=\"attempt-1\"") && page.contains("id=\"attempt-2\""), "{page}");
+    assert!(page.contains("poison: trap requested by job"), "{page}");
+    let (_, shown, _) = run_cli(&db.url(), &["jobs", "show", &flood.to_string()]).await;
+    assert!(shown.contains("attempt 1 logged, older lines cut:") && shown.contains("  | INFO flood line 99"), "{shown}");
+}

@@ -26,6 +26,47 @@ pub struct AttemptError {
     pub plugin_sha256: Option<String>,
 }
 
+/// What one attempt did, as its runner kept it with the job: the tail of the guest's log (its
+/// log lines, stdout and stderr) and the outgoing HTTP requests it made. Kept for the last
+/// [`MAX_ATTEMPT_LOGS`] attempts that logged or requested anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptLog {
+    /// The attempt's number.
+    pub attempt: u32,
+    /// The last lines the guest wrote, one per line, each starting with its level or stream;
+    /// at most the runner's `keep_guest_log` bytes, older lines cut.
+    pub log: String,
+    /// Whether older lines were cut.
+    #[serde(default)]
+    pub log_cut: bool,
+    /// Its outgoing HTTP requests, in order (the first [`MAX_HTTP_CALLS`]).
+    #[serde(default)]
+    pub http: Vec<HttpCall>,
+}
+
+/// Attempts whose logs a job keeps.
+pub const MAX_ATTEMPT_LOGS: usize = 10;
+
+/// Requests one attempt's log keeps.
+pub const MAX_HTTP_CALLS: usize = 100;
+
+/// One outgoing HTTP request of an attempt, as the host's log line tells it (never the query
+/// string, user info or headers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpCall {
+    /// The method.
+    pub method: String,
+    /// `scheme://host:port/path`, secrets redacted.
+    pub url: String,
+    /// The response's status, if one came.
+    pub status: Option<u16>,
+    /// How long it took, in milliseconds.
+    pub duration_ms: u64,
+    /// Why it failed or was refused, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// Everything stored about a job.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobRecord {
@@ -69,6 +110,8 @@ pub struct JobRecord {
     pub schedule: Option<String>,
     /// Who cancelled it, or asked the runner running it to stop it.
     pub cancelled_by: Option<String>,
+    /// What its last attempts logged and requested, oldest first.
+    pub attempt_logs: Vec<AttemptLog>,
 }
 
 impl JobRecord {
@@ -99,6 +142,7 @@ struct JobRow {
     parent_id: Option<i64>,
     schedule: Option<String>,
     cancelled_by: Option<String>,
+    attempt_logs: Json<Vec<AttemptLog>>,
 }
 
 impl From<JobRow> for JobRecord {
@@ -126,6 +170,7 @@ impl From<JobRow> for JobRecord {
             parent_id: row.parent_id,
             schedule: row.schedule,
             cancelled_by: row.cancelled_by,
+            attempt_logs: row.attempt_logs.0,
         }
     }
 }
@@ -133,7 +178,7 @@ impl From<JobRow> for JobRecord {
 /// The columns [`JobRow`] reads.
 const JOB_COLUMNS: &str = "id, job_type, tenant, state::text AS state, payload, priority, run_at, \
      attempt, max_attempts, lease_owner, lease_expires_at, unique_key, errors, result, \
-     created_at, updated_at, parent_id, schedule, cancelled_by";
+     created_at, updated_at, parent_id, schedule, cancelled_by, attempt_logs";
 
 /// Which jobs to list. Empty filters match everything.
 #[derive(Debug, Clone, Default)]

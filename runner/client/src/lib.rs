@@ -48,7 +48,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 pub use admin::{
-    AttemptError, BulkAction, CANCEL_CHANNEL, Cancellation, JobFilter, JobRecord, JobSummary,
+    AttemptError, AttemptLog, BulkAction, CANCEL_CHANNEL, Cancellation, HttpCall, JobFilter,
+    JobRecord, JobSummary, MAX_ATTEMPT_LOGS, MAX_HTTP_CALLS,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use enqueue::Enqueued;

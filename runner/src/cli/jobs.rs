@@ -330,6 +330,21 @@ fn print_job(job: &JobRecord, policy: &RetryPolicy) {
             );
         }
     }
+    for log in &job.attempt_logs {
+        let cut = if log.log_cut { ", older lines cut" } else { "" };
+        println!("attempt {} logged{cut}:", log.attempt);
+        for line in log.log.lines() {
+            println!("  | {line}");
+        }
+        for call in &log.http {
+            let status = call.status.map_or("-".to_owned(), |s| s.to_string());
+            let error = call.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
+            println!(
+                "  http {} {} -> {status} in {} ms{error}",
+                call.method, call.url, call.duration_ms
+            );
+        }
+    }
 }
 
 /// `text` on one line, cut to `max` characters.

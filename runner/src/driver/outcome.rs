@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use jobrunner_client::{NewJob, Result};
+use jobrunner_client::{AttemptLog, MAX_ATTEMPT_LOGS, NewJob, Result};
 use serde_json::value::RawValue;
 use sqlx::PgConnection;
 
@@ -95,6 +95,9 @@ pub struct Settlement {
     pub outcome: Outcome,
     /// The sha256 of the plugin version that ran it, kept with its error.
     pub plugin_sha256: Option<Arc<str>>,
+    /// What the attempt logged and requested, kept with the job (not with a completed job
+    /// that is deleted).
+    pub journal: Option<AttemptLog>,
 }
 
 /// A row an outcome applied to; the job's key if it is available again.
@@ -127,6 +130,7 @@ struct Columns<'a> {
     results: Vec<Option<&'a str>>,
     plugins: Vec<Option<&'a str>>,
     cancelled_by: Vec<Option<&'a str>>,
+    journals: Vec<Option<sqlx::types::Json<&'a AttemptLog>>>,
 }
 
 impl<'a> Columns<'a> {
@@ -145,6 +149,7 @@ impl<'a> Columns<'a> {
             c.errors
                 .push(s.outcome.error().map(|e| clip(e, MAX_ERROR_LEN)));
             c.plugins.push(s.plugin_sha256.as_deref());
+            c.journals.push(s.journal.as_ref().map(sqlx::types::Json));
             c.cancelled_by.push(match &s.outcome {
                 Outcome::Cancelled { by } => Some(by),
                 _ => None,
@@ -281,8 +286,10 @@ impl Driver {
         Ok(sqlx::query_as(
             "WITH input AS (
                  SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[],
-                                      $5::text[], $6::text[], $10::text[], $14::text[])
-                          AS t(id, attempt, outcome, run_at, error, result, plugin, cancelled_by)
+                                      $5::text[], $6::text[], $10::text[], $14::text[],
+                                      $15::jsonb[])
+                          AS t(id, attempt, outcome, run_at, error, result, plugin, cancelled_by,
+                               journal)
              ),
              -- The fence is in each statement's own WHERE, not in a shared CTE: only there
              -- is it checked again on the row version a concurrent rescue may have written.
@@ -307,6 +314,13 @@ impl Driver {
                                      ELSE 'available'
                                  END)::jobrunner.job_state,
                         cancelled_by = coalesce(i.cancelled_by, j.cancelled_by),
+                        -- The last $16 attempts' logs.
+                        attempt_logs = CASE WHEN i.journal IS NULL THEN j.attempt_logs ELSE
+                            (SELECT jsonb_agg(x.e ORDER BY x.n)
+                               FROM jsonb_array_elements(j.attempt_logs || jsonb_build_array(i.journal))
+                                    WITH ORDINALITY AS x(e, n)
+                              WHERE x.n > jsonb_array_length(j.attempt_logs) + 1 - $16)
+                        END,
                         attempt = CASE WHEN i.outcome = 'requeued' THEN i.attempt - 1
                                        ELSE i.attempt END,
                         run_at = coalesce(i.run_at, j.run_at),
@@ -359,6 +373,8 @@ impl Driver {
         .bind(closing.map(|c| c.lease_until))
         .bind(closing.map(|c| c.batch))
         .bind(&c.cancelled_by)
+        .bind(&c.journals)
+        .bind(MAX_ATTEMPT_LOGS as i32)
         .fetch_all(conn)
         .await?)
     }

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobrunner_client::NewJob;
+use jobrunner_client::{AttemptLog, NewJob};
 use serde_json::value::RawValue;
 
 use crate::driver::ClaimType;
@@ -65,6 +65,8 @@ pub struct Execution {
     /// How long to wait before the next attempt, if the handler said (instead of the
     /// backoff, up to its cap).
     pub retry_delay: Option<Duration>,
+    /// What the attempt logged and requested, kept with the job.
+    pub journal: Option<AttemptLog>,
 }
 
 impl From<JobResult> for Execution {
@@ -75,6 +77,7 @@ impl From<JobResult> for Execution {
             plugin_sha256: None,
             follow_ups: Vec::new(),
             retry_delay: None,
+            journal: None,
         }
     }
 }

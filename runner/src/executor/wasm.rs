@@ -95,9 +95,11 @@ impl Executor for WasmExecutor {
 fn execution(mut run: Run) -> Execution {
     let follow_ups = std::mem::take(&mut run.follow_ups);
     let retry_delay = run.retry_delay;
+    let journal = run.journal.take();
     Execution {
         follow_ups,
         retry_delay,
+        journal,
         ..Execution::from(job_result(run))
     }
 }

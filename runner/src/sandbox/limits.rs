@@ -24,6 +24,9 @@ pub struct Limits {
     pub max_result: usize,
     /// Bytes of stdout, and of stderr, kept per attempt (the tail; the rest is counted).
     pub max_output: usize,
+    /// Bytes of the guest's log (lines, stdout, stderr) kept with the job per attempt: the
+    /// last ones. 0 keeps none.
+    pub keep_log: usize,
     /// Outgoing HTTP: the hosts granted (none by default) and the request limits.
     pub http: HttpLimits,
     /// The config values and secret names granted (none by default).
@@ -60,6 +63,7 @@ impl Default for Limits {
             max_payload: 1 << 20,
             max_result: 1 << 20,
             max_output: 16 << 10,
+            keep_log: 16 << 10,
             http: HttpLimits::default(),
             config: ConfigGrant::default(),
             jobs: JobsGrant::default(),

@@ -46,6 +46,7 @@ use host::{GuestState, JobLabel, Services};
 use meter::Meter;
 
 use crate::job::{Job, NewJob};
+use jobrunner_client::AttemptLog;
 use crate::secrets::{Redactor, Secrets};
 
 /// Pool slots per component instance, for the core instances, memories and tables a
@@ -140,6 +141,8 @@ pub struct Run {
     pub follow_ups: Vec<NewJob>,
     /// The delay before the next attempt the guest asked for, if it returned `retry`.
     pub retry_delay: Option<Duration>,
+    /// What the attempt logged and requested, to keep with the job; `None` if nothing.
+    pub journal: Option<AttemptLog>,
 }
 
 /// How much of the guest's stderr goes into a stored error: the end, where a panic message is.
@@ -155,6 +158,7 @@ impl Run {
             stderr: None,
             follow_ups: Vec::new(),
             retry_delay: None,
+            journal: None,
         }
     }
 
@@ -296,7 +300,8 @@ impl Sandbox {
             Err(no_room) => return Run::refused(no_room.into()),
         };
         let secrets = self.services.secrets.load_full();
-        let mut store = self.store(JobLabel::new(job, Arc::clone(&secrets)), limits);
+        let label = Arc::new(JobLabel::new(job, Arc::clone(&secrets), limits.keep_log));
+        let mut store = self.store(Arc::clone(&label), limits);
         let (result, backtrace) = execute(&mut store, plugin, job, limits).await;
         if let Err(error) = &result {
             count_stop(job, error);
@@ -308,21 +313,25 @@ impl Sandbox {
             Ok(_) => state.jobs.take_follow_ups(),
             Err(_) => Vec::new(),
         };
+        let retry_delay = state.jobs.retry_delay();
+        // Its end writes the lines of the requests the guest left unfinished.
+        drop(store);
         Run {
             result: redacted(result, secrets.redactor()),
             backtrace,
             stdout,
             stderr,
             follow_ups,
-            retry_delay: state.jobs.retry_delay(),
+            retry_delay,
+            journal: label.journal.take(),
         }
     }
 
     /// A fresh store for one attempt: every capability's state, the memory limiter, and the
     /// meter that the epoch callback consults.
-    fn store(&self, job: JobLabel, limits: &Limits) -> Store<GuestState> {
+    fn store(&self, job: Arc<JobLabel>, limits: &Limits) -> Store<GuestState> {
         let meter = Meter::new(limits.cpu_budget, self.config.epoch_tick, limits.timeout);
-        let state = GuestState::new(&Arc::new(job), limits, &self.services, meter);
+        let state = GuestState::new(&job, limits, &self.services, meter);
         let mut store = Store::new(&self.engine, state);
         store.set_hostcall_fuel(limits.max_transfer());
         store.limiter(|state| &mut state.limiter);

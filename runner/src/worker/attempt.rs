@@ -18,6 +18,7 @@ use crate::clock::later;
 use crate::driver::{Outcome, Settlement};
 use crate::executor::{Execution, Executor, JobError};
 use crate::job::Job;
+use jobrunner_client::AttemptLog;
 use crate::retry::Backoff;
 
 /// A claimed job waiting for an executor. `slot` is held until its report is queued, so a
@@ -46,6 +47,24 @@ pub(super) struct Report {
     pub duration: Duration,
 }
 
+/// How an attempt ended: its outcome, the plugin version that ran it, and what it logged.
+struct Ended {
+    outcome: Outcome,
+    plugin_sha256: Option<Arc<str>>,
+    journal: Option<AttemptLog>,
+}
+
+impl From<Outcome> for Ended {
+    /// An end without a plugin: the job did not run, or its attempt was stopped.
+    fn from(outcome: Outcome) -> Self {
+        Ended {
+            outcome,
+            plugin_sha256: None,
+            journal: None,
+        }
+    }
+}
+
 /// Queues outcomes for their batch or the completer, and frees their jobs' slots.
 #[derive(Clone)]
 pub(super) struct Reporter {
@@ -58,17 +77,11 @@ impl Reporter {
     /// without counting the attempt.
     pub async fn not_started(&self, claim: ClaimedJob) {
         let outcome = requeued("the runner is shutting down; the job had not started");
-        self.report(claim, outcome, None, Duration::ZERO).await;
+        self.report(claim, Ended::from(outcome), Duration::ZERO).await;
     }
 
     /// Queues the outcome of `claim` for its batch or the completer, then frees its slot.
-    async fn report(
-        &self,
-        claim: ClaimedJob,
-        outcome: Outcome,
-        plugin_sha256: Option<Arc<str>>,
-        duration: Duration,
-    ) {
+    async fn report(&self, claim: ClaimedJob, ended: Ended, duration: Duration) {
         let ClaimedJob {
             job,
             ticket,
@@ -81,8 +94,9 @@ impl Reporter {
             settlement: Settlement {
                 job_id: job.id,
                 attempt: job.attempt,
-                outcome,
-                plugin_sha256,
+                outcome: ended.outcome,
+                plugin_sha256: ended.plugin_sha256,
+                journal: ended.journal,
             },
             job_type: job.job_type,
             tenant: job.tenant,
@@ -143,7 +157,7 @@ impl<E: Executor> Attempts<E> {
         crate::metrics::running(1.0);
         let executed = self.execute(&claim, interrupt).await;
         crate::metrics::running(-1.0);
-        let Some((outcome, plugin_sha256)) = executed else {
+        let Some(ended) = executed else {
             // Another runner owns the job now: nothing to record, but the slot is free.
             drop(claim);
             self.reporter.slots.freed();
@@ -158,9 +172,7 @@ impl<E: Executor> Attempts<E> {
             tenant = %job.tenant, attempt = job.attempt, duration_ms = took.as_secs_f64() * 1e3,
             "job ran; recording its outcome"
         );
-        self.reporter
-            .report(claim, outcome, plugin_sha256, took)
-            .await;
+        self.reporter.report(claim, ended, took).await;
     }
 
     /// Runs the executor until it finishes, the shutdown deadline interrupts it, or the lease
@@ -170,19 +182,20 @@ impl<E: Executor> Attempts<E> {
         &self,
         claim: &ClaimedJob,
         interrupt: &CancellationToken,
-    ) -> Option<(Outcome, Option<Arc<str>>)> {
+    ) -> Option<Ended> {
         let job = &claim.job;
         // The job first: one that finishes in its first poll never registers with the tokens,
         // whose waiter lists every executor shares.
         tokio::select! {
             biased;
-            execution = self.executor.execute(job) => {
+            mut execution = self.executor.execute(job) => {
                 let plugin_sha256 = execution.plugin_sha256.clone();
+                let journal = execution.journal.take();
                 let outcome = settle(job, execution, &self.default_backoff, self.queue.now());
-                Some((outcome, plugin_sha256))
+                Some(Ended { outcome, plugin_sha256, journal })
             }
             _ = interrupt.cancelled() => {
-                Some((requeued("interrupted: the runner's shutdown deadline passed"), None))
+                Some(requeued("interrupted: the runner's shutdown deadline passed").into())
             }
             by = claim.cancel.requested() => {
                 // Dropping the executor's future stopped the guest where it was.
@@ -190,7 +203,7 @@ impl<E: Executor> Attempts<E> {
                     job_id = job.id, job_type = %job.job_type, tenant = %job.tenant,
                     attempt = job.attempt, by, "job cancelled while running; its guest stopped"
                 );
-                Some((Outcome::Cancelled { by }, None))
+                Some(Outcome::Cancelled { by }.into())
             }
             _ = claim.lease_lost.cancelled() => {
                 tracing::warn!(

@@ -217,6 +217,7 @@ mod tests {
             tenant: "acme".into(),
             attempt: 1,
             secrets: Arc::new(crate::secrets::Secrets::of(&[("token", "s3cret-value")])),
+            journal: Arc::new(crate::sandbox::host::journal::Journal::new(1, 0)),
         });
         JobsState {
             job,

@@ -139,11 +139,20 @@ macro_rules! guest_event {
 
 /// Logs what the guest wrote to `stream` (stdout or stderr) during the attempt, as one event.
 pub(crate) fn emit_output(job: &JobLabel, stream: &'static str, text: &str) {
+    job.journal.line(stream, text.trim_end());
     guest_event!(tracing::Level::INFO, job, stream, "{}", text.trim_end());
 }
 
 fn emit(job: &JobLabel, level: Level, message: &str) {
     use tracing::Level as L;
+    let label = match level {
+        Level::Trace => "TRACE",
+        Level::Debug => "DEBUG",
+        Level::Info => "INFO",
+        Level::Warn => "WARN",
+        Level::Error => "ERROR",
+    };
+    job.journal.line(label, message);
     match level {
         Level::Trace => guest_event!(L::TRACE, job, "{message}"),
         Level::Debug => guest_event!(L::DEBUG, job, "{message}"),
@@ -164,6 +173,7 @@ mod tests {
             tenant: "default".into(),
             attempt: 1,
             secrets: Arc::default(),
+            journal: Arc::new(super::super::journal::Journal::new(1, 0)),
         }))
     }
 

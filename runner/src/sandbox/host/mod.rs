@@ -25,6 +25,7 @@
 pub(crate) mod config;
 pub(crate) mod http;
 pub(crate) mod jobs;
+pub(crate) mod journal;
 pub(crate) mod log;
 pub(crate) mod output;
 pub(crate) mod wasi;
@@ -50,17 +51,21 @@ pub(crate) struct JobLabel {
     /// is redacted from everything it hands the host (one snapshot for both, so a reload
     /// mid-attempt cannot give it a value its redactor does not know).
     pub secrets: Arc<Secrets>,
+    /// What the attempt logged and requested, kept with the job.
+    pub journal: Arc<journal::Journal>,
 }
 
 impl JobLabel {
-    /// The label of `job`, with the runner's current `secrets`.
-    pub fn new(job: &crate::job::Job, secrets: Arc<Secrets>) -> Self {
+    /// The label of `job`, with the runner's current `secrets`, keeping the last `keep_log`
+    /// bytes of its log in its journal.
+    pub fn new(job: &crate::job::Job, secrets: Arc<Secrets>, keep_log: usize) -> Self {
         Self {
             id: job.id,
             job_type: job.job_type.clone(),
             tenant: job.tenant.clone(),
             attempt: job.attempt,
             secrets,
+            journal: Arc::new(journal::Journal::new(job.attempt, keep_log)),
         }
     }
 

@@ -1,11 +1,12 @@
 //! `/jobs/{id}`: one job — its payload and result, every failed attempt with its error (a
-//! trap's kind and backtrace are part of it), its parent and follow-ups — and the actions its
-//! state allows: retry a failed job, cancel an available one.
+//! trap's kind and backtrace are part of it), what each attempt logged and requested, its
+//! parent and follow-ups — and the actions its state allows: retry a failed job, cancel an
+//! available or running one.
 
 use axum::Form;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect};
-use jobrunner_client::{Cancellation, JobFilter, JobRecord, JobState};
+use jobrunner_client::{AttemptLog, Cancellation, JobFilter, JobRecord, JobState};
 use maud::{Markup, html};
 use serde::Deserialize;
 
@@ -52,6 +53,11 @@ pub async fn page(State(state): State<AppState>, Path(id): Path<String>) -> Page
                 }
             }
         }
+        h2 { "What each attempt logged and requested" }
+        @if job.attempt_logs.is_empty() {
+            p.muted { "Nothing kept: no attempt logged or requested anything, or none ended yet." }
+        }
+        @for log in &job.attempt_logs { (attempt_log(log)) }
         h2 { "Follow-ups" }
         @if follow_ups.is_empty() {
             p.muted { "None." }
@@ -65,6 +71,31 @@ pub async fn page(State(state): State<AppState>, Path(id): Path<String>) -> Page
         }
     };
     Ok(layout(&format!("Job {id}"), "/jobs", body).into_response())
+}
+
+fn attempt_log(log: &AttemptLog) -> Markup {
+    html! {
+        section.attempt id={"attempt-" (log.attempt)} {
+            h3 { "Attempt " (log.attempt) }
+            @if !log.log.is_empty() {
+                @if log.log_cut { p.muted { "Older lines were cut: the last ones are kept." } }
+                pre.log { (log.log) }
+            }
+            @if !log.http.is_empty() {
+                table.http {
+                    tr { th { "Method" } th { "URL" } th.num { "Status" } th.num { "ms" } th { "Error" } }
+                    @for call in &log.http {
+                        tr {
+                            td { (call.method) } td { (call.url) }
+                            td.num { (call.status.map_or("-".to_owned(), |s| s.to_string())) }
+                            td.num { (call.duration_ms) }
+                            td.error { (call.error.as_deref().unwrap_or("")) }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn facts(job: &JobRecord) -> Markup {

@@ -90,6 +90,13 @@ impl Exchange {
         }
         let job = &self.job;
         crate::metrics::http_request(&self.host, self.status);
+        job.journal.http(jobrunner_client::HttpCall {
+            method: self.method.to_string(),
+            url: self.url.clone(),
+            status: self.status,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            error: error.map(|e| job.redactor().redact(&e.to_string()).into_owned()),
+        });
         if limit.is_some() {
             crate::metrics::limit_tripped(&job.job_type, &job.tenant, "http");
         }
