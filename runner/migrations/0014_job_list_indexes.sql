@@ -1,7 +1,11 @@
--- Pages of jobs newest first, filtered by type or tenant, stay an index scan however rare the
--- type or tenant (a filter that matches nothing would otherwise read every job).
-CREATE INDEX jobs_type_id ON jobrunner.jobs (job_type, id);
-CREATE INDEX jobs_tenant_id ON jobrunner.jobs (tenant, id);
+-- Pages of finished jobs newest first, filtered by type or tenant, stay an index scan however
+-- rare the type or tenant (a filter that matches nothing would otherwise read every job).
+-- Partial: finished jobs are where a table grows to millions, and neither an enqueue nor a
+-- claim writes to these indexes (full ones cost a fifth of the enqueue rate).
+CREATE INDEX jobs_finished_by_type ON jobrunner.jobs (job_type, id)
+    WHERE state IN ('completed', 'failed', 'cancelled');
+CREATE INDEX jobs_finished_by_tenant ON jobrunner.jobs (tenant, id)
+    WHERE state IN ('completed', 'failed', 'cancelled');
 
 -- States, types and tenants go together (a tenant runs a few types; failed jobs cluster):
 -- without these statistics the planner takes them for independent, expects a rare

@@ -20,8 +20,8 @@
 -- job whose attempt enqueued it; `schedule`: the schedule whose tick did.
 --
 -- Two views and their union: a page of jobs newest first (the dashboard's, `runner jobs list`)
--- reads each view with its own ORDER BY id DESC LIMIT, which an index scan answers, where a
--- LIMIT over the union makes the planner read every job.
+-- reads each view (by state) with its own ORDER BY id DESC LIMIT, which an index scan
+-- answers, where a LIMIT over the union makes the planner read every job.
 CREATE OR REPLACE VIEW jobrunner.job_status_unbatched AS
 SELECT j.id, j.job_type, j.tenant, j.state, j.payload, j.priority, j.run_at, j.attempt,
        j.max_attempts, j.lease_owner, j.lease_expires_at, j.unique_key, j.errors, j.result,

@@ -233,16 +233,31 @@ impl JobFilter {
         }
     }
 
-    /// The query of one page of `columns` of `jobrunner.job_status`: each of its two views
-    /// read newest first from the cursor, with the limit (an index scan each), then merged.
+    /// The query of one page of `columns` of `jobrunner.job_status`: each part of it that
+    /// the state filter leaves (finished, available and running jobs, and those batch
+    /// transactions hold) read newest first from the cursor, with the limit, then merged.
+    /// Each part has partial indexes of its own (the finished jobs' by type and by tenant,
+    /// the backlog's, the leases'), which a scan of the whole table would not use.
     fn page_query(&self, columns: &str) -> QueryBuilder<Postgres> {
+        use JobState::{Available, Cancelled, Completed, Failed, Running};
+        let finished = " AND state IN ('completed', 'failed', 'cancelled')";
+        let parts: [(&str, &str, &[JobState]); 4] = [
+            ("job_status_unbatched", finished, &[Completed, Failed, Cancelled]),
+            ("job_status_unbatched", " AND state = 'available'", &[Available]),
+            ("job_status_unbatched", " AND state = 'running'", &[Running]),
+            ("job_status_batched", "", &[Running]),
+        ];
+        let parts = parts
+            .iter()
+            .filter(|(_, _, states)| self.state.is_none_or(|state| states.contains(&state)));
         let mut query = QueryBuilder::new("SELECT * FROM (");
-        for (i, view) in ["job_status_unbatched", "job_status_batched"].iter().enumerate() {
+        for (i, (view, states, _)) in parts.enumerate() {
             if i > 0 {
                 query.push(" UNION ALL ");
             }
             query.push(format!("(SELECT {columns} FROM jobrunner.{view}"));
             self.push_conditions(&mut query);
+            query.push(*states);
             if let Some(before) = self.before_id {
                 query.push(" AND id < ").push_bind(before);
             }
