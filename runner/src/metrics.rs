@@ -54,7 +54,10 @@ impl Capped {
 
     /// `value`, or [`OTHER`] once the label holds its cap of other values.
     fn label(&self, value: &str) -> String {
-        let mut seen = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut seen = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if seen.contains(value) {
             return value.to_owned();
         }
@@ -117,14 +120,22 @@ pub fn outcome(job_type: &str, tenant: &str, outcome: &str, duration: Option<Dur
 /// A job a dead runner held was taken back.
 pub fn rescued(job_type: &str, tenant: &str) {
     if enabled() {
-        counter!("jobrunner_jobs_rescued_total", &job_labels(job_type, tenant)).increment(1);
+        counter!(
+            "jobrunner_jobs_rescued_total",
+            &job_labels(job_type, tenant)
+        )
+        .increment(1);
     }
 }
 
 /// A job was cancelled through this process before it ran.
 pub fn cancelled(job_type: &str, tenant: &str) {
     if enabled() {
-        counter!("jobrunner_jobs_cancelled_total", &job_labels(job_type, tenant)).increment(1);
+        counter!(
+            "jobrunner_jobs_cancelled_total",
+            &job_labels(job_type, tenant)
+        )
+        .increment(1);
     }
 }
 
@@ -134,15 +145,21 @@ pub fn enqueued(job_type: &str, tenant: &str, source: &'static str) {
         return;
     }
     let [job_type, tenant] = job_labels(job_type, tenant);
-    counter!("jobrunner_jobs_enqueued_total", &[job_type, tenant, ("source", source.to_owned())])
-        .increment(1);
+    counter!(
+        "jobrunner_jobs_enqueued_total",
+        &[job_type, tenant, ("source", source.to_owned())]
+    )
+    .increment(1);
 }
 
 /// A completed attempt of a `job_type` job enqueued `count` follow-ups.
 pub fn follow_ups(job_type: &str, tenant: &str, count: usize) {
     if enabled() && count > 0 {
-        counter!("jobrunner_follow_ups_enqueued_total", &job_labels(job_type, tenant))
-            .increment(count as u64);
+        counter!(
+            "jobrunner_follow_ups_enqueued_total",
+            &job_labels(job_type, tenant)
+        )
+        .increment(count as u64);
     }
 }
 
@@ -171,8 +188,11 @@ pub fn limit_tripped(job_type: &str, tenant: &str, limit: &'static str) {
         return;
     }
     let [job_type, tenant] = job_labels(job_type, tenant);
-    counter!("jobrunner_limits_tripped_total", &[job_type, tenant, ("limit", limit.to_owned())])
-        .increment(1);
+    counter!(
+        "jobrunner_limits_tripped_total",
+        &[job_type, tenant, ("limit", limit.to_owned())]
+    )
+    .increment(1);
 }
 
 /// A guest's outgoing HTTP request to `host` ended, with `status` if a response came.

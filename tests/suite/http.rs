@@ -101,8 +101,16 @@ async fn a_granted_host_is_reached_by_rust_python_and_javascript_guests() {
     let calls = &journal.http[..];
     assert_eq!(calls.len(), 1, "{journal:?}");
     assert_eq!(
-        (calls[0].method.as_str(), calls[0].url.as_str(), calls[0].status),
-        ("POST", format!("{}/hook", server.origin()).as_str(), Some(200))
+        (
+            calls[0].method.as_str(),
+            calls[0].url.as_str(),
+            calls[0].status
+        ),
+        (
+            "POST",
+            format!("{}/hook", server.origin()).as_str(),
+            Some(200)
+        )
     );
     assert_eq!(result(run), json!({"status": 200}));
     let seen = &server.seen()[0];

@@ -48,12 +48,20 @@ async fn a_paused_job_type_is_claimed_by_no_runner_until_resumed() {
         let other = enqueue(&db, NewJob::new("sleep", json!({"ms": n}))).await;
         settled(&db.queue(), other, JobState::Completed).await;
     }
-    assert_eq!(state_of(&db, echo).await, "available", "a paused type is not claimed");
+    assert_eq!(
+        state_of(&db, echo).await,
+        "available",
+        "a paused type is not claimed"
+    );
 
     let resumed = cli(&db, &["jobs", "resume-type", "echo"]).await;
     assert!(resumed.contains("job type echo resumed"), "{resumed}");
     settled(&db.queue(), echo, JobState::Completed).await;
-    assert!(cli(&db, &["jobs", "paused"]).await.contains("no job type is paused"));
+    assert!(
+        cli(&db, &["jobs", "paused"])
+            .await
+            .contains("no job type is paused")
+    );
     let (status, _, stderr) = run_cli(&db.url(), &["jobs", "pause-type", ""]).await;
     assert!(!status.success() && stderr.contains("job type"), "{stderr}");
     live.stop().await;
@@ -78,12 +86,13 @@ async fn cancelling_a_running_job_stops_its_guest_and_records_who_cancelled_it()
     running(&db, leased).await;
     let batched = enqueue(&db, NewJob::new("sleep", json!({"ms": 600_001}))).await;
     running(&db, batched).await;
-    let held_by: Vec<Option<i64>> =
-        sqlx::query_scalar("SELECT batch_id FROM jobrunner.job_status WHERE id = ANY($1) ORDER BY id")
-            .bind([leased, batched])
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
+    let held_by: Vec<Option<i64>> = sqlx::query_scalar(
+        "SELECT batch_id FROM jobrunner.job_status WHERE id = ANY($1) ORDER BY id",
+    )
+    .bind([leased, batched])
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
     assert!(
         held_by[0].is_none() && held_by[1].is_some(),
         "one leased, one in a batch: {held_by:?}"
@@ -95,15 +104,23 @@ async fn cancelling_a_running_job_stops_its_guest_and_records_who_cancelled_it()
         let took = asked.elapsed();
         assert!(out.contains(&format!("job {id} is cancelled now")), "{out}");
         let job = db.queue().job(id).await.unwrap();
-        assert_eq!((job.state, job.cancelled_by.as_deref()), (JobState::Cancelled, Some(by)));
+        assert_eq!(
+            (job.state, job.cancelled_by.as_deref()),
+            (JobState::Cancelled, Some(by))
+        );
         eprintln!("job {id}: cancelled {took:?} after the request, CLI included");
-        live.event("job cancelled while running; its guest stopped", |e| e["job_id"] == id)
-            .await;
+        live.event("job cancelled while running; its guest stopped", |e| {
+            e["job_id"] == id
+        })
+        .await;
         assert_eq!(job.attempt, 1, "the stopped attempt counts");
     }
     // A job that is not running or available cannot be cancelled.
     let (status, _, stderr) = run_cli(&db.url(), &["jobs", "cancel", &leased.to_string()]).await;
-    assert!(!status.success() && stderr.contains("cancelled"), "{stderr}");
+    assert!(
+        !status.success() && stderr.contains("cancelled"),
+        "{stderr}"
+    );
     // The runner is free again: its executors were not held by the stopped guests.
     let next = enqueue(&db, NewJob::new("echo", json!({}))).await;
     settled(&db.queue(), next, JobState::Completed).await;

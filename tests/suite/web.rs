@@ -57,7 +57,9 @@ async fn metrics_count_what_the_runner_did_and_health_checks_answer() {
     for n in 0..5 {
         ids.push(enqueue(&db, NewJob::new("echo", json!({ "n": n }))).await);
     }
-    let trap = NewJob::new("poison", json!({"do": "trap"})).max_attempts(1).tenant("acme");
+    let trap = NewJob::new("poison", json!({"do": "trap"}))
+        .max_attempts(1)
+        .tenant("acme");
     let trapped = enqueue(&db, trap).await;
     for id in &ids {
         settled(&db.queue(), *id, JobState::Completed).await;
@@ -65,9 +67,15 @@ async fn metrics_count_what_the_runner_did_and_health_checks_answer() {
     settled(&db.queue(), trapped, JobState::Failed).await;
 
     let healthz = get(&format!("{base}/healthz"), &[]).await;
-    assert_eq!((healthz.status, healthz.body.as_str()), (StatusCode::OK, "ok\n"));
+    assert_eq!(
+        (healthz.status, healthz.body.as_str()),
+        (StatusCode::OK, "ok\n")
+    );
     let readyz = get(&format!("{base}/readyz"), &[]).await;
-    assert_eq!((readyz.status, readyz.body.as_str()), (StatusCode::OK, "ready\n"));
+    assert_eq!(
+        (readyz.status, readyz.body.as_str()),
+        (StatusCode::OK, "ready\n")
+    );
 
     let echo = [("job_type", "echo"), ("tenant", "default")];
     let poison = [("job_type", "poison"), ("tenant", "acme")];
@@ -78,9 +86,18 @@ async fn metrics_count_what_the_runner_did_and_health_checks_answer() {
         (metric(&text, "jobrunner_jobs", &failed) == Some(1.0)).then_some(text)
     })
     .await;
-    assert_eq!(metric(&text, "jobrunner_jobs_completed_total", &echo), Some(5.0));
-    assert_eq!(metric(&text, "jobrunner_jobs_claimed_total", &echo), Some(5.0));
-    assert_eq!(metric(&text, "jobrunner_jobs_failed_total", &poison), Some(1.0));
+    assert_eq!(
+        metric(&text, "jobrunner_jobs_completed_total", &echo),
+        Some(5.0)
+    );
+    assert_eq!(
+        metric(&text, "jobrunner_jobs_claimed_total", &echo),
+        Some(5.0)
+    );
+    assert_eq!(
+        metric(&text, "jobrunner_jobs_failed_total", &poison),
+        Some(1.0)
+    );
     assert_eq!(
         metric(&text, "jobrunner_attempt_duration_seconds_count", &echo),
         Some(5.0)
@@ -90,16 +107,32 @@ async fn metrics_count_what_the_runner_did_and_health_checks_answer() {
         Some(5.0)
     );
     let trap_kind = [("job_type", "poison"), ("kind", "unreachable_code_reached")];
-    assert_eq!(metric(&text, "jobrunner_traps_total", &trap_kind), Some(1.0));
-    assert!(metric(&text, "jobrunner_sandbox_instantiate_seconds_count", &[("job_type", "echo")]) >= Some(5.0));
-    let completed = [("state", "completed"), ("job_type", "echo"), ("tenant", "default")];
+    assert_eq!(
+        metric(&text, "jobrunner_traps_total", &trap_kind),
+        Some(1.0)
+    );
+    assert!(
+        metric(
+            &text,
+            "jobrunner_sandbox_instantiate_seconds_count",
+            &[("job_type", "echo")]
+        ) >= Some(5.0)
+    );
+    let completed = [
+        ("state", "completed"),
+        ("job_type", "echo"),
+        ("tenant", "default"),
+    ];
     assert_eq!(metric(&text, "jobrunner_jobs", &completed), Some(5.0));
     assert_eq!(metric(&text, "jobrunner_runners_live", &[]), Some(1.0));
     assert_eq!(metric(&text, "jobrunner_attempts_running", &[]), Some(0.0));
     let loaded = [("job_type", "echo")];
     assert_eq!(metric(&text, "jobrunner_plugin_loaded", &loaded), Some(1.0));
     assert!(metric(&text, "jobrunner_db_pool_connections", &[("state", "idle")]).is_some());
-    assert!(text.contains("# HELP jobrunner_jobs_completed_total"), "{text}");
+    assert!(
+        text.contains("# HELP jobrunner_jobs_completed_total"),
+        "{text}"
+    );
     live.stop().await;
 }
 
@@ -110,28 +143,60 @@ async fn a_token_guards_everything_but_the_health_checks() {
     let dashboard = Dashboard::start(&db, &["--web-token", token]).await;
     let base = &dashboard.base;
 
-    assert_eq!(get(&format!("{base}/healthz"), &[]).await.status, StatusCode::OK);
-    assert_eq!(get(&format!("{base}/readyz"), &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&format!("{base}/healthz"), &[]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&format!("{base}/readyz"), &[]).await.status,
+        StatusCode::OK
+    );
     let refused = get(&format!("{base}/metrics"), &[]).await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
-    let wrong = get(&format!("{base}/metrics"), &[("authorization", "Bearer nope")]).await;
+    let wrong = get(
+        &format!("{base}/metrics"),
+        &[("authorization", "Bearer nope")],
+    )
+    .await;
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
     let bearer = format!("Bearer {token}");
     let allowed = get(&format!("{base}/metrics"), &[("authorization", &bearer)]).await;
     assert_eq!(allowed.status, StatusCode::OK);
 
     // A browser goes to the login form, and comes back with a cookie that is not the token.
-    let page = get(&format!("{base}/jobs?state=failed"), &[("accept", "text/html")]).await;
+    let page = get(
+        &format!("{base}/jobs?state=failed"),
+        &[("accept", "text/html")],
+    )
+    .await;
     assert_eq!(page.status, StatusCode::SEE_OTHER);
-    assert_eq!(page.headers["location"], "/login?next=/jobs%3Fstate%3Dfailed");
+    assert_eq!(
+        page.headers["location"],
+        "/login?next=/jobs%3Fstate%3Dfailed"
+    );
     let login = |token: &str| format!("token={token}&next=%2Fjobs");
-    let bad = request(Method::POST, &format!("{base}/login"), &[], Some(&login("nope"))).await;
+    let bad = request(
+        Method::POST,
+        &format!("{base}/login"),
+        &[],
+        Some(&login("nope")),
+    )
+    .await;
     assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
-    let good = request(Method::POST, &format!("{base}/login"), &[], Some(&login(token))).await;
+    let good = request(
+        Method::POST,
+        &format!("{base}/login"),
+        &[],
+        Some(&login(token)),
+    )
+    .await;
     assert_eq!(good.status, StatusCode::SEE_OTHER);
     assert_eq!(good.headers["location"], "/jobs");
     let cookie = good.headers["set-cookie"].to_str().unwrap();
-    assert!(!cookie.contains(token), "the cookie holds a hash, not the token");
+    assert!(
+        !cookie.contains(token),
+        "the cookie holds a hash, not the token"
+    );
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
     let session = cookie.split(';').next().unwrap();
     let jobs = get(&format!("{base}/jobs"), &[("cookie", session)]).await;
@@ -144,7 +209,10 @@ async fn a_dashboard_on_a_public_address_needs_a_token() {
     // Refused before anything binds: no traffic leaves loopback.
     let (status, _, stderr) = run_cli(&db.url(), &["dashboard", "--http", "0.0.0.0:0"]).await;
     assert!(!status.success());
-    assert!(stderr.contains("refusing to serve the dashboard on 0.0.0.0:0 without a token"), "{stderr}");
+    assert!(
+        stderr.contains("refusing to serve the dashboard on 0.0.0.0:0 without a token"),
+        "{stderr}"
+    );
     let short = ["dashboard", "--http", "127.0.0.1:0", "--web-token", "short"];
     let (status, _, stderr) = run_cli(&db.url(), &short).await;
     assert!(!status.success());
@@ -168,7 +236,11 @@ async fn actions_need_the_csrf_token_and_a_read_only_dashboard_refuses_them() {
     let cross_site = [("sec-fetch-site", "cross-site")];
     let from_elsewhere = request(Method::POST, &retry, &cross_site, Some(&form)).await;
     assert_eq!(from_elsewhere.status, StatusCode::FORBIDDEN);
-    assert_eq!(state_of(&db, id).await, "failed", "nothing refused changed the job");
+    assert_eq!(
+        state_of(&db, id).await,
+        "failed",
+        "nothing refused changed the job"
+    );
 
     let done = request(Method::POST, &retry, &[], Some(&form)).await;
     assert_eq!(done.status, StatusCode::SEE_OTHER);
@@ -178,7 +250,10 @@ async fn actions_need_the_csrf_token_and_a_read_only_dashboard_refuses_them() {
     let read_only = Dashboard::start(&db, &["--read-only"]).await;
     let page = get(&format!("{}/jobs/{other}", read_only.base), &[]).await;
     assert_eq!(page.status, StatusCode::OK);
-    assert!(!page.body.contains("<form"), "a read-only page has no forms");
+    assert!(
+        !page.body.contains("<form"),
+        "a read-only page has no forms"
+    );
     let retry = format!("{}/jobs/{other}/retry", read_only.base);
     let refused = request(Method::POST, &retry, &[], Some(&form)).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
@@ -210,7 +285,13 @@ async fn the_dashboard_works_in_a_real_browser() {
     // The overview counts what ran, by type and tenant.
     eventually("the overview to count the echo jobs", WAIT, || async {
         c.goto(&format!("{base}/")).await.unwrap();
-        let cell = c.find(Locator::Css("#jobs-by-type")).await.ok()?.text().await.ok()?;
+        let cell = c
+            .find(Locator::Css("#jobs-by-type"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
         cell.contains("echo").then_some(())
     })
     .await;
@@ -224,7 +305,13 @@ async fn the_dashboard_works_in_a_real_browser() {
         ("/schedules", "schedules", "Schedules"),
     ] {
         c.goto(&format!("{base}{path}")).await.unwrap();
-        let h1 = c.find(Locator::Css("h1")).await.unwrap().text().await.unwrap();
+        let h1 = c
+            .find(Locator::Css("h1"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert!(h1.starts_with(heading), "{path}: {h1}");
         browser.screenshot(name).await;
     }
@@ -233,7 +320,12 @@ async fn the_dashboard_works_in_a_real_browser() {
     c.goto(&format!("{base}/jobs")).await.unwrap();
     let state = c.find(Locator::Css("select[name=state]")).await.unwrap();
     state.select_by_value("failed").await.unwrap();
-    c.find(Locator::Css("form.filters button")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Css("form.filters button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     let url = c.current_url().await.unwrap();
     assert!(url.as_str().contains("state=failed"), "{url}");
     let states = c.find_all(Locator::Css("#jobs .state")).await.unwrap();
@@ -241,19 +333,41 @@ async fn the_dashboard_works_in_a_real_browser() {
     assert_eq!(states[0].text().await.unwrap(), "failed");
 
     // Open it and retry it: its state changes.
-    c.find(Locator::LinkText(&failed.to_string())).await.unwrap().click().await.unwrap();
+    c.find(Locator::LinkText(&failed.to_string()))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     let badge = c.find(Locator::Css("h1 .state")).await.unwrap();
     assert_eq!(badge.text().await.unwrap(), "failed");
-    c.find(Locator::Css("form[action$='/retry'] button")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Css("form[action$='/retry'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     let badge = c.find(Locator::Css("h1 .state")).await.unwrap();
     assert_eq!(badge.text().await.unwrap(), "available");
     assert_eq!(state_of(&db, failed).await, "available");
 
     // The hostile payload is text on the page, and none of it ran.
     c.goto(&format!("{base}/jobs/{hostile}")).await.unwrap();
-    let payload = c.find(Locator::Css("#payload")).await.unwrap().text().await.unwrap();
-    assert!(payload.contains("<script>window.__xss = 1</script>"), "{payload}");
-    let ran = c.execute("return window.__xss === undefined", vec![]).await.unwrap();
+    let payload = c
+        .find(Locator::Css("#payload"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        payload.contains("<script>window.__xss = 1</script>"),
+        "{payload}"
+    );
+    let ran = c
+        .execute("return window.__xss === undefined", vec![])
+        .await
+        .unwrap();
     assert_eq!(ran, json!(true), "the payload's script did not run");
     browser.screenshot("job-hostile-payload").await;
 
@@ -261,31 +375,77 @@ async fn the_dashboard_works_in_a_real_browser() {
     c.goto(&format!("{base}/schedules")).await.unwrap();
     let row = Locator::Css("tr[data-schedule='weekly-report']");
     let row_el = c.find(row).await.unwrap();
-    row_el.find(Locator::Css("button")).await.unwrap().click().await.unwrap();
+    row_el
+        .find(Locator::Css("button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     let row_el = c.find(row).await.unwrap();
-    let shown = row_el.find(Locator::Css("td.state")).await.unwrap().text().await.unwrap();
+    let shown = row_el
+        .find(Locator::Css("td.state"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(shown, "paused");
-    assert!(queue.schedule("weekly-report", "default").await.unwrap().paused);
+    assert!(
+        queue
+            .schedule("weekly-report", "default")
+            .await
+            .unwrap()
+            .paused
+    );
 
     // Bulk: cancel every available job of type gone, after a confirmation with the count.
-    c.goto(&format!("{base}/jobs?type=gone&state=available")).await.unwrap();
+    c.goto(&format!("{base}/jobs?type=gone&state=available"))
+        .await
+        .unwrap();
     let action = c.find(Locator::Css("select[name=action]")).await.unwrap();
     action.select_by_value("cancel").await.unwrap();
-    c.find(Locator::Css("form[action='/jobs/bulk'] button")).await.unwrap().click().await.unwrap();
-    let count = c.find(Locator::Css("#count")).await.unwrap().text().await.unwrap();
+    c.find(Locator::Css("form[action='/jobs/bulk'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let count = c
+        .find(Locator::Css("#count"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(count, "1");
     browser.screenshot("bulk-confirm").await;
-    c.find(Locator::Css("#confirm")).await.unwrap().click().await.unwrap();
-    let done = c.find(Locator::Css("#done")).await.unwrap().text().await.unwrap();
+    c.find(Locator::Css("#confirm"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let done = c
+        .find(Locator::Css("#done"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(done.starts_with("cancel: 1 jobs changed"), "{done}");
     assert_eq!(state_of(&db, failed).await, "cancelled");
 
     // A read-only dashboard shows the same pages without a single action.
     let read_only = Dashboard::start(&db, &["--read-only"]).await;
     let other = failed_job(&db).await;
-    c.goto(&format!("{}/jobs/{other}", read_only.base)).await.unwrap();
+    c.goto(&format!("{}/jobs/{other}", read_only.base))
+        .await
+        .unwrap();
     assert!(c.find_all(Locator::Css("button")).await.unwrap().is_empty());
-    c.goto(&format!("{}/schedules", read_only.base)).await.unwrap();
+    c.goto(&format!("{}/schedules", read_only.base))
+        .await
+        .unwrap();
     assert!(c.find_all(Locator::Css("button")).await.unwrap().is_empty());
     browser.screenshot("schedules-read-only").await;
 
@@ -310,20 +470,43 @@ async fn each_attempts_log_is_kept_with_its_job_and_shown_after_its_runner_is_go
     assert_eq!(kept.len(), 1);
     let log = &kept[0].log;
     assert!(kept[0].log_cut && log.len() <= 1024, "{log}");
-    assert!(log.ends_with("200 log lines dropped: the guest wrote more than 100 lines at once or 20 per second\n"), "{log}");
-    assert!(log.contains("INFO flood line 99\n") && !log.contains("flood line 0\n"), "{log}");
+    assert!(
+        log.ends_with(
+            "200 log lines dropped: the guest wrote more than 100 lines at once or 20 per second\n"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("INFO flood line 99\n") && !log.contains("flood line 0\n"),
+        "{log}"
+    );
     let trapped = db.queue().job(trap).await.unwrap().attempt_logs;
-    assert_eq!(trapped.iter().map(|l| l.attempt).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(
+        trapped.iter().map(|l| l.attempt).collect::<Vec<_>>(),
+        [1, 2]
+    );
     for attempt in &trapped {
         let log = &attempt.log;
-        assert!(log.contains("panicked at") && log.contains("stderr poison: trap requested"), "{log}");
+        assert!(
+            log.contains("panicked at") && log.contains("stderr poison: trap requested"),
+            "{log}"
+        );
     }
 
     // The runner is gone; a dashboard shows them.
     let dashboard = Dashboard::start(&db, &[]).await;
-    let page = get(&format!("{}/jobs/{trap}", dashboard.base), &[]).await.body;
-    assert!(page.contains("id=\"attempt-1\"") && page.contains("id=\"attempt-2\""), "{page}");
+    let page = get(&format!("{}/jobs/{trap}", dashboard.base), &[])
+        .await
+        .body;
+    assert!(
+        page.contains("id=\"attempt-1\"") && page.contains("id=\"attempt-2\""),
+        "{page}"
+    );
     assert!(page.contains("poison: trap requested by job"), "{page}");
     let (_, shown, _) = run_cli(&db.url(), &["jobs", "show", &flood.to_string()]).await;
-    assert!(shown.contains("attempt 1 logged, older lines cut:") && shown.contains("  | INFO flood line 99"), "{shown}");
+    assert!(
+        shown.contains("attempt 1 logged, older lines cut:")
+            && shown.contains("  | INFO flood line 99"),
+        "{shown}"
+    );
 }

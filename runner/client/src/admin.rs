@@ -242,8 +242,16 @@ impl JobFilter {
         use JobState::{Available, Cancelled, Completed, Failed, Running};
         let finished = " AND state IN ('completed', 'failed', 'cancelled')";
         let parts: [(&str, &str, &[JobState]); 4] = [
-            ("job_status_unbatched", finished, &[Completed, Failed, Cancelled]),
-            ("job_status_unbatched", " AND state = 'available'", &[Available]),
+            (
+                "job_status_unbatched",
+                finished,
+                &[Completed, Failed, Cancelled],
+            ),
+            (
+                "job_status_unbatched",
+                " AND state = 'available'",
+                &[Available],
+            ),
             ("job_status_unbatched", " AND state = 'running'", &[Running]),
             ("job_status_batched", "", &[Running]),
         ];
@@ -332,7 +340,7 @@ pub const CANCEL_CHANNEL: &str = "jobrunner_cancel";
 #[derive(Debug, Clone)]
 pub enum Cancellation {
     /// The job was available: it is cancelled.
-    Cancelled(JobRecord),
+    Cancelled(Box<JobRecord>),
     /// The job is running: the runner holding it was asked to stop it.
     Stopping {
         /// That runner.
@@ -383,7 +391,9 @@ impl Queue {
     ) -> Result<Vec<(String, String)>> {
         let mut changed = Vec::new();
         loop {
-            let chunk = self.bulk_chunk(filter, action, default_max_attempts).await?;
+            let chunk = self
+                .bulk_chunk(filter, action, default_max_attempts)
+                .await?;
             let last = chunk.len() < BULK_CHUNK as usize;
             changed.extend(chunk);
             if last {
@@ -497,7 +507,9 @@ impl Queue {
     /// who.
     pub async fn cancel(&self, id: i64, by: &str) -> Result<Cancellation> {
         if by.trim().is_empty() {
-            return Err(QueueError::Rejected("a cancellation names who cancels".into()));
+            return Err(QueueError::Rejected(
+                "a cancellation names who cancels".into(),
+            ));
         }
         // Not a job a batch transaction holds (locked, and available in the table): waiting
         // for its lock would wait for the batch; it is running, and asked below.
@@ -513,7 +525,7 @@ impl Queue {
         .fetch_optional(&self.pool)
         .await?;
         if let Some(row) = row {
-            return Ok(Cancellation::Cancelled(row.into()));
+            return Ok(Cancellation::Cancelled(Box::new(row.into())));
         }
         let job = self.job(id).await?;
         if job.state != JobState::Running {
@@ -525,11 +537,13 @@ impl Queue {
             });
         }
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE jobrunner.jobs SET cancelled_by = $2 WHERE id = $1 AND state = 'running'")
-            .bind(id)
-            .bind(by)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE jobrunner.jobs SET cancelled_by = $2 WHERE id = $1 AND state = 'running'",
+        )
+        .bind(id)
+        .bind(by)
+        .execute(&mut *tx)
+        .await?;
         let request = serde_json::json!({ "id": id, "attempt": job.attempt, "by": by });
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CANCEL_CHANNEL)

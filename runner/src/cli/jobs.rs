@@ -182,7 +182,10 @@ pub async fn jobs(
 
 /// Who the CLI says cancels or pauses, unless `--by` says.
 fn cli_user() -> String {
-    format!("cli ({})", whoami::username().unwrap_or_else(|_| "unknown".into()))
+    format!(
+        "cli ({})",
+        whoami::username().unwrap_or_else(|_| "unknown".into())
+    )
 }
 
 /// How long `jobs cancel` waits for a running job's runner to record it cancelled.
@@ -338,7 +341,11 @@ fn print_job(job: &JobRecord, policy: &RetryPolicy) {
         }
         for call in &log.http {
             let status = call.status.map_or("-".to_owned(), |s| s.to_string());
-            let error = call.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
+            let error = call
+                .error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default();
             println!(
                 "  http {} {} -> {status} in {} ms{error}",
                 call.method, call.url, call.duration_ms

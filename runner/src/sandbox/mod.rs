@@ -46,8 +46,8 @@ use host::{GuestState, JobLabel, Services};
 use meter::Meter;
 
 use crate::job::{Job, NewJob};
-use jobrunner_client::AttemptLog;
 use crate::secrets::{Redactor, Secrets};
+use jobrunner_client::AttemptLog;
 
 /// Pool slots per component instance, for the core instances, memories and tables a
 /// component made by today's toolchains needs (a Rust component has about five core

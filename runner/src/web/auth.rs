@@ -76,7 +76,11 @@ impl Auth {
 
 /// Lets a request through if it carries the token (or none is configured); sends a browser
 /// to the login form, anything else away with 401.
-pub async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     if state.auth.admits(request.headers()) {
         return next.run(request).await;
     }
@@ -99,7 +103,11 @@ pub async fn require_token(State(state): State<AppState>, request: Request, next
 }
 
 /// Refuses every action of a read-only listener, and cross-site requests.
-pub async fn actions_allowed(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn actions_allowed(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     if state.read_only {
         return PageError::Forbidden("this dashboard is read-only".into()).into_response();
     }
@@ -179,7 +187,10 @@ fn session_for(token: &str) -> String {
 /// Compares secrets in time that does not depend on where they differ.
 fn same(given: &str, expected: &str) -> bool {
     let (a, b) = (Sha256::digest(given), Sha256::digest(expected));
-    a.iter().zip(b.iter()).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |diff, (x, y)| diff | (x ^ y))
+        == 0
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -40,7 +40,11 @@ pub fn install() {
 /// Serves the text format.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let Some(handle) = HANDLE.get() else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "metrics are not installed\n").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics are not installed\n",
+        )
+            .into_response();
     };
     match state.sampler.snapshot(SCRAPE_FRESH).await {
         Ok(snapshot) => set_queue_gauges(&snapshot),
@@ -51,7 +55,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     gauge!("jobrunner_db_pool_connections", "state" => "idle").set(idle);
     gauge!("jobrunner_db_pool_connections", "state" => "in_use").set(f64::from(pool.size()) - idle);
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         handle.render(),
     )
         .into_response()
@@ -77,7 +84,9 @@ fn set_queue_gauges(snapshot: &Snapshot) {
     }
     for ripe in &snapshot.ripe {
         let labels = job(&ripe.job_type, &ripe.tenant);
-        *values.entry(("jobrunner_jobs_ripe", labels.clone())).or_default() += ripe.count as f64;
+        *values
+            .entry(("jobrunner_jobs_ripe", labels.clone()))
+            .or_default() += ripe.count as f64;
         let oldest = values
             .entry(("jobrunner_oldest_ripe_job_age_seconds", labels))
             .or_default();
@@ -124,29 +133,106 @@ fn describe() {
     use Unit::Seconds;
     let jobs = "Jobs this process";
     describe_counter!("jobrunner_jobs_claimed_total", format!("{jobs} claimed"));
-    describe_counter!("jobrunner_jobs_completed_total", format!("{jobs} completed"));
-    describe_counter!("jobrunner_jobs_retried_total", format!("{jobs} set to retry after a failed attempt"));
-    describe_counter!("jobrunner_jobs_failed_total", format!("{jobs} failed for good"));
-    describe_counter!("jobrunner_jobs_requeued_total", format!("{jobs} put back without counting the attempt"));
-    describe_counter!("jobrunner_jobs_cancelled_total", format!("{jobs} cancelled (dashboard)"));
-    describe_counter!("jobrunner_jobs_rescued_total", format!("{jobs} took back from runners that died"));
-    describe_counter!("jobrunner_jobs_enqueued_total", format!("{jobs} enqueued, by source"));
-    describe_counter!("jobrunner_follow_ups_enqueued_total", "Follow-up jobs enqueued by completed attempts");
-    describe_histogram!("jobrunner_attempt_duration_seconds", Seconds, "How long attempts ran");
-    describe_histogram!("jobrunner_job_start_latency_seconds", Seconds, "From a job's ripeness (enqueue or due time) to its claim");
-    describe_histogram!("jobrunner_sandbox_instantiate_seconds", Seconds, "Time to instantiate a fresh component instance");
+    describe_counter!(
+        "jobrunner_jobs_completed_total",
+        format!("{jobs} completed")
+    );
+    describe_counter!(
+        "jobrunner_jobs_retried_total",
+        format!("{jobs} set to retry after a failed attempt")
+    );
+    describe_counter!(
+        "jobrunner_jobs_failed_total",
+        format!("{jobs} failed for good")
+    );
+    describe_counter!(
+        "jobrunner_jobs_requeued_total",
+        format!("{jobs} put back without counting the attempt")
+    );
+    describe_counter!(
+        "jobrunner_jobs_cancelled_total",
+        format!("{jobs} cancelled (dashboard)")
+    );
+    describe_counter!(
+        "jobrunner_jobs_rescued_total",
+        format!("{jobs} took back from runners that died")
+    );
+    describe_counter!(
+        "jobrunner_jobs_enqueued_total",
+        format!("{jobs} enqueued, by source")
+    );
+    describe_counter!(
+        "jobrunner_follow_ups_enqueued_total",
+        "Follow-up jobs enqueued by completed attempts"
+    );
+    describe_histogram!(
+        "jobrunner_attempt_duration_seconds",
+        Seconds,
+        "How long attempts ran"
+    );
+    describe_histogram!(
+        "jobrunner_job_start_latency_seconds",
+        Seconds,
+        "From a job's ripeness (enqueue or due time) to its claim"
+    );
+    describe_histogram!(
+        "jobrunner_sandbox_instantiate_seconds",
+        Seconds,
+        "Time to instantiate a fresh component instance"
+    );
     describe_counter!("jobrunner_traps_total", "Guest traps, by kind");
-    describe_counter!("jobrunner_limits_tripped_total", "Attempts stopped by a limit: cpu, wall, memory, output, http");
-    describe_counter!("jobrunner_http_requests_total", "Outgoing HTTP requests of guests, by host and status class");
-    describe_counter!("jobrunner_schedule_ticks_total", "Schedule ticks this process fired");
-    describe_counter!("jobrunner_schedule_jobs_enqueued_total", "Jobs enqueued by schedule ticks this process fired");
-    describe_histogram!("jobrunner_schedule_lateness_seconds", Seconds, "From a tick's time to its firing");
-    describe_gauge!("jobrunner_attempts_running", "Attempts running in this process now");
-    describe_gauge!("jobrunner_jobs", "Jobs by state, type and tenant (whole queue)");
-    describe_gauge!("jobrunner_jobs_ripe", "Ripe jobs waiting for a runner (whole queue)");
-    describe_gauge!("jobrunner_oldest_ripe_job_age_seconds", Seconds, "How long the oldest ripe job has waited");
-    describe_gauge!("jobrunner_plugin_loaded", "Plugin versions each live runner serves (1)");
-    describe_gauge!("jobrunner_plugin_load_failed", "1 if a live runner's last load of the job type's plugin failed");
-    describe_gauge!("jobrunner_runners_live", "Runners that announced themselves in the last 30 s");
-    describe_gauge!("jobrunner_db_pool_connections", "This process's database connections, in use and idle");
+    describe_counter!(
+        "jobrunner_limits_tripped_total",
+        "Attempts stopped by a limit: cpu, wall, memory, output, http"
+    );
+    describe_counter!(
+        "jobrunner_http_requests_total",
+        "Outgoing HTTP requests of guests, by host and status class"
+    );
+    describe_counter!(
+        "jobrunner_schedule_ticks_total",
+        "Schedule ticks this process fired"
+    );
+    describe_counter!(
+        "jobrunner_schedule_jobs_enqueued_total",
+        "Jobs enqueued by schedule ticks this process fired"
+    );
+    describe_histogram!(
+        "jobrunner_schedule_lateness_seconds",
+        Seconds,
+        "From a tick's time to its firing"
+    );
+    describe_gauge!(
+        "jobrunner_attempts_running",
+        "Attempts running in this process now"
+    );
+    describe_gauge!(
+        "jobrunner_jobs",
+        "Jobs by state, type and tenant (whole queue)"
+    );
+    describe_gauge!(
+        "jobrunner_jobs_ripe",
+        "Ripe jobs waiting for a runner (whole queue)"
+    );
+    describe_gauge!(
+        "jobrunner_oldest_ripe_job_age_seconds",
+        Seconds,
+        "How long the oldest ripe job has waited"
+    );
+    describe_gauge!(
+        "jobrunner_plugin_loaded",
+        "Plugin versions each live runner serves (1)"
+    );
+    describe_gauge!(
+        "jobrunner_plugin_load_failed",
+        "1 if a live runner's last load of the job type's plugin failed"
+    );
+    describe_gauge!(
+        "jobrunner_runners_live",
+        "Runners that announced themselves in the last 30 s"
+    );
+    describe_gauge!(
+        "jobrunner_db_pool_connections",
+        "This process's database connections, in use and idle"
+    );
 }

@@ -72,7 +72,10 @@ pub async fn healthz() -> &'static str {
 /// 200 when ready; 503 with the reason otherwise.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
     if let Some(problem) = state.readiness.problem() {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {problem}\n"));
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {problem}\n"),
+        );
     }
     let ping = sqlx::query("SELECT 1").execute(state.queue.pool());
     match tokio::time::timeout(DATABASE_PATIENCE, ping).await {

@@ -42,7 +42,11 @@ pub struct WebSettings {
     pub http: Option<SocketAddr>,
     /// The token the dashboard and /metrics ask for (`Authorization: Bearer`, or the login
     /// form); required to bind to an address other than loopback
-    #[arg(long = "web-token", env = "JOBRUNNER_WEB_TOKEN", hide_env_values = true)]
+    #[arg(
+        long = "web-token",
+        env = "JOBRUNNER_WEB_TOKEN",
+        hide_env_values = true
+    )]
     #[serde(default)]
     pub token: Option<String>,
     /// Show the dashboard without any action (retry, cancel, delete, pause): every
@@ -70,7 +74,9 @@ impl WebSettings {
         let invalid = |reason: String| ConfigError::Invalid { key: "web", reason };
         let token = match self.token {
             Some(token) if token.chars().count() < 16 => {
-                return Err(invalid("the web token must be at least 16 characters long".into()));
+                return Err(invalid(
+                    "the web token must be at least 16 characters long".into(),
+                ));
             }
             token => token,
         };

@@ -123,13 +123,16 @@ pub struct Sample {
     pub failed_per_s: f64,
 }
 
+/// Each live runner's (completed, failed) totals, by owner.
+type RunnerTotals = HashMap<String, (i64, i64)>;
+
 /// The snapshot cache and the history.
 pub struct Sampler {
     queue: Queue,
     cached: tokio::sync::Mutex<Option<Arc<Snapshot>>>,
     history: Mutex<VecDeque<Sample>>,
     /// Each runner's announced totals at the previous sample.
-    previous: Mutex<Option<(Instant, HashMap<String, (i64, i64)>)>>,
+    previous: Mutex<Option<(Instant, RunnerTotals)>>,
 }
 
 impl Sampler {
@@ -175,11 +178,16 @@ impl Sampler {
 
     /// The samples of the last hour, oldest first.
     pub fn history(&self) -> Vec<Sample> {
-        self.history.lock().expect("not poisoned").iter().copied().collect()
+        self.history
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .copied()
+            .collect()
     }
 
     fn record(&self, snapshot: &Snapshot) {
-        let totals: HashMap<String, (i64, i64)> = snapshot
+        let totals: RunnerTotals = snapshot
             .runners
             .iter()
             .map(|r| (r.owner.clone(), (r.completed, r.failed)))
@@ -209,11 +217,7 @@ impl Sampler {
 
 /// Completed and failed per second between two readings of the runners' totals. A runner
 /// seen in only one of them (started or stopped between) counts from what it announced.
-fn rates(
-    before: &HashMap<String, (i64, i64)>,
-    now: &HashMap<String, (i64, i64)>,
-    between: Duration,
-) -> (f64, f64) {
+fn rates(before: &RunnerTotals, now: &RunnerTotals, between: Duration) -> (f64, f64) {
     let secs = between.as_secs_f64().max(1e-3);
     let (mut completed, mut failed) = (0, 0);
     for (owner, (c, f)) in now {

@@ -18,8 +18,8 @@ use crate::clock::later;
 use crate::driver::{Outcome, Settlement};
 use crate::executor::{Execution, Executor, JobError};
 use crate::job::Job;
-use jobrunner_client::AttemptLog;
 use crate::retry::Backoff;
+use jobrunner_client::AttemptLog;
 
 /// A claimed job waiting for an executor. `slot` is held until its report is queued, so a
 /// slow database pushes back on claiming.
@@ -77,7 +77,8 @@ impl Reporter {
     /// without counting the attempt.
     pub async fn not_started(&self, claim: ClaimedJob) {
         let outcome = requeued("the runner is shutting down; the job had not started");
-        self.report(claim, Ended::from(outcome), Duration::ZERO).await;
+        self.report(claim, Ended::from(outcome), Duration::ZERO)
+            .await;
     }
 
     /// Queues the outcome of `claim` for its batch or the completer, then frees its slot.
@@ -178,11 +179,7 @@ impl<E: Executor> Attempts<E> {
     /// Runs the executor until it finishes, the shutdown deadline interrupts it, or the lease
     /// is lost (`None`: nothing to record, another runner owns the job now). The outcome
     /// comes with the plugin version that ran the attempt.
-    async fn execute(
-        &self,
-        claim: &ClaimedJob,
-        interrupt: &CancellationToken,
-    ) -> Option<Ended> {
+    async fn execute(&self, claim: &ClaimedJob, interrupt: &CancellationToken) -> Option<Ended> {
         let job = &claim.job;
         // The job first: one that finishes in its first poll never registers with the tokens,
         // whose waiter lists every executor shares.

@@ -131,7 +131,7 @@ impl<E: Executor> Fetcher<E> {
                 .collect();
             let batch = match (claimed.batch.take(), batches, room) {
                 (Some(open), Some(batches), Some(room)) => {
-                        let held = tickets.iter().map(|(t, lost, _)| (*t, lost.clone()));
+                    let held = tickets.iter().map(|(t, lost, _)| (*t, lost.clone()));
                     Some(batches.keep(open, held.collect(), room))
                 }
                 _ => None,

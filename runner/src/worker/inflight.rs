@@ -5,8 +5,8 @@
 //! completer forgetting an old claim can never drop a newer claim of the same job.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -198,7 +198,8 @@ mod tests {
         let interval = Duration::from_secs(1);
         // A claim that took two intervals to come back: its lease began before it did.
         let asked_at = Instant::now() - 2 * interval;
-        let (ticket, lease_lost, _) = inflight.insert(&Job::standalone("slow", "{}"), asked_at, true);
+        let (ticket, lease_lost, _) =
+            inflight.insert(&Job::standalone("slow", "{}"), asked_at, true);
         assert_eq!(inflight.renewal_due(interval), vec![ticket]);
 
         inflight.renewed(&[ticket], &[ticket.job_id], Instant::now());

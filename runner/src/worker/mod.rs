@@ -54,13 +54,13 @@ use crate::retry::RetryPolicy;
 
 use attempt::{Attempts, Reporter};
 pub use batch::{BatchStats, OPEN_BATCHES};
-pub use outcome_log::TARGET as OUTCOME_TARGET;
-pub use outcome_log::writer::{OutcomeWriter, Stream as LogStream};
 use batch::{Batches, Closing};
 use completer::Completer;
 use fetcher::Fetcher;
 use heartbeat::Heartbeat;
 use inflight::InFlight;
+pub use outcome_log::TARGET as OUTCOME_TARGET;
+pub use outcome_log::writer::{OutcomeWriter, Stream as LogStream};
 use pruner::Pruner;
 use rescuer::Rescuer;
 use scheduler::Scheduler;

@@ -9,12 +9,12 @@ use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::inflight::InFlight;
 use super::service::Service;
 use super::{retry_delay, sleep_or_stop};
 use crate::Queue;
-use crate::client::{CANCEL_CHANNEL, WAKE_CHANNEL};
-use super::inflight::InFlight;
 use crate::client::schedules::SCHEDULES_CHANNEL;
+use crate::client::{CANCEL_CHANNEL, WAKE_CHANNEL};
 use crate::driver::Floors;
 
 /// Wakes the claim loops on every new-job notification and the scheduler on every schedule
@@ -71,8 +71,12 @@ impl Listener {
         match serde_json::from_str::<Request>(request) {
             Ok(r) => {
                 if self.inflight.cancel(r.id, r.attempt, &r.by) {
-                    tracing::info!(job_id = r.id, attempt = r.attempt, by = r.by,
-                                   "cancellation received; stopping the job");
+                    tracing::info!(
+                        job_id = r.id,
+                        attempt = r.attempt,
+                        by = r.by,
+                        "cancellation received; stopping the job"
+                    );
                 }
             }
             Err(error) => tracing::warn!(%error, request, "unreadable cancellation; ignored"),

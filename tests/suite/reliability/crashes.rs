@@ -292,14 +292,22 @@ async fn sigterm_with_a_thousand_jobs_in_flight_loses_and_counts_none_of_them() 
 /// "job completed" line (written before the statement that commits it), and each such line
 /// whose outcome did not come true (its runner died first, or was fenced off) is followed by
 /// a line for the same job and attempt that says what did.
-async fn every_completion_has_its_line_and_every_other_line_a_correction(db: &TestDb, fleet: &Fleet) {
+async fn every_completion_has_its_line_and_every_other_line_a_correction(
+    db: &TestDb,
+    fleet: &Fleet,
+) {
     let endings: Vec<(i64, i32)> = sqlx::query_as("SELECT job_id, attempt FROM public.endings")
         .fetch_all(&db.pool)
         .await
         .unwrap();
     let ended: HashMap<i64, i64> = endings.iter().map(|(id, a)| (*id, i64::from(*a))).collect();
     let lines = fleet.outcome_lines();
-    let of = |line: &Value| (line["job_id"].as_i64().unwrap(), line["attempt"].as_i64().unwrap());
+    let of = |line: &Value| {
+        (
+            line["job_id"].as_i64().unwrap(),
+            line["attempt"].as_i64().unwrap(),
+        )
+    };
     let completed: HashSet<(i64, i64)> = lines
         .iter()
         .filter(|line| line["message"] == "job completed")

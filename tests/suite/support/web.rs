@@ -121,17 +121,21 @@ impl Browser {
         });
         let capabilities = capabilities.as_object().unwrap().clone();
         let webdriver = format!("http://127.0.0.1:{port}");
-        let client = eventually("chromedriver accepts a session", Duration::from_secs(30), || {
-            let capabilities = capabilities.clone();
-            let webdriver = webdriver.clone();
-            async move {
-                ClientBuilder::new(HttpConnector::new())
-                    .capabilities(capabilities)
-                    .connect(&webdriver)
-                    .await
-                    .ok()
-            }
-        })
+        let client = eventually(
+            "chromedriver accepts a session",
+            Duration::from_secs(30),
+            || {
+                let capabilities = capabilities.clone();
+                let webdriver = webdriver.clone();
+                async move {
+                    ClientBuilder::new(HttpConnector::new())
+                        .capabilities(capabilities)
+                        .connect(&webdriver)
+                        .await
+                        .ok()
+                }
+            },
+        )
         .await;
         Browser {
             client,

@@ -21,9 +21,9 @@ use crate::Queue;
 use crate::client::admin::JobFilter;
 use crate::config::{FileConfig, SandboxSettings, WorkerSettings};
 use crate::driver::Driver;
-use crate::web::Readiness;
 use crate::job::NewJob;
 use crate::runner::{RunConfig, Runner};
+use crate::web::Readiness;
 
 /// The database the demo creates afresh on every run.
 const DEMO_DATABASE: &str = "jobrunner_demo";
@@ -87,7 +87,11 @@ pub fn with_demo_defaults(args: RunArgs) -> RunArgs {
 }
 
 /// Runs the demo.
-pub async fn demo(db: &Database, mut config: RunConfig, ending: Ending) -> anyhow::Result<ExitCode> {
+pub async fn demo(
+    db: &Database,
+    mut config: RunConfig,
+    ending: Ending,
+) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::new()?;
     let pool = db
         .fresh_database(DEMO_DATABASE, 10)
@@ -147,8 +151,10 @@ pub async fn demo(db: &Database, mut config: RunConfig, ending: Ending) -> anyho
         println!("Dashboard:    {dashboard}");
     }
     if finished && ending == Ending::StayUp {
-        println!("\nThe runner and the dashboard keep running (the schedule ticks every 10 s). \
-                  Ctrl-C to stop.");
+        println!(
+            "\nThe runner and the dashboard keep running (the schedule ticks every 10 s). \
+                  Ctrl-C to stop."
+        );
         let signal = signals.next().await;
         println!("{signal}: stopping");
     }
@@ -457,7 +463,10 @@ impl Progress {
 
     fn show(&mut self, backlog_done: i64, pending: i64) {
         let every = if self.terminal { 0.2 } else { 1.0 };
-        if self.last.is_some_and(|last| last.elapsed().as_secs_f64() < every) {
+        if self
+            .last
+            .is_some_and(|last| last.elapsed().as_secs_f64() < every)
+        {
             return;
         }
         self.last = Some(std::time::Instant::now());

@@ -28,7 +28,9 @@ impl Journal {
     }
 
     fn entry(&self) -> std::sync::MutexGuard<'_, AttemptLog> {
-        self.entry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.entry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Appends one line, `label` (a level or a stream) first, dropping the oldest lines
@@ -85,8 +87,15 @@ mod tests {
         assert_eq!((kept.attempt, kept.log_cut), (3, true));
         assert!(kept.log.len() <= 32, "{:?}", kept.log);
         assert!(kept.log.ends_with("INFO line 9\n"), "{:?}", kept.log);
-        assert!(kept.log.starts_with("INFO line "), "whole lines: {:?}", kept.log);
-        assert!(Journal::new(1, 32).take().is_none(), "nothing logged, nothing kept");
+        assert!(
+            kept.log.starts_with("INFO line "),
+            "whole lines: {:?}",
+            kept.log
+        );
+        assert!(
+            Journal::new(1, 32).take().is_none(),
+            "nothing logged, nothing kept"
+        );
         let off = Journal::new(1, 0);
         off.line("INFO", "x");
         assert!(off.take().is_none());

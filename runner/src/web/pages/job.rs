@@ -154,7 +154,10 @@ pub async fn retry(
 ) -> PageResult {
     state.auth.check_csrf(&form.csrf)?;
     let id = parse_id(&id)?;
-    state.queue.retry_job(id, state.default_max_attempts).await?;
+    state
+        .queue
+        .retry_job(id, state.default_max_attempts)
+        .await?;
     tracing::info!(job_id = id, "job retried from the dashboard");
     Ok(Redirect::to(&format!("/jobs/{id}")).into_response())
 }

@@ -49,14 +49,22 @@ impl FilterParams {
             .transpose()?;
         let number = |name: &str, value: &Option<String>| {
             given(value)
-                .map(|v| v.trim().parse::<i64>().map_err(|_| bad(format!("{name} must be a job id, not {v:?}"))))
+                .map(|v| {
+                    v.trim()
+                        .parse::<i64>()
+                        .map_err(|_| bad(format!("{name} must be a job id, not {v:?}")))
+                })
                 .transpose()
         };
         let limit = match given(&self.limit) {
             None => PAGE,
             Some(v) => match v.trim().parse::<u32>() {
                 Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
-                _ => return Err(bad(format!("limit must be between 1 and {MAX_PAGE}, not {v:?}"))),
+                _ => {
+                    return Err(bad(format!(
+                        "limit must be between 1 and {MAX_PAGE}, not {v:?}"
+                    )));
+                }
             },
         };
         Ok(JobFilter {
@@ -65,8 +73,12 @@ impl FilterParams {
             tenant: given(&self.tenant),
             parent: number("parent", &self.parent)?,
             schedule: given(&self.schedule),
-            created_from: given(&self.from).map(|v| parse_time("from", &v)).transpose()?,
-            created_until: given(&self.until).map(|v| parse_time("until", &v)).transpose()?,
+            created_from: given(&self.from)
+                .map(|v| parse_time("from", &v))
+                .transpose()?,
+            created_until: given(&self.until)
+                .map(|v| parse_time("until", &v))
+                .transpose()?,
             before_id: number("before", &self.before)?,
             limit,
         })
@@ -126,14 +138,20 @@ fn parse_time(name: &str, value: &str) -> Result<DateTime<Utc>, PageError> {
     }
     NaiveDate::parse_from_str(value, "%Y-%m-%d")
         .map(|day| day.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc())
-        .map_err(|_| bad(format!("{name} must be a time like 2026-12-07T08:00 (UTC) or RFC 3339, not {value:?}")))
+        .map_err(|_| {
+            bad(format!(
+                "{name} must be a time like 2026-12-07T08:00 (UTC) or RFC 3339, not {value:?}"
+            ))
+        })
 }
 
 /// The jobs list.
 pub async fn page(State(state): State<AppState>, Query(params): Query<FilterParams>) -> PageResult {
     let filter = params.filter()?;
     let jobs = state.queue.job_summaries(&filter).await?;
-    let next = (jobs.len() == filter.limit as usize).then(|| jobs.last().map(|j| j.id)).flatten();
+    let next = (jobs.len() == filter.limit as usize)
+        .then(|| jobs.last().map(|j| j.id))
+        .flatten();
     let query = params.query_string();
     let body = html! {
         h1 { "Jobs" }
@@ -234,7 +252,11 @@ pub async fn bulk(State(state): State<AppState>, Form(form): Form<BulkForm>) -> 
         "retry" => BulkAction::Retry,
         "cancel" => BulkAction::Cancel,
         "delete" => BulkAction::Delete,
-        other => return Err(bad(format!("unknown action {other:?}: use retry, cancel or delete"))),
+        other => {
+            return Err(bad(format!(
+                "unknown action {other:?}: use retry, cancel or delete"
+            )));
+        }
     };
     let mut params = form.params.clone();
     params.before = None;

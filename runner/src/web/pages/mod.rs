@@ -141,7 +141,12 @@ pub fn state_badge(state: &str) -> Markup {
 }
 
 /// A POST form of one button, carrying the CSRF token; nothing on a read-only dashboard.
-pub fn action_button(state: &AppState, action: &str, label: &str, fields: &[(&str, &str)]) -> Markup {
+pub fn action_button(
+    state: &AppState,
+    action: &str,
+    label: &str,
+    fields: &[(&str, &str)],
+) -> Markup {
     if state.read_only {
         return html! {};
     }

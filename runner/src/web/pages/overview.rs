@@ -35,7 +35,11 @@ pub async fn page(State(state): State<AppState>) -> PageResult {
 
 fn cards(snapshot: &Snapshot) -> Markup {
     let ripe: i64 = snapshot.ripe.iter().map(|r| r.count).sum();
-    let oldest = snapshot.ripe.iter().map(|r| r.oldest_secs).fold(0.0, f64::max);
+    let oldest = snapshot
+        .ripe
+        .iter()
+        .map(|r| r.oldest_secs)
+        .fold(0.0, f64::max);
     let card = |label: &str, value: String, href: Option<&str>| {
         html! {
             div.card {

@@ -92,6 +92,11 @@ pub async fn act(
         "resume" => state.queue.resume_schedule(&name, &tenant).await?,
         other => return Err(PageError::NotFound(format!("no schedule action {other:?}"))),
     }
-    tracing::info!(tenant, schedule = name, action, "schedule changed from the dashboard");
+    tracing::info!(
+        tenant,
+        schedule = name,
+        action,
+        "schedule changed from the dashboard"
+    );
     Ok(Redirect::to("/schedules").into_response())
 }
