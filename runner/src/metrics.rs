@@ -139,17 +139,14 @@ pub fn cancelled(job_type: &str, tenant: &str) {
     }
 }
 
-/// This process enqueued a job; `source` is `follow_up`, `schedule` or `dashboard`.
-pub fn enqueued(job_type: &str, tenant: &str, source: &'static str) {
-    if !enabled() {
+/// This process enqueued `count` jobs of `job_type`; `source` is `follow_up` or `schedule`.
+pub fn enqueued(job_type: &str, tenant: &str, source: &'static str, count: usize) {
+    if !enabled() || count == 0 {
         return;
     }
     let [job_type, tenant] = job_labels(job_type, tenant);
-    counter!(
-        "jobrunner_jobs_enqueued_total",
-        &[job_type, tenant, ("source", source.to_owned())]
-    )
-    .increment(1);
+    let labels = [job_type, tenant, ("source", source.to_owned())];
+    counter!("jobrunner_jobs_enqueued_total", &labels).increment(count as u64);
 }
 
 /// A completed attempt of a `job_type` job enqueued `count` follow-ups.

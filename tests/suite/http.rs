@@ -705,7 +705,10 @@ async fn the_config_file_refuses_hosts_and_bad_networks_with_the_key() {
 async fn the_demo_delivers_webhooks_reminds_reviewers_on_slack_on_schedule_and_refuses_the_others()
 {
     let db = TestDb::new().await;
-    let output = runner(&["demo", "--plugins", test_plugins::dir().to_str().unwrap()])
+    let plugins = test_plugins::dir().to_str().unwrap();
+    // As a newcomer runs it: no RUST_LOG.
+    let output = runner(&["demo", "--plugins", plugins, "--http", "127.0.0.1:0"])
+        .env_remove("RUST_LOG")
         .env("DATABASE_URL", db.url())
         .output()
         .await
@@ -797,4 +800,17 @@ async fn the_demo_delivers_webhooks_reminds_reviewers_on_slack_on_schedule_and_r
             "{secret} leaked"
         );
     }
+    // The backlog shows as progress, not as a line per job; the demo ends with the dashboard.
+    assert!(stdout.contains("backlog: 2000/2000 jobs done"), "{stdout}");
+    let completed_lines = stderr.matches("job completed").count();
+    assert!(
+        completed_lines < 10,
+        "{completed_lines} completion lines:\n{stderr}"
+    );
+    assert!(stderr.lines().count() < 200, "{stderr}");
+    let dashboard = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Dashboard:    http://127.0.0.1:"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(dashboard.ends_with('/'), "{dashboard}");
 }

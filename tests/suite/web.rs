@@ -51,7 +51,8 @@ async fn failed_job(db: &TestDb) -> i64 {
 async fn metrics_count_what_the_runner_did_and_health_checks_answer() {
     let db = TestDb::new().await;
     let dir = plugins();
-    let live = Live::start(&db, dir.path(), &["--http", "127.0.0.1:0"]).await;
+    let args = ["--http", "127.0.0.1:0", "--cpu-budget", "200ms"];
+    let live = Live::start(&db, dir.path(), &args).await;
     let base = base_url(&live).await;
     let mut ids = Vec::new();
     for n in 0..5 {
@@ -61,10 +62,15 @@ async fn metrics_count_what_the_runner_did_and_health_checks_answer() {
         .max_attempts(1)
         .tenant("acme");
     let trapped = enqueue(&db, trap).await;
+    let spin = NewJob::new("poison", json!({"do": "loop"}))
+        .max_attempts(1)
+        .tenant("acme");
+    let spun = enqueue(&db, spin).await;
     for id in &ids {
         settled(&db.queue(), *id, JobState::Completed).await;
     }
     settled(&db.queue(), trapped, JobState::Failed).await;
+    settled(&db.queue(), spun, JobState::Failed).await;
 
     let healthz = get(&format!("{base}/healthz"), &[]).await;
     assert_eq!(
@@ -83,7 +89,7 @@ async fn metrics_count_what_the_runner_did_and_health_checks_answer() {
     let text = eventually("the gauges to show the failed job", WAIT, || async {
         let text = get(&format!("{base}/metrics"), &[]).await.body;
         let failed = [("state", "failed"), ("job_type", "poison")];
-        (metric(&text, "jobrunner_jobs", &failed) == Some(1.0)).then_some(text)
+        (metric(&text, "jobrunner_jobs", &failed) == Some(2.0)).then_some(text)
     })
     .await;
     assert_eq!(
@@ -96,6 +102,11 @@ async fn metrics_count_what_the_runner_did_and_health_checks_answer() {
     );
     assert_eq!(
         metric(&text, "jobrunner_jobs_failed_total", &poison),
+        Some(2.0)
+    );
+    let cpu = [("job_type", "poison"), ("tenant", "acme"), ("limit", "cpu")];
+    assert_eq!(
+        metric(&text, "jobrunner_limits_tripped_total", &cpu),
         Some(1.0)
     );
     assert_eq!(

@@ -128,6 +128,19 @@ impl Driver {
         job_types: &[ClaimType],
         limit: usize,
     ) -> Result<Vec<Rescued>> {
+        self.rescue_expired_with(policy, job_types, limit, |_| {})
+            .await
+    }
+
+    /// [`Driver::rescue_expired`], calling `before_commit` with what it rescued before it
+    /// commits (where the rescuer writes its outcome lines: no rescue commits without them).
+    pub async fn rescue_expired_with(
+        &self,
+        policy: &RetryPolicy,
+        job_types: &[ClaimType],
+        limit: usize,
+        before_commit: impl FnOnce(&[Rescued]),
+    ) -> Result<Vec<Rescued>> {
         let now = self.queue.now();
         let (types, type_attempts) = type_columns(job_types);
         let expired: Vec<ExpiredRow> = sqlx::query_as(
@@ -156,6 +169,7 @@ impl Driver {
             .iter()
             .map(|row| count(row.attempt) < count(row.max_attempts))
             .collect();
+        let mut tx = self.queue.pool().begin().await?;
         let rows: Vec<RescuedRow> = sqlx::query_as(
             "UPDATE jobrunner.jobs AS j
                 SET state = (CASE WHEN t.retry THEN 'available'
@@ -184,9 +198,9 @@ impl Driver {
         )
         .bind(retry)
         .bind(now)
-        .fetch_all(self.queue.pool())
+        .fetch_all(&mut *tx)
         .await?;
-        Ok(self.announce_rescued(rows, false).await)
+        self.commit_rescued(tx, rows, false, before_commit).await
     }
 
     /// Counts the attempts of up to about `limit` jobs of batch transactions that ended without
@@ -198,7 +212,21 @@ impl Driver {
         job_types: &[ClaimType],
         limit: usize,
     ) -> Result<Vec<Rescued>> {
+        self.rescue_batches_with(policy, job_types, limit, |_| {})
+            .await
+    }
+
+    /// [`Driver::rescue_batches`], calling `before_commit` with what it rescued before it
+    /// commits.
+    pub async fn rescue_batches_with(
+        &self,
+        policy: &RetryPolicy,
+        job_types: &[ClaimType],
+        limit: usize,
+        before_commit: impl FnOnce(&[Rescued]),
+    ) -> Result<Vec<Rescued>> {
         let (types, type_attempts) = type_columns(job_types);
+        let mut tx = self.queue.pool().begin().await?;
         let rows: Vec<RescuedRow> =
             sqlx::query_as("SELECT * FROM jobrunner.rescue_batches($1, $2, $3, $4, $5)")
                 .bind(self.queue.now())
@@ -206,20 +234,30 @@ impl Driver {
                 .bind(type_attempts)
                 .bind(i32::try_from(policy.max_attempts).unwrap_or(i32::MAX))
                 .bind(i32::try_from(limit).unwrap_or(i32::MAX))
-                .fetch_all(self.queue.pool())
+                .fetch_all(&mut *tx)
                 .await?;
-        Ok(self.announce_rescued(rows, true).await)
+        self.commit_rescued(tx, rows, true, before_commit).await
     }
 
-    /// Rescued jobs due now start at once, not at the next poll, and floors come down.
-    async fn announce_rescued(&self, rows: Vec<RescuedRow>, in_batch: bool) -> Vec<Rescued> {
-        announce_jobs(
-            self.queue.pool(),
-            rows.iter().filter_map(RescuedRow::available),
-        )
-        .await;
-        rows.into_iter()
+    /// Shows `before_commit` what a rescue did, commits it, and announces the jobs it made
+    /// available: those due now start at once, not at the next poll, and floors come down.
+    async fn commit_rescued(
+        &self,
+        tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        rows: Vec<RescuedRow>,
+        in_batch: bool,
+        before_commit: impl FnOnce(&[Rescued]),
+    ) -> Result<Vec<Rescued>> {
+        let available: Vec<Key> = rows.iter().filter_map(RescuedRow::available).collect();
+        let rescued: Vec<Rescued> = rows
+            .into_iter()
             .map(|row| row.into_rescued(in_batch))
-            .collect()
+            .collect();
+        if !rescued.is_empty() {
+            before_commit(&rescued);
+        }
+        tx.commit().await?;
+        announce_jobs(self.queue.pool(), available.into_iter()).await;
+        Ok(rescued)
     }
 }

@@ -96,14 +96,22 @@ pub(super) fn log_recorded<'a>(
     let applied: HashSet<i64> = applied.iter().copied().collect();
     for report in reports {
         if applied.contains(&report.settlement.job_id) {
-            crate::metrics::outcome(
-                &report.job_type,
-                &report.tenant,
-                report.settlement.outcome.label(),
-                Some(report.duration),
-            );
+            count_applied(report);
         } else {
             log_not_applied(report, NotApplied::Fenced { after_retry });
+        }
+    }
+}
+
+/// Counts an applied outcome, and the follow-ups a completion enqueued.
+fn count_applied(report: &Report) {
+    let (job_type, tenant) = (&report.job_type, &report.tenant);
+    let outcome = &report.settlement.outcome;
+    crate::metrics::outcome(job_type, tenant, outcome.label(), Some(report.duration));
+    if let Outcome::Completed { follow_ups, .. } = outcome {
+        crate::metrics::follow_ups(job_type, tenant, follow_ups.len());
+        for follow_up in follow_ups {
+            crate::metrics::enqueued(follow_up.job_type(), tenant, "follow_up", 1);
         }
     }
 }
@@ -153,10 +161,7 @@ fn log_outcome(report: &Report) {
         ..OutcomeLine::default()
     };
     match &settlement.outcome {
-        Outcome::Completed { follow_ups, .. } => {
-            crate::metrics::follow_ups(&report.job_type, &report.tenant, follow_ups.len());
-            line.log(Level::INFO, "job completed")
-        }
+        Outcome::Completed { .. } => line.log(Level::INFO, "job completed"),
         Outcome::Retry { run_at, .. } => {
             line.retry_at = Some(*run_at);
             line.log(Level::WARN, "job failed; will retry")

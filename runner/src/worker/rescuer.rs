@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Level;
 
 use super::outcome_log::OutcomeLine;
+use super::outcome_log::writer::at_once;
 use super::service::Service;
 use super::sleep_or_stop;
 use crate::driver::{Driver, Rescued};
@@ -71,9 +72,9 @@ impl<E: Executor> Service for Rescuer<E> {
             } else if paused_until.is_some_and(|until| until <= Instant::now()) {
                 paused_until = None;
             }
-            match result {
-                Ok(rescued) => rescued.iter().for_each(log_rescued),
-                Err(error) => tracing::warn!(%error, "rescuing expired leases failed"),
+            // The lines of what it rescued were written before each rescue committed.
+            if let Err(error) = result {
+                tracing::warn!(%error, "rescuing expired leases failed");
             }
         }
     }
@@ -85,14 +86,15 @@ impl<E: Executor> Rescuer<E> {
     /// was: no pause holds it back.
     async fn rescue(&self, leases: bool) -> jobrunner_client::Result<Vec<Rescued>> {
         let types = self.executor.job_types();
+        let log = |rescued: &[Rescued]| at_once(|| rescued.iter().for_each(log_rescued));
         let mut rescued = self
             .driver
-            .rescue_batches(&self.retry, &types, RESCUE_BATCH)
+            .rescue_batches_with(&self.retry, &types, RESCUE_BATCH, log)
             .await?;
         if leases {
             rescued.extend(
                 self.driver
-                    .rescue_expired(&self.retry, &types, RESCUE_BATCH)
+                    .rescue_expired_with(&self.retry, &types, RESCUE_BATCH, log)
                     .await?,
             );
         }
@@ -100,7 +102,8 @@ impl<E: Executor> Rescuer<E> {
     }
 }
 
-/// One outcome line per rescued job, as for the attempts a runner records itself.
+/// One outcome line per rescued job, as for the attempts a runner records itself; written
+/// before the rescue commits, as they are.
 fn log_rescued(job: &Rescued) {
     let error = if job.in_batch {
         format!(

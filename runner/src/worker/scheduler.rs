@@ -115,12 +115,10 @@ impl Scheduler {
         }
         if let (Some(first), Some(job)) = (plan.enqueue.first(), fired.job_ids.last()) {
             let late = (now - *first).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e3;
-            crate::metrics::schedule_fired(
-                tenant,
-                name,
-                (now - *first).to_std().unwrap_or_default(),
-                fired.job_ids.len(),
-            );
+            let jobs = fired.job_ids.len();
+            let late_by = (now - *first).to_std().unwrap_or_default();
+            crate::metrics::schedule_fired(tenant, name, late_by, jobs);
+            crate::metrics::enqueued(&schedule.job_type, tenant, "schedule", jobs);
             tracing::info!(tenant, schedule = name, job_type = %schedule.job_type,
                            tick = %plan.last_tick, ticks = fired.job_ids.len(), job = job,
                            late_ms = late, "schedule fired");

@@ -334,8 +334,13 @@ async fn every_completion_has_its_line_and_every_other_line_a_correction(
         .filter(|(id, attempt)| ended.get(id) != Some(attempt))
         .filter(|key| !corrected.contains(key))
         .collect();
+    let example: Vec<&Value> = uncorrected.first().map_or(Vec::new(), |(id, _)| {
+        lines.iter().filter(|line| line["job_id"] == *id).collect()
+    });
     assert!(
         uncorrected.is_empty(),
-        "completion lines that did not come true, without a correcting line: {uncorrected:?}"
+        "completion lines that did not come true, without a correcting line: {uncorrected:?}; \
+         the lines of the first: {example:#?}; its ending: {:?}",
+        uncorrected.first().map(|(id, _)| ended.get(id))
     );
 }
