@@ -257,7 +257,7 @@ impl Driver {
             before_commit(&rescued);
         }
         tx.commit().await?;
-        announce_jobs(self.queue.pool(), available.into_iter()).await;
+        announce_jobs(self.queue.pool(), available).await;
         Ok(rescued)
     }
 }
