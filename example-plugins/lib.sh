@@ -123,6 +123,8 @@ build_plugins() {
     for plugin in "$dir"/*/; do
         plugin="$(basename "$plugin")"
         [[ "$plugin" == _* ]] && continue  # shared sources, not a plugin
+        # shellcheck disable=SC2053  # a pattern, on purpose
+        [[ -n "${EXAMPLE_PLUGINS_ONLY:-}" && "$plugin" != $EXAMPLE_PLUGINS_ONLY ]] && continue
         local built="$build_dir/$plugin.wasm"
         local inputs=("$dir/$plugin" "$wit" "$0" "$@")
         if ! fresh "$built.stamp" "$built" "${inputs[@]}"; then

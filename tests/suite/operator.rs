@@ -8,24 +8,11 @@ use serde_json::json;
 
 use crate::support::live::Live;
 use crate::support::process::run_cli;
-use crate::support::{TestDb, eventually, settled, state_of};
+use crate::support::plugins::linked;
+use crate::support::{TestDb, enqueue, eventually, settled, state_of};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A plugin directory with `echo` and `sleep`.
-fn plugins() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for job_type in ["echo", "sleep"] {
-        let link = dir.path().join(format!("{job_type}.wasm"));
-        std::os::unix::fs::symlink(test_plugins::path(job_type), link).unwrap();
-    }
-    dir
-}
-
-async fn enqueue(db: &TestDb, job: NewJob) -> i64 {
-    let queue = db.queue();
-    queue.enqueue(queue.pool(), &job).await.unwrap().id
-}
 
 async fn cli(db: &TestDb, args: &[&str]) -> String {
     let (status, stdout, stderr) = run_cli(&db.url(), args).await;
@@ -36,16 +23,16 @@ async fn cli(db: &TestDb, args: &[&str]) -> String {
 #[tokio::test]
 async fn a_paused_job_type_is_claimed_by_no_runner_until_resumed() {
     let db = TestDb::new().await;
-    let dir = plugins();
+    let dir = linked(&["echo", "sleep"]);
     let live = Live::start(&db, dir.path(), &[]).await;
     let paused = cli(&db, &["jobs", "pause-type", "echo", "--by", "ops-alice"]).await;
     assert!(paused.contains("job type echo paused"), "{paused}");
     assert!(cli(&db, &["jobs", "paused"]).await.contains("ops-alice"));
 
-    let echo = enqueue(&db, NewJob::new("echo", json!({"n": 1}))).await;
+    let echo = enqueue(&db, &NewJob::new("echo", json!({"n": 1}))).await;
     // The runner is claiming: the other type's jobs run, after the echo job was enqueued.
     for n in 0..3 {
-        let other = enqueue(&db, NewJob::new("sleep", json!({"ms": n}))).await;
+        let other = enqueue(&db, &NewJob::new("sleep", json!({"ms": n}))).await;
         settled(&db.queue(), other, JobState::Completed).await;
     }
     assert_eq!(
@@ -78,13 +65,13 @@ async fn running(db: &TestDb, id: i64) {
 #[tokio::test]
 async fn cancelling_a_running_job_stops_its_guest_and_records_who_cancelled_it() {
     let db = TestDb::new().await;
-    let dir = plugins();
+    let dir = linked(&["echo", "sleep"]);
     let live = Live::start(&db, dir.path(), &[]).await;
     // The first runs under a lease (the runner was idle); the second, claimed while the first
     // runs, in a batch transaction that holds it for up to a second.
-    let leased = enqueue(&db, NewJob::new("sleep", json!({"ms": 600_000}))).await;
+    let leased = enqueue(&db, &NewJob::new("sleep", json!({"ms": 600_000}))).await;
     running(&db, leased).await;
-    let batched = enqueue(&db, NewJob::new("sleep", json!({"ms": 600_001}))).await;
+    let batched = enqueue(&db, &NewJob::new("sleep", json!({"ms": 600_001}))).await;
     running(&db, batched).await;
     let held_by: Vec<Option<i64>> = sqlx::query_scalar(
         "SELECT batch_id FROM jobrunner.job_status WHERE id = ANY($1) ORDER BY id",
@@ -122,7 +109,7 @@ async fn cancelling_a_running_job_stops_its_guest_and_records_who_cancelled_it()
         "{stderr}"
     );
     // The runner is free again: its executors were not held by the stopped guests.
-    let next = enqueue(&db, NewJob::new("echo", json!({}))).await;
+    let next = enqueue(&db, &NewJob::new("echo", json!({}))).await;
     settled(&db.queue(), next, JobState::Completed).await;
     live.stop().await;
 }

@@ -12,24 +12,11 @@ use serde_json::json;
 use crate::support::live::Live;
 use crate::support::process::run_cli;
 use crate::support::web::{Browser, Dashboard, base_url, csrf_of, get, metric, request};
-use crate::support::{TestDb, eventually, settled, state_of};
+use crate::support::plugins::linked;
+use crate::support::{TestDb, enqueue, eventually, settled, state_of};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A plugin directory with `echo` and `poison`.
-fn plugins() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for job_type in ["echo", "poison"] {
-        let link = dir.path().join(format!("{job_type}.wasm"));
-        std::os::unix::fs::symlink(test_plugins::path(job_type), link).unwrap();
-    }
-    dir
-}
-
-async fn enqueue(db: &TestDb, job: NewJob) -> i64 {
-    let queue = db.queue();
-    queue.enqueue(queue.pool(), &job).await.unwrap().id
-}
 
 /// A job that failed for good, of a type no runner here serves: retried, it stays available.
 async fn failed_job(db: &TestDb) -> i64 {
@@ -50,22 +37,22 @@ async fn failed_job(db: &TestDb) -> i64 {
 #[tokio::test]
 async fn metrics_count_what_the_runner_did_and_health_checks_answer() {
     let db = TestDb::new().await;
-    let dir = plugins();
+    let dir = linked(&["echo", "poison"]);
     let args = ["--http", "127.0.0.1:0", "--cpu-budget", "200ms"];
     let live = Live::start(&db, dir.path(), &args).await;
     let base = base_url(&live).await;
     let mut ids = Vec::new();
     for n in 0..5 {
-        ids.push(enqueue(&db, NewJob::new("echo", json!({ "n": n }))).await);
+        ids.push(enqueue(&db, &NewJob::new("echo", json!({ "n": n }))).await);
     }
     let trap = NewJob::new("poison", json!({"do": "trap"}))
         .max_attempts(1)
         .tenant("acme");
-    let trapped = enqueue(&db, trap).await;
+    let trapped = enqueue(&db, &trap).await;
     let spin = NewJob::new("poison", json!({"do": "loop"}))
         .max_attempts(1)
         .tenant("acme");
-    let spun = enqueue(&db, spin).await;
+    let spun = enqueue(&db, &spin).await;
     for id in &ids {
         settled(&db.queue(), *id, JobState::Completed).await;
     }
@@ -275,14 +262,14 @@ async fn actions_need_the_csrf_token_and_a_read_only_dashboard_refuses_them() {
 #[tokio::test]
 async fn the_dashboard_works_in_a_real_browser() {
     let db = TestDb::new().await;
-    let dir = plugins();
+    let dir = linked(&["echo", "poison"]);
     let live = Live::start(&db, dir.path(), &["--http", "127.0.0.1:0"]).await;
     let base = base_url(&live).await;
     let xss = "<script>window.__xss = 1</script><img src=x onerror=\"window.__xss = 2\">";
-    let hostile = enqueue(&db, NewJob::new("echo", json!({ "note": xss }))).await;
+    let hostile = enqueue(&db, &NewJob::new("echo", json!({ "note": xss }))).await;
     for n in 0..3 {
-        let id = enqueue(&db, NewJob::new("echo", json!({ "n": n })).tenant("acme")).await;
-        settled(&db.queue(), id, JobState::Completed).await;
+        let job = NewJob::new("echo", json!({ "n": n })).tenant("acme");
+        settled(&db.queue(), enqueue(&db, &job).await, JobState::Completed).await;
     }
     settled(&db.queue(), hostile, JobState::Completed).await;
     let failed = failed_job(&db).await;
@@ -291,19 +278,11 @@ async fn the_dashboard_works_in_a_real_browser() {
     let schedule = NewSchedule::new("weekly-report", "0 9 * * 1", job).time_zone("Europe/Berlin");
     queue.add_schedule(queue.pool(), &schedule).await.unwrap();
 
-    let browser = Browser::start().await;
-    let c = &browser.client;
+    let b = Browser::start().await;
     // The overview counts what ran, by type and tenant.
     eventually("the overview to count the echo jobs", WAIT, || async {
-        c.goto(&format!("{base}/")).await.unwrap();
-        let cell = c
-            .find(Locator::Css("#jobs-by-type"))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        cell.contains("echo").then_some(())
+        b.goto(&format!("{base}/")).await;
+        b.try_text("#jobs-by-type").await?.contains("echo").then_some(())
     })
     .await;
     for (path, name, heading) in [
@@ -315,164 +294,79 @@ async fn the_dashboard_works_in_a_real_browser() {
         ("/tenants", "tenants", "Tenants"),
         ("/schedules", "schedules", "Schedules"),
     ] {
-        c.goto(&format!("{base}{path}")).await.unwrap();
-        let h1 = c
-            .find(Locator::Css("h1"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        b.goto(&format!("{base}{path}")).await;
+        let h1 = b.text("h1").await;
         assert!(h1.starts_with(heading), "{path}: {h1}");
-        browser.screenshot(name).await;
+        b.screenshot(name).await;
     }
 
     // Filter the list with its form: only failed jobs remain.
-    c.goto(&format!("{base}/jobs")).await.unwrap();
-    let state = c.find(Locator::Css("select[name=state]")).await.unwrap();
-    state.select_by_value("failed").await.unwrap();
-    c.find(Locator::Css("form.filters button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let url = c.current_url().await.unwrap();
+    b.goto(&format!("{base}/jobs")).await;
+    b.select("select[name=state]", "failed").await;
+    b.click("form.filters button").await;
+    let url = b.client.current_url().await.unwrap();
     assert!(url.as_str().contains("state=failed"), "{url}");
-    let states = c.find_all(Locator::Css("#jobs .state")).await.unwrap();
+    let states = b.client.find_all(Locator::Css("#jobs .state")).await.unwrap();
     assert_eq!(states.len(), 1, "one failed job");
     assert_eq!(states[0].text().await.unwrap(), "failed");
 
     // Open it and retry it: its state changes.
-    c.find(Locator::LinkText(&failed.to_string()))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let badge = c.find(Locator::Css("h1 .state")).await.unwrap();
-    assert_eq!(badge.text().await.unwrap(), "failed");
-    c.find(Locator::Css("form[action$='/retry'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let badge = c.find(Locator::Css("h1 .state")).await.unwrap();
-    assert_eq!(badge.text().await.unwrap(), "available");
+    let link = b.client.find(Locator::LinkText(&failed.to_string())).await;
+    link.unwrap().click().await.unwrap();
+    assert_eq!(b.text("h1 .state").await, "failed");
+    b.click("form[action$='/retry'] button").await;
+    assert_eq!(b.text("h1 .state").await, "available");
     assert_eq!(state_of(&db, failed).await, "available");
 
     // The hostile payload is text on the page, and none of it ran.
-    c.goto(&format!("{base}/jobs/{hostile}")).await.unwrap();
-    let payload = c
-        .find(Locator::Css("#payload"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        payload.contains("<script>window.__xss = 1</script>"),
-        "{payload}"
-    );
-    let ran = c
-        .execute("return window.__xss === undefined", vec![])
-        .await
-        .unwrap();
-    assert_eq!(ran, json!(true), "the payload's script did not run");
-    browser.screenshot("job-hostile-payload").await;
+    b.goto(&format!("{base}/jobs/{hostile}")).await;
+    let payload = b.text("#payload").await;
+    assert!(payload.contains("<script>window.__xss = 1</script>"), "{payload}");
+    let ran = b.client.execute("return window.__xss === undefined", vec![]);
+    assert_eq!(ran.await.unwrap(), json!(true), "the payload's script did not run");
+    b.screenshot("job-hostile-payload").await;
 
     // Pause the schedule from its page.
-    c.goto(&format!("{base}/schedules")).await.unwrap();
-    let row = Locator::Css("tr[data-schedule='weekly-report']");
-    let row_el = c.find(row).await.unwrap();
-    row_el
-        .find(Locator::Css("button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let row_el = c.find(row).await.unwrap();
-    let shown = row_el
-        .find(Locator::Css("td.state"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(shown, "paused");
-    assert!(
-        queue
-            .schedule("weekly-report", "default")
-            .await
-            .unwrap()
-            .paused
-    );
+    b.goto(&format!("{base}/schedules")).await;
+    b.click("tr[data-schedule='weekly-report'] button").await;
+    assert_eq!(b.text("tr[data-schedule='weekly-report'] td.state").await, "paused");
+    let paused = queue.schedule("weekly-report", "default").await.unwrap();
+    assert!(paused.paused);
 
     // Bulk: cancel every available job of type gone, after a confirmation with the count.
-    c.goto(&format!("{base}/jobs?type=gone&state=available"))
-        .await
-        .unwrap();
-    let action = c.find(Locator::Css("select[name=action]")).await.unwrap();
-    action.select_by_value("cancel").await.unwrap();
-    c.find(Locator::Css("form[action='/jobs/bulk'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let count = c
-        .find(Locator::Css("#count"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(count, "1");
-    browser.screenshot("bulk-confirm").await;
-    c.find(Locator::Css("#confirm"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let done = c
-        .find(Locator::Css("#done"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    b.goto(&format!("{base}/jobs?type=gone&state=available")).await;
+    b.select("select[name=action]", "cancel").await;
+    b.click("form[action='/jobs/bulk'] button").await;
+    assert_eq!(b.text("#count").await, "1");
+    b.screenshot("bulk-confirm").await;
+    b.click("#confirm").await;
+    let done = b.text("#done").await;
     assert!(done.starts_with("cancel: 1 jobs changed"), "{done}");
     assert_eq!(state_of(&db, failed).await, "cancelled");
 
     // A read-only dashboard shows the same pages without a single action.
     let read_only = Dashboard::start(&db, &["--read-only"]).await;
     let other = failed_job(&db).await;
-    c.goto(&format!("{}/jobs/{other}", read_only.base))
-        .await
-        .unwrap();
-    assert!(c.find_all(Locator::Css("button")).await.unwrap().is_empty());
-    c.goto(&format!("{}/schedules", read_only.base))
-        .await
-        .unwrap();
-    assert!(c.find_all(Locator::Css("button")).await.unwrap().is_empty());
-    browser.screenshot("schedules-read-only").await;
+    for path in [format!("/jobs/{other}"), "/schedules".into(), "/types".into()] {
+        b.goto(&format!("{}{path}", read_only.base)).await;
+        let buttons = b.client.find_all(Locator::Css("button")).await.unwrap();
+        assert!(buttons.is_empty(), "{path} has buttons");
+    }
+    b.screenshot("schedules-read-only").await;
 
-    c.clone().close().await.unwrap();
+    b.client.clone().close().await.unwrap();
     live.stop().await;
 }
 
 #[tokio::test]
 async fn each_attempts_log_is_kept_with_its_job_and_shown_after_its_runner_is_gone() {
     let db = TestDb::new().await;
-    let dir = plugins();
+    let dir = linked(&["echo", "poison"]);
     let live = Live::start(&db, dir.path(), &["--keep-guest-log", "1KiB"]).await;
     let flood = NewJob::new("poison", json!({"do": "log-flood", "lines": 300}));
-    let flood = enqueue(&db, flood).await;
+    let flood = enqueue(&db, &flood).await;
     let trap = NewJob::new("poison", json!({"do": "trap"})).max_attempts(2);
-    let trap = enqueue(&db, trap).await;
+    let trap = enqueue(&db, &trap).await;
     settled(&db.queue(), flood, JobState::Completed).await;
     settled(&db.queue(), trap, JobState::Failed).await;
     live.stop().await;

@@ -186,8 +186,7 @@ impl WebServer {
 fn router(state: AppState) -> Router {
     let actions = Router::new()
         .route("/jobs/bulk", post(pages::jobs::bulk))
-        .route("/jobs/{id}/retry", post(pages::job::retry))
-        .route("/jobs/{id}/cancel", post(pages::job::cancel))
+        .route("/jobs/{id}/{action}", post(pages::job::act))
         .route(
             "/schedules/{tenant}/{name}/{action}",
             post(pages::schedules::act),

@@ -88,3 +88,9 @@ pub async fn settled(queue: &Queue, id: i64, state: JobState) -> JobRecord {
     )
     .await
 }
+
+/// Enqueues `job` and returns its id (or its pending duplicate's).
+pub async fn enqueue(db: &TestDb, job: &runner::NewJob) -> i64 {
+    let queue = db.queue();
+    queue.enqueue(queue.pool(), job).await.unwrap().id
+}

@@ -76,3 +76,13 @@ pub async fn secret_worker(
     };
     Worker::new(queue.clone(), executor, config).start()
 }
+
+/// A plugin directory of links to the test plugins of `job_types`.
+pub fn linked(job_types: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for job_type in job_types {
+        let link = dir.path().join(format!("{job_type}.wasm"));
+        std::os::unix::fs::symlink(test_plugins::path(job_type), link).unwrap();
+    }
+    dir
+}

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fantoccini::{Client, ClientBuilder};
+use fantoccini::{Client, ClientBuilder, Locator};
 use http_body_util::{BodyExt, Full};
 use hyper::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::client::legacy::Client as HttpClient;
@@ -141,6 +141,36 @@ impl Browser {
             client,
             _driver: driver,
         }
+    }
+
+    /// Loads `url`.
+    pub async fn goto(&self, url: &str) {
+        self.client.goto(url).await.unwrap();
+    }
+
+    /// The text of the first element matching `css`, if there is one.
+    pub async fn try_text(&self, css: &str) -> Option<String> {
+        let element = self.client.find(Locator::Css(css)).await.ok()?;
+        element.text().await.ok()
+    }
+
+    /// The text of the first element matching `css`.
+    pub async fn text(&self, css: &str) -> String {
+        let element = self.client.find(Locator::Css(css)).await;
+        element.unwrap_or_else(|e| panic!("{css}: {e}")).text().await.unwrap()
+    }
+
+    /// Clicks the first element matching `css` (and waits for the page it loads).
+    pub async fn click(&self, css: &str) {
+        let element = self.client.find(Locator::Css(css)).await;
+        element.unwrap_or_else(|e| panic!("{css}: {e}")).click().await.unwrap();
+    }
+
+    /// Chooses `value` in the first `<select>` matching `css`.
+    pub async fn select(&self, css: &str, value: &str) {
+        let element = self.client.find(Locator::Css(css)).await;
+        let select = element.unwrap_or_else(|e| panic!("{css}: {e}"));
+        select.select_by_value(value).await.unwrap();
     }
 
     /// Saves a screenshot of the current page as `target/screenshots/<name>.png`.

@@ -383,13 +383,13 @@ async fn enqueue_jobs(queue: &Queue, languages: &[&str]) -> anyhow::Result<()> {
 const LANGUAGES: [&str; 4] = ["rust", "python", "js", "c"];
 
 /// The languages whose reference job is in the plugin directory `dir`: `example-plugins/build
-/// --quick` leaves out C until its toolchain is installed.
+/// --demo` leaves out C until its toolchain is installed.
 fn languages(dir: &Path) -> Vec<&'static str> {
     let present = |l: &&str| dir.join(format!("review-reminder-{l}.wasm")).exists();
     let languages: Vec<&str> = LANGUAGES.iter().copied().filter(present).collect();
     for missing in LANGUAGES.iter().filter(|l| !languages.contains(l)) {
         println!(
-            "(no review-reminder-{missing} plugin: `example-plugins/build` without --quick \
+            "(no review-reminder-{missing} plugin: `example-plugins/build` without --demo \
              builds it)"
         );
     }

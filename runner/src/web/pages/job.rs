@@ -146,36 +146,30 @@ pub struct ActionForm {
     pub csrf: String,
 }
 
-/// Retries a failed job, then shows it.
-pub async fn retry(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    Form(form): Form<ActionForm>,
-) -> PageResult {
-    state.auth.check_csrf(&form.csrf)?;
-    let id = parse_id(&id)?;
-    state
-        .queue
-        .retry_job(id, state.default_max_attempts)
-        .await?;
-    tracing::info!(job_id = id, "job retried from the dashboard");
-    Ok(Redirect::to(&format!("/jobs/{id}")).into_response())
-}
-
 /// Who the dashboard says cancels.
 pub const DASHBOARD: &str = "dashboard";
 
-/// Cancels a job (a running one is stopped by its runner), then shows it.
-pub async fn cancel(
+/// Retries a failed job, or cancels a job (a running one is stopped by its runner), then
+/// shows it.
+pub async fn act(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path((id, action)): Path<(String, String)>,
     Form(form): Form<ActionForm>,
 ) -> PageResult {
     state.auth.check_csrf(&form.csrf)?;
     let id = parse_id(&id)?;
-    if let Cancellation::Cancelled(job) = state.queue.cancel(id, DASHBOARD).await? {
-        crate::metrics::cancelled(&job.job_type, &job.tenant);
+    let queue = &state.queue;
+    match action.as_str() {
+        "retry" => {
+            queue.retry_job(id, state.default_max_attempts).await?;
+        }
+        "cancel" => {
+            if let Cancellation::Cancelled(job) = queue.cancel(id, DASHBOARD).await? {
+                crate::metrics::cancelled(&job.job_type, &job.tenant);
+            }
+        }
+        other => return Err(PageError::NotFound(format!("no job action {other:?}"))),
     }
-    tracing::info!(job_id = id, "job cancelled from the dashboard");
+    tracing::info!(job_id = id, action, "job changed from the dashboard");
     Ok(Redirect::to(&format!("/jobs/{id}")).into_response())
 }
