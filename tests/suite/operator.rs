@@ -7,12 +7,11 @@ use runner::client::{JobState, NewJob};
 use serde_json::json;
 
 use crate::support::live::Live;
-use crate::support::process::run_cli;
 use crate::support::plugins::linked;
+use crate::support::process::run_cli;
 use crate::support::{TestDb, enqueue, eventually, settled, state_of};
 
 const WAIT: Duration = Duration::from_secs(30);
-
 
 async fn cli(db: &TestDb, args: &[&str]) -> String {
     let (status, stdout, stderr) = run_cli(&db.url(), args).await;

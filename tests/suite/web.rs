@@ -10,17 +10,16 @@ use runner::client::{JobState, NewJob};
 use serde_json::json;
 
 use crate::support::live::Live;
+use crate::support::plugins::linked;
 use crate::support::process::run_cli;
 use crate::support::web::{Browser, Dashboard, base_url, csrf_of, get, metric, request};
-use crate::support::plugins::linked;
 use crate::support::{TestDb, enqueue, eventually, settled, state_of};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-
 /// A job that failed for good, of a type no runner here serves: retried, it stays available.
 async fn failed_job(db: &TestDb) -> i64 {
-    let id = enqueue(db, NewJob::new("gone", json!({"n": 1})).max_attempts(1)).await;
+    let id = enqueue(db, &NewJob::new("gone", json!({"n": 1})).max_attempts(1)).await;
     sqlx::query(
         "UPDATE jobrunner.jobs SET state = 'failed', attempt = 1,
                 errors = jsonb_build_array(jsonb_build_object(
@@ -282,7 +281,10 @@ async fn the_dashboard_works_in_a_real_browser() {
     // The overview counts what ran, by type and tenant.
     eventually("the overview to count the echo jobs", WAIT, || async {
         b.goto(&format!("{base}/")).await;
-        b.try_text("#jobs-by-type").await?.contains("echo").then_some(())
+        b.try_text("#jobs-by-type")
+            .await?
+            .contains("echo")
+            .then_some(())
     })
     .await;
     for (path, name, heading) in [
@@ -306,7 +308,11 @@ async fn the_dashboard_works_in_a_real_browser() {
     b.click("form.filters button").await;
     let url = b.client.current_url().await.unwrap();
     assert!(url.as_str().contains("state=failed"), "{url}");
-    let states = b.client.find_all(Locator::Css("#jobs .state")).await.unwrap();
+    let states = b
+        .client
+        .find_all(Locator::Css("#jobs .state"))
+        .await
+        .unwrap();
     assert_eq!(states.len(), 1, "one failed job");
     assert_eq!(states[0].text().await.unwrap(), "failed");
 
@@ -321,20 +327,33 @@ async fn the_dashboard_works_in_a_real_browser() {
     // The hostile payload is text on the page, and none of it ran.
     b.goto(&format!("{base}/jobs/{hostile}")).await;
     let payload = b.text("#payload").await;
-    assert!(payload.contains("<script>window.__xss = 1</script>"), "{payload}");
-    let ran = b.client.execute("return window.__xss === undefined", vec![]);
-    assert_eq!(ran.await.unwrap(), json!(true), "the payload's script did not run");
+    assert!(
+        payload.contains("<script>window.__xss = 1</script>"),
+        "{payload}"
+    );
+    let ran = b
+        .client
+        .execute("return window.__xss === undefined", vec![]);
+    assert_eq!(
+        ran.await.unwrap(),
+        json!(true),
+        "the payload's script did not run"
+    );
     b.screenshot("job-hostile-payload").await;
 
     // Pause the schedule from its page.
     b.goto(&format!("{base}/schedules")).await;
     b.click("tr[data-schedule='weekly-report'] button").await;
-    assert_eq!(b.text("tr[data-schedule='weekly-report'] td.state").await, "paused");
+    assert_eq!(
+        b.text("tr[data-schedule='weekly-report'] td.state").await,
+        "paused"
+    );
     let paused = queue.schedule("weekly-report", "default").await.unwrap();
     assert!(paused.paused);
 
     // Bulk: cancel every available job of type gone, after a confirmation with the count.
-    b.goto(&format!("{base}/jobs?type=gone&state=available")).await;
+    b.goto(&format!("{base}/jobs?type=gone&state=available"))
+        .await;
     b.select("select[name=action]", "cancel").await;
     b.click("form[action='/jobs/bulk'] button").await;
     assert_eq!(b.text("#count").await, "1");
@@ -347,7 +366,11 @@ async fn the_dashboard_works_in_a_real_browser() {
     // A read-only dashboard shows the same pages without a single action.
     let read_only = Dashboard::start(&db, &["--read-only"]).await;
     let other = failed_job(&db).await;
-    for path in [format!("/jobs/{other}"), "/schedules".into(), "/types".into()] {
+    for path in [
+        format!("/jobs/{other}"),
+        "/schedules".into(),
+        "/types".into(),
+    ] {
         b.goto(&format!("{}{path}", read_only.base)).await;
         let buttons = b.client.find_all(Locator::Css("button")).await.unwrap();
         assert!(buttons.is_empty(), "{path} has buttons");

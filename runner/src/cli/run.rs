@@ -111,16 +111,15 @@ impl Listener {
     ) -> anyhow::Result<Self> {
         let stop = CancellationToken::new();
         let server = match &config.web {
-            Some(web) => Some(
-                WebServer::start(
-                    web.clone(),
-                    queue,
-                    Arc::clone(readiness),
-                    config.worker.retry.max_attempts,
-                    stop.clone(),
-                )
-                .await?,
-            ),
+            Some(web) => {
+                // Migrated first, so that pages and samples have a schema to read while the
+                // plugins load (the runner's build migrates again: a no-op by then).
+                queue.migrate().await?;
+                let retries = config.worker.retry.max_attempts;
+                let readiness = Arc::clone(readiness);
+                let server = WebServer::start(web.clone(), queue, readiness, retries, stop.clone());
+                Some(server.await?)
+            }
             None => None,
         };
         Ok(Self { server, stop })

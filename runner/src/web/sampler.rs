@@ -123,8 +123,16 @@ pub struct Sample {
     pub failed_per_s: f64,
 }
 
-/// Each live runner's (completed, failed) totals, by owner.
-type RunnerTotals = HashMap<String, (i64, i64)>;
+/// A live runner's outcome counts at a sample, and how long it had been up.
+#[derive(Debug, Clone, Copy)]
+struct Announced {
+    completed: i64,
+    failed: i64,
+    up_for: Duration,
+}
+
+/// Each live runner's counts, by owner.
+type RunnerTotals = HashMap<String, Announced>;
 
 /// The snapshot cache and the history.
 pub struct Sampler {
@@ -190,13 +198,21 @@ impl Sampler {
         let totals: RunnerTotals = snapshot
             .runners
             .iter()
-            .map(|r| (r.owner.clone(), (r.completed, r.failed)))
+            .map(|r| {
+                let up_for = (snapshot.at - r.started_at).to_std().unwrap_or_default();
+                let counts = Announced {
+                    completed: r.completed,
+                    failed: r.failed,
+                    up_for,
+                };
+                (r.owner.clone(), counts)
+            })
             .collect();
         let mut previous = self.previous.lock().expect("not poisoned");
-        let (completed_per_s, failed_per_s) = match previous.as_ref() {
-            Some((then, before)) => rates(before, &totals, then.elapsed()),
-            None => (0.0, 0.0),
-        };
+        let earlier = previous
+            .as_ref()
+            .map(|(then, before)| (before, then.elapsed()));
+        let (completed_per_s, failed_per_s) = rates(earlier, &totals);
         *previous = Some((snapshot.taken, totals));
         let sample = Sample {
             at: snapshot.at,
@@ -215,17 +231,25 @@ impl Sampler {
     }
 }
 
-/// Completed and failed per second between two readings of the runners' totals. A runner
-/// seen in only one of them (started or stopped between) counts from what it announced.
-fn rates(before: &RunnerTotals, now: &RunnerTotals, between: Duration) -> (f64, f64) {
-    let secs = between.as_secs_f64().max(1e-3);
-    let (mut completed, mut failed) = (0, 0);
-    for (owner, (c, f)) in now {
-        let (c0, f0) = before.get(owner).copied().unwrap_or((0, 0));
-        completed += (c - c0).max(0);
-        failed += (f - f0).max(0);
+/// Completed and failed per second since the `earlier` reading of the runners' counts (and
+/// the time since it), summed over the runners. A runner not in it (started since, or the
+/// first reading) counts everything it announced over the time it has been up, so that a
+/// burst before the first reading still shows.
+fn rates(earlier: Option<(&RunnerTotals, Duration)>, now: &RunnerTotals) -> (f64, f64) {
+    let (mut completed, mut failed) = (0.0, 0.0);
+    for (owner, counts) in now {
+        let (base, over) = match earlier {
+            Some((before, between)) => match before.get(owner) {
+                Some(b) => ((b.completed, b.failed), between),
+                None => ((0, 0), counts.up_for.min(between)),
+            },
+            None => ((0, 0), counts.up_for),
+        };
+        let secs = over.as_secs_f64().max(1.0);
+        completed += (counts.completed - base.0).max(0) as f64 / secs;
+        failed += (counts.failed - base.1).max(0) as f64 / secs;
     }
-    (completed as f64 / secs, failed as f64 / secs)
+    (completed, failed)
 }
 
 #[cfg(test)]
@@ -233,10 +257,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rates_count_each_runner_from_its_previous_totals() {
-        let before = HashMap::from([("a".to_owned(), (100, 1)), ("gone".to_owned(), (50, 0))]);
-        let now = HashMap::from([("a".to_owned(), (150, 3)), ("new".to_owned(), (50, 0))]);
-        let (completed, failed) = rates(&before, &now, Duration::from_secs(10));
-        assert_eq!((completed, failed), (10.0, 0.2));
+    fn rates_count_each_runner_from_its_previous_totals_or_since_it_started() {
+        let counts = |completed, failed, up: u64| Announced {
+            completed,
+            failed,
+            up_for: Duration::from_secs(up),
+        };
+        let before = HashMap::from([
+            ("a".to_owned(), counts(100, 1, 60)),
+            ("gone".to_owned(), counts(50, 0, 60)),
+        ]);
+        let now = HashMap::from([
+            ("a".to_owned(), counts(150, 3, 70)),
+            ("new".to_owned(), counts(50, 0, 5)),
+        ]);
+        let between = Duration::from_secs(10);
+        // a: 50 in 10 s; new: 50 in the 5 s it has been up.
+        assert_eq!(rates(Some((&before, between)), &now), (15.0, 0.2));
+        // The first reading: everything each runner did since it started.
+        assert_eq!(rates(None, &now), (150.0 / 70.0 + 10.0, 3.0 / 70.0));
     }
 }

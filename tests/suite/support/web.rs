@@ -157,13 +157,21 @@ impl Browser {
     /// The text of the first element matching `css`.
     pub async fn text(&self, css: &str) -> String {
         let element = self.client.find(Locator::Css(css)).await;
-        element.unwrap_or_else(|e| panic!("{css}: {e}")).text().await.unwrap()
+        element
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+            .text()
+            .await
+            .unwrap()
     }
 
     /// Clicks the first element matching `css` (and waits for the page it loads).
     pub async fn click(&self, css: &str) {
         let element = self.client.find(Locator::Css(css)).await;
-        element.unwrap_or_else(|e| panic!("{css}: {e}")).click().await.unwrap();
+        element
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+            .click()
+            .await
+            .unwrap();
     }
 
     /// Chooses `value` in the first `<select>` matching `css`.
