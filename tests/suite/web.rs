@@ -317,8 +317,7 @@ async fn the_dashboard_works_in_a_real_browser() {
     assert_eq!(states[0].text().await.unwrap(), "failed");
 
     // Open it and retry it: its state changes.
-    let link = b.client.find(Locator::LinkText(&failed.to_string())).await;
-    link.unwrap().click().await.unwrap();
+    b.navigate_by(Locator::LinkText(&failed.to_string())).await;
     assert_eq!(b.text("h1 .state").await, "failed");
     b.click("form[action$='/retry'] button").await;
     assert_eq!(b.text("h1 .state").await, "available");

@@ -164,14 +164,29 @@ impl Browser {
             .unwrap()
     }
 
-    /// Clicks the first element matching `css` (and waits for the page it loads).
+    /// Clicks the first element matching `locator`, and waits until the page it submits or
+    /// links to has replaced this one and loaded.
+    pub async fn navigate_by(&self, locator: Locator<'_>) {
+        let page = self.client.find(Locator::Css("html")).await.unwrap();
+        let element = self.client.find(locator).await;
+        let element = element.unwrap_or_else(|e| panic!("{locator:?}: {e}"));
+        element.click().await.unwrap();
+        let deadline = Duration::from_secs(30);
+        eventually("the next page", deadline, || async {
+            // The old page's element is stale once the new page replaced it.
+            page.tag_name().await.is_err().then_some(())
+        })
+        .await;
+        eventually("the next page to load", deadline, || async {
+            let state = self.client.execute("return document.readyState", vec![]);
+            (state.await.ok()? == "complete").then_some(())
+        })
+        .await;
+    }
+
+    /// [`Browser::navigate_by`] the element matching `css`.
     pub async fn click(&self, css: &str) {
-        let element = self.client.find(Locator::Css(css)).await;
-        element
-            .unwrap_or_else(|e| panic!("{css}: {e}"))
-            .click()
-            .await
-            .unwrap();
+        self.navigate_by(Locator::Css(css)).await;
     }
 
     /// Chooses `value` in the first `<select>` matching `css`.
