@@ -302,6 +302,14 @@ async fn the_dashboard_works_in_a_real_browser() {
         b.screenshot(name).await;
     }
 
+    // The plugins page gives each version's limits (no manifest here: the runner's).
+    b.goto(&format!("{base}/plugins")).await;
+    let grants = b.text("td.grants").await;
+    assert!(
+        grants.contains("timeout 60000 ms") && grants.contains("25 attempts"),
+        "{grants}"
+    );
+
     // Filter the list with its form: only failed jobs remain.
     b.goto(&format!("{base}/jobs")).await;
     b.select("select[name=state]", "failed").await;
@@ -344,7 +352,7 @@ async fn the_dashboard_works_in_a_real_browser() {
     b.goto(&format!("{base}/schedules")).await;
     b.click("tr[data-schedule='weekly-report'] button").await;
     assert_eq!(
-        b.text("tr[data-schedule='weekly-report'] td.state").await,
+        b.text("tr[data-schedule='weekly-report'] td.status").await,
         "paused"
     );
     let paused = queue.schedule("weekly-report", "default").await.unwrap();

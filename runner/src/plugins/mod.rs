@@ -33,7 +33,7 @@ pub use dir::{PluginDir, job_type_of};
 pub use load::{Files, LoadError, Loader, Origin, Version};
 pub use manifest::{ManifestError, ManifestSchedule, Policy, read as read_manifest};
 pub use presence::Presence;
-pub use registry::{PluginStatus, Registry, ServingVersion, Superseded};
+pub use registry::{Grants, PluginStatus, Registry, ServingVersion, Superseded};
 pub use watch::{Watching, watch};
 
 /// The plugin directory itself cannot be used.

@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::load::{LoadError, Version};
+use super::manifest::Policy;
 use crate::driver::ClaimType;
 
 /// What the runner serves now.
@@ -245,6 +246,62 @@ pub struct ServingVersion {
     pub load_ms: f64,
     /// `cache` or `compiled`.
     pub from: String,
+    /// The manifest beside it, if there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+    /// What its manifest grants and sets (the runner's defaults where it has none).
+    #[serde(default)]
+    pub grants: Grants,
+}
+
+/// What a version may reach and use, from its manifest over the runner's settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct Grants {
+    /// The origins it may call over HTTP.
+    pub http_hosts: Vec<String>,
+    /// The config keys it reads.
+    pub config_keys: Vec<String>,
+    /// The secrets it is granted (names only).
+    pub secrets: Vec<String>,
+    /// The job types it may enqueue as follow-ups.
+    pub follow_ups: Vec<String>,
+    /// The tenants whose jobs it runs; `None`: all.
+    pub tenants: Option<Vec<String>>,
+    /// Most of its jobs running at once across the runners; `None`: no limit.
+    pub concurrency: Option<u32>,
+    /// Attempts for its jobs that set none.
+    pub max_attempts: u32,
+    /// Wall-clock time per attempt, in milliseconds.
+    pub timeout_ms: u64,
+    /// CPU time per attempt, in milliseconds.
+    pub cpu_budget_ms: u64,
+    /// Linear memory per attempt, in bytes.
+    pub memory: u64,
+}
+
+impl Grants {
+    fn of(policy: &Policy) -> Self {
+        let limits = &policy.limits;
+        let names = |items: &[String]| items.to_vec();
+        Self {
+            http_hosts: limits
+                .http
+                .hosts
+                .plugin
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            config_keys: limits.config.values.keys().cloned().collect(),
+            secrets: names(&limits.config.secrets),
+            follow_ups: names(&limits.jobs.enqueue),
+            tenants: policy.tenants.clone(),
+            concurrency: policy.concurrency,
+            max_attempts: policy.retry.max_attempts,
+            timeout_ms: limits.timeout.as_millis() as u64,
+            cpu_budget_ms: limits.cpu_budget.as_millis() as u64,
+            memory: limits.memory,
+        }
+    }
 }
 
 impl PluginStatus {
@@ -260,6 +317,10 @@ impl PluginStatus {
                 loaded_at: v.loaded_at,
                 load_ms: v.load_time.as_secs_f64() * 1e3,
                 from: v.origin.as_str().to_owned(),
+                manifest: Some(v.source.with_extension("toml"))
+                    .filter(|manifest| manifest.exists())
+                    .map(|manifest| manifest.display().to_string()),
+                grants: Grants::of(&v.policy),
             }),
         }
     }

@@ -32,7 +32,7 @@ use sampler::Sampler;
 pub const EXAMPLE_ADDR: &str = "127.0.0.1:9187";
 
 /// The `[web]` table of the config file, and the flags over it.
-#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+#[derive(Clone, Default, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct WebSettings {
     /// Serve health checks, metrics and the dashboard on this address (e.g. 127.0.0.1:9187);
@@ -54,6 +54,17 @@ pub struct WebSettings {
     #[arg(long = "read-only")]
     #[serde(default)]
     pub read_only: bool,
+}
+
+/// The token never shows: settings are printed in errors and debug output.
+impl std::fmt::Debug for WebSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSettings")
+            .field("http", &self.http)
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field("read_only", &self.read_only)
+            .finish()
+    }
 }
 
 impl WebSettings {
@@ -106,6 +117,7 @@ pub struct WebConfig {
     pub read_only: bool,
 }
 
+/// The token never shows, as for [`WebSettings`].
 impl std::fmt::Debug for WebConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebConfig")

@@ -42,7 +42,7 @@ pub async fn page(State(state): State<AppState>) -> PageResult {
                             } @else { "-" }
                             @if let Some(error) = &s.last_error { br; span.error { (error) } }
                         }
-                        td.state { @if s.paused { "paused" } @else { "active" } }
+                        td.status { @if s.paused { "paused" } @else { "active" } }
                         td { (toggle(&state, s)) }
                     }
                 }
