@@ -445,3 +445,61 @@ async fn each_attempts_log_is_kept_with_its_job_and_shown_after_its_runner_is_go
         "{shown}"
     );
 }
+
+/// The ids a jobs page lists, in order.
+fn listed(page: &str) -> Vec<i64> {
+    let table = &page[page.find("id=\"jobs\"").expect("a jobs table")..];
+    let table = &table[..table.find("</table>").unwrap()];
+    table
+        .split("<td class=\"num\"><a href=\"/jobs/")
+        .skip(1)
+        .map(|cell| cell[..cell.find('"').unwrap()].parse().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_jobs_list_pages_newest_first_and_filters_by_enqueue_time() {
+    let db = TestDb::new().await;
+    let queue = db.queue();
+    let jobs: Vec<_> = (0..120)
+        .map(|n| NewJob::new("echo", json!({ "n": n })))
+        .collect();
+    queue.enqueue_many(queue.pool(), &jobs).await.unwrap();
+    // One job a minute, the newest enqueued a minute ago.
+    sqlx::query("UPDATE jobrunner.jobs SET created_at = now() - (121 - id) * interval '1 minute'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let dashboard = Dashboard::start(&db, &[]).await;
+    let page = |query: String| {
+        let url = format!("{}/jobs?{query}", dashboard.base);
+        async move { get(&url, &[]).await }
+    };
+
+    let first = listed(&page("limit=50".into()).await.body);
+    assert_eq!(first, (71..=120).rev().collect::<Vec<i64>>());
+    let second = listed(&page("limit=50&before=71".into()).await.body);
+    assert_eq!(second, (21..=70).rev().collect::<Vec<i64>>());
+    let last = page("limit=50&before=21".into()).await.body;
+    assert_eq!(listed(&last), (1..=20).rev().collect::<Vec<i64>>());
+    assert!(!last.contains("id=\"next\""), "no page after the last");
+
+    // A range with both ends (read whole), then one open at its old end.
+    // Half a minute between the bounds and the jobs either side of them.
+    let at = |seconds_ago: i64| {
+        let at = chrono::Utc::now() - chrono::Duration::seconds(seconds_ago);
+        at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    let range = format!("from={}&until={}", at(30 * 60 + 30), at(9 * 60 + 30));
+    let ranged = listed(&page(range).await.body);
+    assert_eq!(ranged, (91..=111).rev().collect::<Vec<i64>>());
+    let recent = listed(&page(format!("from={}", at(4 * 60 + 30))).await.body);
+    assert_eq!(recent, [120, 119, 118, 117]);
+    let refused = page("from=yesterday".into()).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(
+        refused.body.contains("from must be a time like"),
+        "{}",
+        refused.body
+    );
+}

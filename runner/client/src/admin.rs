@@ -238,7 +238,11 @@ impl JobFilter {
     /// transactions hold) read newest first from the cursor, with the limit, then merged.
     /// Each part has partial indexes of its own (the finished jobs' by type and by tenant,
     /// the backlog's, the leases'), which a scan of the whole table would not use.
-    fn page_query(&self, columns: &str) -> QueryBuilder<Postgres> {
+    ///
+    /// With `whole_range`, each part reads every job of its filter (through the enqueue-time
+    /// index: the range is narrow) and sorts them, instead of walking newest first from the
+    /// top of the table to a range that may lie deep in the past.
+    fn page_query(&self, columns: &str, whole_range: bool) -> QueryBuilder<Postgres> {
         use JobState::{Available, Cancelled, Completed, Failed, Running};
         let finished = " AND state IN ('completed', 'failed', 'cancelled')";
         let parts: [(&str, &str, &[JobState]); 4] = [
@@ -263,11 +267,19 @@ impl JobFilter {
             if i > 0 {
                 query.push(" UNION ALL ");
             }
-            query.push(format!("(SELECT {columns} FROM jobrunner.{view}"));
+            let select = format!("SELECT {columns} FROM jobrunner.{view}");
+            match whole_range {
+                // OFFSET 0 keeps the planner from pushing the LIMIT into the scan.
+                true => query.push(format!("(SELECT * FROM ({select}")),
+                false => query.push(format!("({select}")),
+            };
             self.push_conditions(&mut query);
             query.push(*states);
             if let Some(before) = self.before_id {
                 query.push(" AND id < ").push_bind(before);
+            }
+            if whole_range {
+                query.push(" OFFSET 0) AS part");
             }
             query
                 .push(" ORDER BY id DESC LIMIT ")
@@ -350,25 +362,54 @@ pub enum Cancellation {
     },
 }
 
+/// Jobs in an enqueue-time range that a page reads whole (see [`Queue::job_summaries`]).
+const NARROW_RANGE: f64 = 100_000.0;
+
 /// At most this many jobs change in one bulk statement, so that one never holds many locks.
 pub const BULK_CHUNK: u32 = 5_000;
 
 impl Queue {
     /// Jobs matching `filter`, newest first.
     pub async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
-        let mut query = filter.page_query(JOB_COLUMNS);
+        let whole_range = self.narrow_range(filter).await?;
+        let mut query = filter.page_query(JOB_COLUMNS, whole_range);
         let rows: Vec<JobRow> = query.build_query_as().fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(JobRecord::from).collect())
     }
 
     /// One page of jobs matching `filter`, newest first, without payloads or results.
     pub async fn job_summaries(&self, filter: &JobFilter) -> Result<Vec<JobSummary>> {
+        let whole_range = self.narrow_range(filter).await?;
         let mut query = filter.page_query(
             "id, job_type, tenant, state::text AS state, attempt, max_attempts, run_at, \
              created_at, updated_at, left(errors -> -1 ->> 'error', 200) AS last_error, \
              parent_id, schedule",
+            whole_range,
         );
         Ok(query.build_query_as().fetch_all(&self.pool).await?)
+    }
+
+    /// Whether `filter` has an enqueue-time range that the planner estimates at no more than
+    /// [`NARROW_RANGE`] jobs: such a range is read whole. A wider one is walked newest first
+    /// (it is dense: a page fills quickly).
+    async fn narrow_range(&self, filter: &JobFilter) -> Result<bool> {
+        if filter.created_from.is_none() && filter.created_until.is_none() {
+            return Ok(false);
+        }
+        let plan: Json<serde_json::Value> = sqlx::query_scalar(
+            "EXPLAIN (FORMAT JSON)
+             SELECT FROM jobrunner.jobs
+              WHERE ($1::timestamptz IS NULL OR created_at >= $1)
+                AND ($2::timestamptz IS NULL OR created_at < $2)",
+        )
+        .bind(filter.created_from)
+        .bind(filter.created_until)
+        // Never a prepared statement's generic plan: the estimate must be for these times.
+        .persistent(false)
+        .fetch_one(&self.pool)
+        .await?;
+        let rows = plan.0[0]["Plan"]["Plan Rows"].as_f64();
+        Ok(rows.is_some_and(|rows| rows <= NARROW_RANGE))
     }
 
     /// How many jobs `filter` selects that `action` applies to (its cursor and limit aside).
