@@ -112,3 +112,38 @@ async fn cancelling_a_running_job_stops_its_guest_and_records_who_cancelled_it()
     settled(&db.queue(), next, JobState::Completed).await;
     live.stop().await;
 }
+
+#[tokio::test]
+async fn a_cancellation_missed_while_the_runner_was_not_listening_is_found_when_it_listens_again() {
+    let db = TestDb::new().await;
+    let dir = linked(&["echo", "sleep"]);
+    let live = Live::start(&db, dir.path(), &[]).await;
+    let id = enqueue(&db, &NewJob::new("sleep", json!({"ms": 600_000}))).await;
+    running(&db, id).await;
+    // Asked without the notification, as if it was sent while the runner was reconnecting.
+    sqlx::query("UPDATE jobrunner.jobs SET cancelled_by = 'ops-carol' WHERE id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let listener: i32 = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity
+          WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(listener)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let job = settled(&db.queue(), id, JobState::Cancelled).await;
+    assert_eq!(job.cancelled_by.as_deref(), Some("ops-carol"));
+    live.event(
+        "cancellation found after reconnecting; stopping the job",
+        |e| e["job_id"] == id,
+    )
+    .await;
+    live.stop().await;
+}

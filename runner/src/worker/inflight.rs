@@ -145,6 +145,12 @@ impl InFlight {
         }
     }
 
+    /// Every claim held: its job's id and attempt.
+    pub fn held(&self) -> Vec<(i64, u32)> {
+        let jobs = self.jobs();
+        jobs.iter().map(|(id, e)| (*id, e.attempt)).collect()
+    }
+
     /// Leased claims whose lease was last renewed at least `age` ago.
     pub fn renewal_due(&self, age: Duration) -> Vec<Ticket> {
         let now = Instant::now();

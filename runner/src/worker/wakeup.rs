@@ -83,6 +83,39 @@ impl Listener {
         }
     }
 
+    /// Cancellations notified while this runner was not listening are lost: after every
+    /// (re)connect, the jobs it runs that an operator asked to stop (`cancelled_by` set on a
+    /// leased job) are stopped.
+    async fn missed_cancellations(&self) {
+        let held = self.inflight.held();
+        if held.is_empty() {
+            return;
+        }
+        let ids: Vec<i64> = held.iter().map(|(id, _)| *id).collect();
+        let asked: Result<Vec<(i64, i32, String)>, sqlx::Error> = sqlx::query_as(
+            "SELECT id, attempt, cancelled_by FROM jobrunner.jobs
+              WHERE id = ANY($1) AND state = 'running' AND cancelled_by IS NOT NULL",
+        )
+        .bind(&ids)
+        .fetch_all(self.queue.pool())
+        .await;
+        match asked {
+            Ok(asked) => {
+                for (id, attempt, by) in asked {
+                    if self.inflight.cancel(id, crate::client::count(attempt), &by) {
+                        tracing::info!(
+                            job_id = id,
+                            attempt,
+                            by,
+                            "cancellation found after reconnecting; stopping the job"
+                        );
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot look for missed cancellations"),
+        }
+    }
+
     async fn subscribe(&self) -> Result<PgListener, sqlx::Error> {
         let mut listener = PgListener::connect_with(self.queue.pool()).await?;
         listener
@@ -97,6 +130,7 @@ impl Listener {
         self.listening.send_replace(true);
         self.wake.notify_one();
         self.schedules.notify_one();
+        self.missed_cancellations().await;
         loop {
             let message = tokio::select! {
                 _ = stop.cancelled() => return true,
@@ -119,6 +153,7 @@ impl Listener {
                     self.floors.listening(true);
                     self.wake.notify_one();
                     self.schedules.notify_one();
+                    self.missed_cancellations().await;
                 }
                 Err(error) => {
                     tracing::warn!(%error, "LISTEN connection failed");
