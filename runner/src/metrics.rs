@@ -82,12 +82,14 @@ pub fn job_labels(job_type: &str, tenant: &str) -> [(&'static str, String); 2] {
     ]
 }
 
-/// A job was claimed after waiting `waited` since it was ripe (enqueued, or due).
-pub fn claimed(job_type: &str, tenant: &str, waited: Duration) {
+/// `job` was claimed at `now`; it had waited since it was ripe (enqueued, or due).
+pub fn claimed(job: &crate::job::Job, now: chrono::DateTime<chrono::Utc>) {
     if !enabled() {
         return;
     }
-    let labels = job_labels(job_type, tenant);
+    let ripe_since = job.run_at.max(job.created_at);
+    let waited = (now - ripe_since).to_std().unwrap_or_default();
+    let labels = job_labels(&job.job_type, &job.tenant);
     counter!("jobrunner_jobs_claimed_total", &labels).increment(1);
     histogram!("jobrunner_job_start_latency_seconds", &labels).record(waited.as_secs_f64());
 }

@@ -71,7 +71,7 @@ async fn batch_rows(db: &TestDb) -> i64 {
 async fn rescue(queue: &Queue) -> Vec<Rescued> {
     let types = [ClaimType::from("t")];
     driver(queue)
-        .rescue_batches(&RetryPolicy::default(), &types, 100)
+        .rescue_batches(&RetryPolicy::default(), &types, 100, |_| {})
         .await
         .unwrap()
 }

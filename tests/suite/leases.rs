@@ -77,7 +77,7 @@ async fn fencing_rejects_a_stale_runners_outcome() {
     let stale = claim_one(&queue, "runner-a").await;
     clock.advance(LEASE + Duration::from_secs(1));
     let rescued = driver(&queue)
-        .rescue_expired(&policy(), &[], 100)
+        .rescue_expired(&policy(), &[], 100, |_| {})
         .await
         .unwrap();
     assert_eq!(rescued.len(), 1);
@@ -134,7 +134,7 @@ async fn an_expired_lease_is_rescued_as_a_counted_attempt() {
     clock.advance(LEASE - Duration::from_secs(1));
     assert!(
         driver(&queue)
-            .rescue_expired(&policy(), &[], 100)
+            .rescue_expired(&policy(), &[], 100, |_| {})
             .await
             .unwrap()
             .is_empty(),
@@ -142,7 +142,7 @@ async fn an_expired_lease_is_rescued_as_a_counted_attempt() {
     );
     clock.advance(Duration::from_secs(2));
     let rescued = driver(&queue)
-        .rescue_expired(&policy(), &[], 100)
+        .rescue_expired(&policy(), &[], 100, |_| {})
         .await
         .unwrap();
     assert_eq!(rescued.len(), 1);
@@ -173,7 +173,7 @@ async fn an_expired_lease_is_rescued_as_a_counted_attempt() {
     claim_one(&queue, "runner-b").await;
     clock.advance(LEASE * 2);
     let rescued = driver(&queue)
-        .rescue_expired(&policy(), &[], 100)
+        .rescue_expired(&policy(), &[], 100, |_| {})
         .await
         .unwrap();
     assert_eq!(rescued[0].state, JobState::Failed);
@@ -197,7 +197,7 @@ async fn the_rescuer_counts_attempts_against_the_types_max_attempts() {
     clock.advance(LEASE * 2);
 
     let rescued = driver(&queue)
-        .rescue_expired(&policy(), &types, 100)
+        .rescue_expired(&policy(), &types, 100, |_| {})
         .await
         .unwrap();
     assert_eq!(
@@ -237,7 +237,7 @@ async fn concurrent_rescuers_count_an_expired_lease_once() {
             let queue = queue.clone();
             tokio::spawn(async move {
                 driver(&queue)
-                    .rescue_expired(&policy(), &[], 1000)
+                    .rescue_expired(&policy(), &[], 1000, |_| {})
                     .await
                     .unwrap()
                     .len()
@@ -321,7 +321,7 @@ async fn a_completion_the_fence_refuses_writes_no_follow_ups() {
     let stale = claim_one(&queue, "runner-a").await;
     clock.advance(LEASE + Duration::from_secs(1));
     driver(&queue)
-        .rescue_expired(&policy(), &[], 100)
+        .rescue_expired(&policy(), &[], 100, |_| {})
         .await
         .unwrap();
     clock.advance(Duration::from_secs(60));

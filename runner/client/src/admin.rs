@@ -552,21 +552,8 @@ impl Queue {
                 "a cancellation names who cancels".into(),
             ));
         }
-        // Not a job a batch transaction holds (locked, and available in the table): waiting
-        // for its lock would wait for the batch; it is running, and asked below.
-        let row: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "UPDATE jobrunner.jobs SET state = 'cancelled', cancelled_by = $2, updated_at = $3
-              WHERE id = (SELECT id FROM jobrunner.jobs WHERE id = $1 AND state = 'available'
-                            FOR UPDATE SKIP LOCKED)
-          RETURNING {JOB_COLUMNS}"
-        )))
-        .bind(id)
-        .bind(by)
-        .bind(self.now())
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some(row) = row {
-            return Ok(Cancellation::Cancelled(Box::new(row.into())));
+        if let Some(job) = self.cancel_available(id, Some(by)).await? {
+            return Ok(Cancellation::Cancelled(Box::new(job)));
         }
         let job = self.job(id).await?;
         if job.state != JobState::Running {
@@ -600,19 +587,28 @@ impl Queue {
 
     /// Cancels an available job. Running jobs are left alone ([`Queue::cancel`] stops them).
     pub async fn cancel_job(&self, id: i64) -> Result<JobRecord> {
+        match self.cancel_available(id, None).await? {
+            Some(job) => Ok(job),
+            None => Err(self.wrong_state(id, JobState::Available, "cancelled").await),
+        }
+    }
+
+    /// Cancels job `id` if it is available, as `by`; `None` if it is not. A job a batch
+    /// transaction holds (locked, and available in the table) is running: it is skipped, not
+    /// waited for.
+    async fn cancel_available(&self, id: i64, by: Option<&str>) -> Result<Option<JobRecord>> {
         let row: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "UPDATE jobrunner.jobs SET state = 'cancelled', updated_at = $2
-              WHERE id = $1 AND state = 'available'
+            "UPDATE jobrunner.jobs SET state = 'cancelled', cancelled_by = $2, updated_at = $3
+              WHERE id = (SELECT id FROM jobrunner.jobs WHERE id = $1 AND state = 'available'
+                            FOR UPDATE SKIP LOCKED)
           RETURNING {JOB_COLUMNS}"
         )))
         .bind(id)
+        .bind(by)
         .bind(self.now())
         .fetch_optional(&self.pool)
         .await?;
-        match row {
-            Some(row) => Ok(row.into()),
-            None => Err(self.wrong_state(id, JobState::Available, "cancelled").await),
-        }
+        Ok(row.map(JobRecord::from))
     }
 
     /// Deletes up to `limit` completed jobs that finished more than `older_than` ago and

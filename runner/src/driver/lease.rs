@@ -122,19 +122,10 @@ impl Driver {
     ///
     /// A job that sets no max attempts has those of its type in `job_types` (a plugin
     /// manifest's, as when it was claimed), else the `policy`'s.
+    ///
+    /// `before_commit` sees what it rescued before it commits: the rescuer writes its outcome
+    /// lines there, so that no rescue commits without them.
     pub async fn rescue_expired(
-        &self,
-        policy: &RetryPolicy,
-        job_types: &[ClaimType],
-        limit: usize,
-    ) -> Result<Vec<Rescued>> {
-        self.rescue_expired_with(policy, job_types, limit, |_| {})
-            .await
-    }
-
-    /// [`Driver::rescue_expired`], calling `before_commit` with what it rescued before it
-    /// commits (where the rescuer writes its outcome lines: no rescue commits without them).
-    pub async fn rescue_expired_with(
         &self,
         policy: &RetryPolicy,
         job_types: &[ClaimType],
@@ -206,19 +197,8 @@ impl Driver {
     /// Counts the attempts of up to about `limit` jobs of batch transactions that ended without
     /// committing (see `jobrunner.rescue_batches`): available again, or failed with no
     /// attempts left. Max attempts as for [`Driver::rescue_expired`].
+    /// `before_commit` as for [`Driver::rescue_expired`].
     pub async fn rescue_batches(
-        &self,
-        policy: &RetryPolicy,
-        job_types: &[ClaimType],
-        limit: usize,
-    ) -> Result<Vec<Rescued>> {
-        self.rescue_batches_with(policy, job_types, limit, |_| {})
-            .await
-    }
-
-    /// [`Driver::rescue_batches`], calling `before_commit` with what it rescued before it
-    /// commits.
-    pub async fn rescue_batches_with(
         &self,
         policy: &RetryPolicy,
         job_types: &[ClaimType],

@@ -34,7 +34,8 @@ pub struct Auth {
 
 impl Auth {
     /// The secrets of a listener that asks for `token`, if any, with a fresh CSRF token.
-    pub fn new(token: Option<String>) -> Self {
+    pub fn new(token: Option<super::Token>) -> Self {
+        let token = token.map(|token| token.expose().to_owned());
         let session = token.as_deref().map(session_for);
         Self {
             token,
@@ -204,11 +205,15 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, value)| value)
 }
 
+/// Random bytes from the TLS stack's secure source.
 fn random_bytes() -> [u8; 32] {
     let mut bytes = [0u8; 32];
-    let read = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
-    read.expect("cannot read /dev/urandom for the CSRF token");
+    // Deprecated only for lacking post-quantum key exchange (see sandbox::host::http::network).
+    #[allow(deprecated)]
+    let random = rustls::crypto::ring::default_provider().secure_random;
+    random
+        .fill(&mut bytes)
+        .expect("the system's random source works");
     bytes
 }
 
@@ -238,7 +243,7 @@ mod tests {
 
     #[test]
     fn a_token_or_its_session_cookie_admits_a_request() {
-        let auth = Auth::new(Some("0123456789abcdef-token".into()));
+        let auth = Auth::new(Some("0123456789abcdef-token".parse().unwrap()));
         let mut headers = HeaderMap::new();
         assert!(!auth.admits(&headers));
         headers.insert(header::AUTHORIZATION, "Bearer wrong".parse().unwrap());

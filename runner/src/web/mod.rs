@@ -31,8 +31,34 @@ use sampler::Sampler;
 /// The address the docs and errors suggest.
 pub const EXAMPLE_ADDR: &str = "127.0.0.1:9187";
 
+/// The token of a listener: never shown, in errors or debug output.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Token(String);
+
+impl Token {
+    /// The token itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl std::str::FromStr for Token {
+    type Err = std::convert::Infallible;
+
+    fn from_str(token: &str) -> Result<Self, Self::Err> {
+        Ok(Token(token.to_owned()))
+    }
+}
+
 /// The `[web]` table of the config file, and the flags over it.
-#[derive(Clone, Default, Deserialize, clap::Args)]
+#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct WebSettings {
     /// Serve health checks, metrics and the dashboard on this address (e.g. 127.0.0.1:9187);
@@ -48,23 +74,12 @@ pub struct WebSettings {
         hide_env_values = true
     )]
     #[serde(default)]
-    pub token: Option<String>,
+    pub token: Option<Token>,
     /// Show the dashboard without any action (retry, cancel, delete, pause): every
     /// state-changing request is refused
     #[arg(long = "read-only")]
     #[serde(default)]
     pub read_only: bool,
-}
-
-/// The token never shows: settings are printed in errors and debug output.
-impl std::fmt::Debug for WebSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebSettings")
-            .field("http", &self.http)
-            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
-            .field("read_only", &self.read_only)
-            .finish()
-    }
 }
 
 impl WebSettings {
@@ -84,7 +99,7 @@ impl WebSettings {
         };
         let invalid = |reason: String| ConfigError::Invalid { key: "web", reason };
         let token = match self.token {
-            Some(token) if token.chars().count() < 16 => {
+            Some(token) if token.expose().chars().count() < 16 => {
                 return Err(invalid(
                     "the web token must be at least 16 characters long".into(),
                 ));
@@ -107,25 +122,14 @@ impl WebSettings {
 }
 
 /// A checked listener configuration.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct WebConfig {
     /// Where to listen.
     pub listen: SocketAddr,
     /// The token every request but the health checks must carry, if any.
-    pub token: Option<String>,
+    pub token: Option<Token>,
     /// Refuse and hide every action.
     pub read_only: bool,
-}
-
-/// The token never shows, as for [`WebSettings`].
-impl std::fmt::Debug for WebConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebConfig")
-            .field("listen", &self.listen)
-            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
-            .field("read_only", &self.read_only)
-            .finish()
-    }
 }
 
 /// What every handler reads.

@@ -138,9 +138,7 @@ impl<E: Executor> Fetcher<E> {
             };
             let now = self.driver.queue().now();
             for (job, (ticket, lease_lost, cancel)) in claimed.jobs.into_iter().zip(tickets) {
-                let ripe_since = job.run_at.max(job.created_at);
-                let waited = (now - ripe_since).to_std().unwrap_or_default();
-                crate::metrics::claimed(&job.job_type, &job.tenant, waited);
+                crate::metrics::claimed(&job, now);
                 let slot = slots
                     .split(1)
                     .expect("one slot was reserved per claimed job");

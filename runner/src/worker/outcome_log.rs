@@ -55,7 +55,23 @@ macro_rules! outcome_event {
     };
 }
 
-impl OutcomeLine<'_> {
+impl<'a> OutcomeLine<'a> {
+    /// The line of the attempt `report` tells of, as its outcome says.
+    fn of(report: &'a Report) -> Self {
+        let settlement = &report.settlement;
+        OutcomeLine {
+            job_id: settlement.job_id,
+            job_type: &report.job_type,
+            tenant: &report.tenant,
+            attempt: settlement.attempt,
+            outcome: settlement.outcome.label(),
+            error: settlement.outcome.error(),
+            duration: Some(report.duration),
+            plugin_sha256: settlement.plugin_sha256.as_deref(),
+            ..OutcomeLine::default()
+        }
+    }
+
     /// Writes the line at `level` (a callsite per level: tracing's levels are static).
     pub fn log(&self, level: Level, message: &str) {
         match level {
@@ -118,17 +134,9 @@ fn count_applied(report: &Report) {
 
 /// The line of an attempt whose outcome was written as intended, then not applied.
 pub(super) fn log_not_applied(report: &Report, why: NotApplied) {
-    let settlement = &report.settlement;
     let line = OutcomeLine {
-        job_id: settlement.job_id,
-        job_type: &report.job_type,
-        tenant: &report.tenant,
-        attempt: settlement.attempt,
         outcome: "lease_lost",
-        error: settlement.outcome.error(),
-        duration: Some(report.duration),
-        plugin_sha256: settlement.plugin_sha256.as_deref(),
-        ..OutcomeLine::default()
+        ..OutcomeLine::of(report)
     };
     let why = match why {
         NotApplied::Fenced { after_retry: true } => {
@@ -149,17 +157,7 @@ pub(super) fn log_not_applied(report: &Report, why: NotApplied) {
 /// The outcome line of one attempt.
 fn log_outcome(report: &Report) {
     let settlement = &report.settlement;
-    let mut line = OutcomeLine {
-        job_id: settlement.job_id,
-        job_type: &report.job_type,
-        tenant: &report.tenant,
-        attempt: settlement.attempt,
-        outcome: settlement.outcome.label(),
-        error: settlement.outcome.error(),
-        duration: Some(report.duration),
-        plugin_sha256: settlement.plugin_sha256.as_deref(),
-        ..OutcomeLine::default()
-    };
+    let mut line = OutcomeLine::of(report);
     match &settlement.outcome {
         Outcome::Completed { .. } => line.log(Level::INFO, "job completed"),
         Outcome::Retry { run_at, .. } => {

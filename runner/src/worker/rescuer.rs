@@ -89,12 +89,12 @@ impl<E: Executor> Rescuer<E> {
         let log = |rescued: &[Rescued]| at_once(|| rescued.iter().for_each(log_rescued));
         let mut rescued = self
             .driver
-            .rescue_batches_with(&self.retry, &types, RESCUE_BATCH, log)
+            .rescue_batches(&self.retry, &types, RESCUE_BATCH, log)
             .await?;
         if leases {
             rescued.extend(
                 self.driver
-                    .rescue_expired_with(&self.retry, &types, RESCUE_BATCH, log)
+                    .rescue_expired(&self.retry, &types, RESCUE_BATCH, log)
                     .await?,
             );
         }
