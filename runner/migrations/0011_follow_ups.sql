@@ -1,8 +1,8 @@
 -- Follow-up jobs and config: a job enqueued by another job's attempt records that job
 -- (`parent_id`; no foreign key, since completed parents are deleted), and a tenant's policy may
 -- override its plugins' config values (the `[config]` table of `[tenants.<name>]`, as JSON).
+-- Its index is built without blocking writes, by migration 0017.
 ALTER TABLE jobrunner.jobs ADD COLUMN parent_id bigint;
-CREATE INDEX jobs_parent_id ON jobrunner.jobs (parent_id) WHERE parent_id IS NOT NULL;
 ALTER TABLE jobrunner.tenant_policies ADD COLUMN config jsonb NOT NULL DEFAULT '{}';
 
 -- enqueue_many and enqueue_many_unchecked take parent ids as a last argument (runner/sql/

@@ -33,9 +33,9 @@ CREATE TABLE jobrunner.schedules (
     PRIMARY KEY (tenant, name)
 );
 
--- The schedule a job was enqueued by (its name, in the job's tenant).
+-- The schedule a job was enqueued by (its name, in the job's tenant); its index is built
+-- without blocking writes, by migration 0018.
 ALTER TABLE jobrunner.jobs ADD COLUMN schedule text;
-CREATE INDEX jobs_schedule ON jobrunner.jobs (tenant, schedule, id) WHERE schedule IS NOT NULL;
 
 -- enqueue_many and enqueue_many_unchecked take schedule names as a last argument (runner/sql/
 -- enqueue.sql): the old ones go first, as in 0011.

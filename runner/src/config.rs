@@ -63,6 +63,11 @@ pub enum LogFormat {
 pub struct FileConfig {
     /// Where the queue lives, unless `DATABASE_URL` or `--database-url` says otherwise.
     pub database_url: Option<String>,
+    /// Whether the database URL goes through a pooler in transaction mode, unless `--pooled`
+    /// says so.
+    pub database_pooled: Option<bool>,
+    /// A direct URL beside a pooled one, unless `--listen-url` says otherwise.
+    pub database_listen_url: Option<String>,
     /// Log format, unless `--log-format` says otherwise.
     pub log_format: Option<LogFormat>,
     /// The plugin directory, unless `--plugins` says otherwise (relative to the working

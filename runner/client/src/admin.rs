@@ -373,7 +373,7 @@ impl Queue {
     pub async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
         let whole_range = self.narrow_range(filter).await?;
         let mut query = filter.page_query(JOB_COLUMNS, whole_range);
-        let rows: Vec<JobRow> = query.build_query_as().fetch_all(&self.pool).await?;
+        let rows: Vec<JobRow> = query.build_query_as().fetch_all(&self.db).await?;
         Ok(rows.into_iter().map(JobRecord::from).collect())
     }
 
@@ -386,7 +386,7 @@ impl Queue {
              parent_id, schedule",
             whole_range,
         );
-        Ok(query.build_query_as().fetch_all(&self.pool).await?)
+        Ok(query.build_query_as().fetch_all(&self.db).await?)
     }
 
     /// Whether `filter` has an enqueue-time range that the planner estimates at no more than
@@ -406,7 +406,7 @@ impl Queue {
         .bind(filter.created_until)
         // Never a prepared statement's generic plan: the estimate must be for these times.
         .persistent(false)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.db)
         .await?;
         let rows = plan.0[0]["Plan"]["Plan Rows"].as_f64();
         Ok(rows.is_some_and(|rows| rows <= NARROW_RANGE))
@@ -417,7 +417,7 @@ impl Queue {
         let mut query = QueryBuilder::new("SELECT count(*) FROM jobrunner.jobs");
         filter.push_conditions(&mut query);
         push_states(&mut query, action);
-        Ok(query.build_query_scalar().fetch_one(&self.pool).await?)
+        Ok(query.build_query_scalar().fetch_one(&self.db).await?)
     }
 
     /// Applies `action` to every job `filter` selects that it applies to, [`BULK_CHUNK`] jobs
@@ -486,9 +486,9 @@ impl Queue {
             .push(" LIMIT ")
             .push_bind(i64::from(BULK_CHUNK))
             .push(" FOR UPDATE SKIP LOCKED) AS chosen) RETURNING job_type, tenant");
-        let rows = query.build_query_as().fetch_all(&self.pool).await?;
+        let rows = query.build_query_as().fetch_all(&self.db).await?;
         if action == BulkAction::Retry && !rows.is_empty() {
-            crate::wake_runners(&self.pool).await?;
+            crate::wake_runners(&self.db).await?;
         }
         Ok(rows)
     }
@@ -503,7 +503,7 @@ impl Queue {
             "SELECT {JOB_COLUMNS} FROM jobrunner.job_status WHERE id = $1"
         )))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await?;
         Ok(row.map(JobRecord::from))
     }
@@ -512,7 +512,7 @@ impl Queue {
     /// attempts (with the limit `default_max_attempts` when it sets none), it gets one more.
     pub async fn retry_job(&self, id: i64, default_max_attempts: u32) -> Result<JobRecord> {
         let now = self.now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         let row: Result<Option<JobRow>, sqlx::Error> =
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "UPDATE jobrunner.jobs
@@ -564,7 +564,7 @@ impl Queue {
                 action: "cancelled",
             });
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query(
             "UPDATE jobrunner.jobs SET cancelled_by = $2 WHERE id = $1 AND state = 'running'",
         )
@@ -606,7 +606,7 @@ impl Queue {
         .bind(id)
         .bind(by)
         .bind(self.now())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await?;
         Ok(row.map(JobRecord::from))
     }
@@ -626,7 +626,7 @@ impl Queue {
         )
         .bind(cutoff)
         .bind(i64::from(limit))
-        .execute(&self.pool)
+        .execute(&self.db)
         .await?;
         Ok(deleted.rows_affected())
     }
@@ -655,7 +655,7 @@ impl Queue {
               WHERE j.id = $1",
         )
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await;
         match pending {
             Ok(Some(pending)) => QueueError::DuplicatePending { id, pending },

@@ -38,7 +38,7 @@ impl Queue {
         .bind(job_type)
         .bind(self.now())
         .bind(by)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.db)
         .await?;
         Ok(paused)
     }
@@ -46,7 +46,7 @@ impl Queue {
     /// Resumes `job_type` and wakes the runners; false if it was not paused.
     pub async fn resume_job_type(&self, job_type: &str) -> Result<bool> {
         validate_job_type(job_type)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         let resumed = sqlx::query("DELETE FROM jobrunner.paused_job_types WHERE job_type = $1")
             .bind(job_type)
             .execute(&mut *tx)
@@ -64,7 +64,7 @@ impl Queue {
             "SELECT job_type, paused_at, paused_by FROM jobrunner.paused_job_types
               ORDER BY job_type",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await?)
     }
 }

@@ -36,6 +36,7 @@
 pub mod admin;
 pub mod clock;
 pub mod cron;
+pub mod db;
 mod enqueue;
 pub mod job;
 pub mod job_types;
@@ -52,6 +53,7 @@ pub use admin::{
     JobRecord, JobSummary, MAX_ATTEMPT_LOGS, MAX_HTTP_CALLS,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use db::{Db, Pooling, Statements, pooled_options};
 pub use enqueue::Enqueued;
 pub use job::{InvalidJob, JobState, NewJob, Schedule, Unique};
 pub use job_types::PausedJobType;
@@ -106,6 +108,41 @@ pub enum QueueError {
     /// The schema is missing or older than this runner.
     #[error("the jobrunner schema is missing or outdated: run `runner migrate` ({0})")]
     SchemaMissing(String),
+    /// A newer release migrated the database: this build does not know its schema.
+    #[error(
+        "the database's jobrunner schema is newer than this build: migration {version} was \
+         applied by a newer release, and this build knows migrations up to {known}; run a \
+         release at least as new as the one that migrated it"
+    )]
+    SchemaNewer {
+        /// The newest migration applied that this build does not know.
+        version: i64,
+        /// The newest migration this build knows.
+        known: i64,
+    },
+    /// The schema needs migrating, which needs a session of its own, which a pooler in
+    /// transaction mode cannot give.
+    #[error(
+        "the jobrunner schema needs migrating, which takes a direct connection to PostgreSQL \
+         (it holds a session lock), and the database URL goes through a pooler in transaction \
+         mode: give a direct URL too (--listen-url or DATABASE_LISTEN_URL), or run `runner \
+         migrate` with a direct DATABASE_URL"
+    )]
+    NoSession,
+    /// A migration could not take its locks: long transactions kept them.
+    #[error(
+        "{} could not take {} locks within {}s: long transactions on the same tables kept \
+         them (see pg_stat_activity); run it again when fewer jobs run, or pause them",
+        .version.map_or("the SQL definitions".to_owned(), |v| format!("migration {v}")),
+        if .version.is_some() { "its" } else { "their" },
+        .waited.as_secs()
+    )]
+    MigrationBlocked {
+        /// The migration; `None` for the definitions.
+        version: Option<i64>,
+        /// How long it kept trying.
+        waited: std::time::Duration,
+    },
     /// Applying migrations failed.
     #[error("migrating the jobrunner schema failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -139,7 +176,7 @@ pub type Result<T, E = QueueError> = std::result::Result<T, E>;
 /// A handle on the queue: a connection pool and a clock. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Queue {
-    pool: PgPool,
+    db: Db,
     clock: Arc<dyn Clock>,
 }
 
@@ -151,12 +188,23 @@ impl Queue {
 
     /// A queue on `pool` using `clock` for every timestamp it reads or writes.
     pub fn with_clock(pool: PgPool, clock: Arc<dyn Clock>) -> Self {
-        Self { pool, clock }
+        Self::on(Db::new(pool, Pooling::Direct), clock)
     }
 
-    /// The connection pool.
+    /// A queue on `db`, which may reach the server through a pooler, using `clock`.
+    pub fn on(db: Db, clock: Arc<dyn Clock>) -> Self {
+        Self { db, clock }
+    }
+
+    /// The connection pool, for its statistics and options. Statements go through
+    /// [`Queue::db`], which knows how the pool reaches the server.
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        self.db.pool()
+    }
+
+    /// The way to the server every statement of the queue takes.
+    pub fn db(&self) -> &Db {
+        &self.db
     }
 
     /// The queue's idea of now.

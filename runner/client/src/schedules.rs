@@ -388,7 +388,7 @@ impl Queue {
               ORDER BY s.tenant, s.name"
         )))
         .bind(tenant)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await?;
         Ok(rows.into_iter().map(ScheduleRecord::from).collect())
     }
@@ -402,7 +402,7 @@ impl Queue {
                FROM jobrunner.schedules AS s
               WHERE NOT s.paused"
         )))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await?;
         Ok(rows.into_iter().map(ScheduleRecord::from).collect())
     }
@@ -415,7 +415,7 @@ impl Queue {
         )))
         .bind(tenant)
         .bind(name)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db)
         .await?;
         row.map(ScheduleRecord::from)
             .ok_or_else(|| not_found(name, tenant))
@@ -437,7 +437,7 @@ impl Queue {
             .bind(tenant)
             .bind(paused)
             .bind(self.now())
-            .execute(&self.pool)
+            .execute(&self.db)
             .await
             .map_err(|e| named(e, name, tenant))?;
         Ok(())
@@ -448,7 +448,7 @@ impl Queue {
         sqlx::query("SELECT jobrunner.remove_schedule($1, $2)")
             .bind(name)
             .bind(tenant)
-            .execute(&self.pool)
+            .execute(&self.db)
             .await
             .map_err(|e| named(e, name, tenant))?;
         Ok(())
@@ -460,7 +460,7 @@ impl Queue {
             .bind(name)
             .bind(tenant)
             .bind(self.now())
-            .fetch_one(&self.pool)
+            .fetch_one(&self.db)
             .await
             .map_err(|e| named(e, name, tenant))
     }
@@ -483,7 +483,7 @@ impl Queue {
         .bind(job_type)
         .bind(Json(rows))
         .bind(self.now())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db)
         .await?)
     }
 }

@@ -1,20 +1,38 @@
 //! Finding the database: the configured URL, else the local default server, else a private
-//! cluster of our own.
+//! cluster of our own. The URL may name several hosts (see [`super::failover`]) or go through
+//! a pooler in transaction mode (PgBouncer), with a direct URL beside it for what needs a
+//! session.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use jobrunner_client::{Db, Pooling, SystemClock, pooled_options};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
+use tokio_util::sync::CancellationToken;
 
+use super::failover::{Follower, Hosts, describe};
 use crate::Queue;
 use crate::private_pg::PrivatePostgres;
 
 /// Enough for the worker's long-lived users (listener, fetchers, open batch transactions,
 /// completer, heartbeat, rescuer, pruner) with room for bursts.
-const MAX_CONNECTIONS: u32 = 14;
+pub const MAX_CONNECTIONS: u32 = 14;
+
+/// How the runner reaches PostgreSQL: flags and config.
+#[derive(Debug, Default, Clone)]
+pub struct Target {
+    /// The database URL; `None` for the local default server or a private cluster.
+    pub url: Option<String>,
+    /// The URL goes through a pooler in transaction mode.
+    pub pooled: bool,
+    /// A direct URL, for LISTEN and migrations, when `url` goes through a pooler.
+    pub listen_url: Option<String>,
+    /// The data directory of the private cluster.
+    pub private_dir: Option<PathBuf>,
+}
 
 /// The `application_name` of the runner's connections.
 pub const APPLICATION_NAME: &str = "jobrunner";
@@ -22,57 +40,87 @@ pub const APPLICATION_NAME: &str = "jobrunner";
 /// A connected database, and the private cluster behind it if we started one.
 pub struct Database {
     options: PgConnectOptions,
-    pool: PgPool,
+    db: Db,
     private: Mutex<Option<PrivatePostgres>>,
+    /// Stops the follower of a URL naming several hosts.
+    following: CancellationToken,
 }
 
 impl Database {
-    /// Connects to `url`; without one, to the local default server; if nothing answers
-    /// there, to a private cluster in `private_dir` (started if needed).
-    pub async fn connect(
-        url: Option<String>,
-        private_dir: Option<PathBuf>,
-    ) -> anyhow::Result<Self> {
-        let (options, private) = match url {
-            Some(url) => (
+    /// Connects to the target's URL; without one, to the local default server; if nothing
+    /// answers there, to a private cluster in its `private_dir` (started if needed).
+    pub async fn connect(target: Target) -> anyhow::Result<Self> {
+        let hosts = match &target.url {
+            Some(url) => Hosts::parse(url)?.map(|hosts| hosts.map(|o| named(o, target.pooled))),
+            None => None,
+        };
+        let mut current = 0;
+        let (options, private) = match (&target.url, &hosts) {
+            (_, Some(hosts)) => {
+                let (index, options) = hosts.find(None).await?;
+                current = index;
+                (options, None)
+            }
+            (Some(url), None) => (
                 url.parse()
                     .context("DATABASE_URL is not a valid PostgreSQL URL")?,
                 None,
             ),
-            None => match default_server().await? {
+            (None, None) => match default_server().await? {
                 Some(options) => (options, None),
                 None => {
-                    let cluster = start_private(private_dir).await?;
+                    let cluster = start_private(target.private_dir.clone()).await?;
                     (cluster.url().parse()?, Some(cluster))
                 }
             },
         };
-        // Named, so operators (and the fault-injection tests) can tell runners' connections
-        // apart in pg_stat_activity, unless the URL names them itself.
-        let options = match options.get_application_name() {
-            Some(_) => options,
-            None => options.application_name(APPLICATION_NAME),
-        };
-        let pool = PgPoolOptions::new()
+        let options = named(options, target.pooled);
+        let mut pool_options = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(10));
+        if let Some(hosts) = &hosts {
+            pool_options = hosts.pool_options(pool_options);
+        }
+        let pool = pool_options
             .connect_with(options.clone())
             .await
             .with_context(|| format!("cannot connect to PostgreSQL at {}", describe(&options)))?;
+        let following = CancellationToken::new();
+        if let Some(hosts) = hosts {
+            let follower = Follower::new(hosts, pool.clone(), current);
+            tokio::spawn(follower.run(following.clone()));
+        }
+        let pooling = match target.pooled {
+            false => Pooling::Direct,
+            true => Pooling::Transaction {
+                session: match &target.listen_url {
+                    Some(url) => Some(named(
+                        url.parse()
+                            .context("the listen URL is not a valid PostgreSQL URL")?,
+                        false,
+                    )),
+                    None => None,
+                },
+            },
+        };
+        let db = Db::new(pool, pooling);
         if private.is_some() {
             // The private cluster is ours alone: keep its schema current without being asked.
-            Queue::new(pool.clone()).migrate().await?;
+            Queue::on(db.clone(), Arc::new(SystemClock))
+                .migrate()
+                .await?;
         }
         Ok(Self {
             options,
-            pool,
+            db,
             private: Mutex::new(private),
+            following,
         })
     }
 
     /// A queue on this database.
     pub fn queue(&self) -> Queue {
-        Queue::new(self.pool.clone())
+        Queue::on(self.db.clone(), Arc::new(SystemClock))
     }
 
     /// Whether this is a private cluster this process started or joined.
@@ -104,7 +152,7 @@ impl Database {
 
     async fn admin(&self, statement: &str) -> anyhow::Result<()> {
         sqlx::query(sqlx::AssertSqlSafe(statement))
-            .execute(&self.pool)
+            .execute(&self.db)
             .await
             .with_context(|| format!("{statement} failed"))?;
         Ok(())
@@ -112,7 +160,8 @@ impl Database {
 
     /// Closes the pool and stops the private cluster if we started it.
     pub async fn close(self) {
-        self.pool.close().await;
+        self.following.cancel();
+        self.db.pool().close().await;
         if let Some(cluster) = self.private.into_inner().expect("lock poisoned") {
             // Dropping stops it; pg_ctl blocks.
             let _ = tokio::task::spawn_blocking(move || drop(cluster)).await;
@@ -167,12 +216,17 @@ async fn start_private(dir: Option<PathBuf>) -> anyhow::Result<PrivatePostgres> 
     Ok(cluster)
 }
 
-fn describe(options: &PgConnectOptions) -> String {
-    format!(
-        "{}:{} (user {}, database {})",
-        options.get_host(),
-        options.get_port(),
-        options.get_username(),
-        options.get_database().unwrap_or(options.get_username())
-    )
+/// `options` with our application name, unless the URL names one itself: operators (and the
+/// fault-injection tests) tell runners' connections apart in pg_stat_activity by it. Through
+/// a pooler, with the options it needs ([`pooled_options`]).
+fn named(options: PgConnectOptions, pooled: bool) -> PgConnectOptions {
+    let options = match options.get_application_name() {
+        Some(_) => options,
+        None => options.application_name(APPLICATION_NAME),
+    };
+    if pooled {
+        pooled_options(options)
+    } else {
+        options
+    }
 }

@@ -106,7 +106,7 @@ impl EnqueueArgs {
 /// Enqueues the job and prints its id (the pending duplicate's, if there is one).
 pub async fn enqueue(db: &Database, job: NewJob) -> anyhow::Result<ExitCode> {
     let queue = db.queue();
-    let enqueued = queue.enqueue(queue.pool(), &job).await?;
+    let enqueued = queue.enqueue(queue.db(), &job).await?;
     if !enqueued.inserted {
         eprintln!("a pending job with the same unique key exists; not enqueued again");
     }

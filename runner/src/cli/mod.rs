@@ -6,6 +6,7 @@ mod dashboard;
 mod database;
 mod demo;
 mod enqueue;
+mod failover;
 pub mod fake_apis;
 mod jobs;
 mod local_server;
@@ -33,8 +34,26 @@ use crate::config::{FileConfig, LogFormat};
 pub struct Cli {
     /// PostgreSQL URL. Without one, the runner uses the local default server (PGHOST, PGPORT,
     /// ...), or starts a private cluster if nothing answers there.
+    /// It may name several hosts, with `target_session_attrs=read-write` to follow the
+    /// primary across a failover (`postgres://u@db1,db2/jobs?target_session_attrs=read-write`).
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
+
+    /// The database URL goes through a pooler in transaction mode (PgBouncer's `pool_mode =
+    /// transaction`): every statement runs in a transaction, with no prepared statement or
+    /// session state outliving it.
+    #[arg(long, env = "DATABASE_POOLED", global = true)]
+    pooled: bool,
+
+    /// A direct PostgreSQL URL, beside a pooled one, for what needs a session: LISTEN (without
+    /// it, runners poll) and the migration lock (without it, migrating is refused).
+    #[arg(
+        long,
+        env = "DATABASE_LISTEN_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    listen_url: Option<String>,
 
     /// TOML config file (keys as in the flags; worker settings under [worker], sandbox
     /// settings under [sandbox], outgoing HTTP under [http], secrets under [secrets], tenant
@@ -169,8 +188,13 @@ async fn dispatch(cli: Cli, file: FileConfig) -> anyhow::Result<ExitCode> {
     if let Prepared::Call(call) = command {
         return call::call(call).await;
     }
-    let database_url = cli.database_url.or(file.database_url);
-    let db = database::Database::connect(database_url, cli.private_pg_dir).await?;
+    let target = database::Target {
+        url: cli.database_url.or(file.database_url),
+        pooled: cli.pooled || file.database_pooled.unwrap_or(false),
+        listen_url: cli.listen_url.or(file.database_listen_url),
+        private_dir: cli.private_pg_dir,
+    };
+    let db = database::Database::connect(target).await?;
     let result = match command {
         Prepared::Migrate => {
             db.queue().migrate().await?;

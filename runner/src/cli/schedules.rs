@@ -111,9 +111,7 @@ pub async fn schedules(db: &Database, command: SchedulesCommand) -> anyhow::Resu
     let queue = db.queue();
     match command {
         SchedulesCommand::Add(args) => {
-            queue
-                .add_schedule(queue.pool(), &args.to_schedule()?)
-                .await?;
+            queue.add_schedule(queue.db(), &args.to_schedule()?).await?;
             let recurrence = Recurrence::parse(&args.cron, &args.tz)?;
             println!(
                 "schedule {} added for tenant {}: {recurrence}, next at {}",

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use jobrunner_client::Result;
-use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Transaction};
+use jobrunner_client::{Db, Result};
+use sqlx::{PgConnection, Postgres, Transaction};
 
 use super::Driver;
 use crate::job::Job;
@@ -31,17 +31,17 @@ pub struct OpenBatch {
 impl OpenBatch {
     /// Opens a batch transaction with a random id, holding the id's advisory lock and bounded
     /// by [`cutoff`].
-    pub(super) async fn begin(pool: &PgPool, bound: Duration) -> Result<Self> {
+    pub(super) async fn begin(db: &Db, bound: Duration) -> Result<Self> {
         let id = fastrand::i64(..);
         let ms = cutoff(bound).as_millis();
         // One round trip; every value is a number formatted here.
-        let tx = pool
-            .begin_with(AssertSqlSafe(format!(
+        let tx = db
+            .begin_with(format!(
                 "BEGIN;
                  SET LOCAL idle_in_transaction_session_timeout = {ms};
                  SET LOCAL statement_timeout = {ms};
                  SELECT pg_advisory_xact_lock({id})"
-            )))
+            ))
             .await?;
         Ok(Self { id, tx })
     }
@@ -78,7 +78,7 @@ impl Driver {
             .bind(owner)
             .bind(ids)
             .bind(now)
-            .execute(self.queue.pool())
+            .execute(self.queue.db())
             .await?;
         Ok(())
     }

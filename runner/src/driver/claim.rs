@@ -7,9 +7,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use jobrunner_client::{Result, count};
-use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, Postgres};
+use jobrunner_client::{Result, Statements, count};
+use sqlx::PgConnection;
 
 use super::Driver;
 use super::batch::OpenBatch;
@@ -236,13 +235,12 @@ impl Driver {
     /// `jobrunner.claim_unlimited`; `None` if tenant limits apply (nothing was claimed).
     async fn claim_fast(&self, request: &ClaimRequest<'_>) -> Result<Option<Claimed>> {
         // A batch claims on its transaction's connection; a leasing claim on any.
-        let (mut batch, mut leasing): (Option<OpenBatch>, Option<PoolConnection<Postgres>>) =
-            (None, None);
+        let (mut batch, mut leasing): (Option<OpenBatch>, Option<Statements>) = (None, None);
         let conn: &mut PgConnection = match request.batch {
             Some(bound) => batch
-                .insert(OpenBatch::begin(self.queue.pool(), bound).await?)
+                .insert(OpenBatch::begin(self.queue.db(), bound).await?)
                 .conn(),
-            None => &mut *leasing.insert(self.queue.pool().acquire().await?),
+            None => &mut *leasing.insert(self.queue.db().statements().await?),
         };
         // Read after the connection is had: see `Driver::connection_then_now`.
         let now = self.queue.now();
@@ -262,6 +260,9 @@ impl Driver {
         let Some(walk) = walk else {
             return Ok(None);
         };
+        if let Some(leasing) = leasing {
+            leasing.finish().await?;
+        }
         let mut claimed = walk.into_claimed(request.limit, after_tenant);
         if let Some(batch) = batch.filter(|_| !claimed.jobs.is_empty()) {
             self.register_batch(&batch, request.owner, &claimed.jobs, now)
@@ -346,6 +347,7 @@ impl Driver {
                 .bind(request.after_tenant)
                 .fetch_all(&mut *conn)
                 .await?;
+        conn.finish().await?;
         let mut claimed = Claimed::default();
         for row in rows {
             if row.job.id.is_some() {

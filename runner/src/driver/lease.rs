@@ -114,6 +114,7 @@ impl Driver {
         .bind(now)
         .fetch_all(&mut *conn)
         .await?;
+        conn.finish().await?;
         Ok(held)
     }
 
@@ -148,7 +149,7 @@ impl Driver {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(types)
         .bind(type_attempts)
-        .fetch_all(self.queue.pool())
+        .fetch_all(self.queue.db())
         .await?;
         if expired.is_empty() {
             return Ok(Vec::new());
@@ -160,7 +161,7 @@ impl Driver {
             .iter()
             .map(|row| count(row.attempt) < count(row.max_attempts))
             .collect();
-        let mut tx = self.queue.pool().begin().await?;
+        let mut tx = self.queue.db().begin().await?;
         let rows: Vec<RescuedRow> = sqlx::query_as(
             "UPDATE jobrunner.jobs AS j
                 SET state = (CASE WHEN t.retry THEN 'available'
@@ -206,7 +207,7 @@ impl Driver {
         before_commit: impl FnOnce(&[Rescued]),
     ) -> Result<Vec<Rescued>> {
         let (types, type_attempts) = type_columns(job_types);
-        let mut tx = self.queue.pool().begin().await?;
+        let mut tx = self.queue.db().begin().await?;
         let rows: Vec<RescuedRow> =
             sqlx::query_as("SELECT * FROM jobrunner.rescue_batches($1, $2, $3, $4, $5)")
                 .bind(self.queue.now())
@@ -237,7 +238,7 @@ impl Driver {
             before_commit(&rescued);
         }
         tx.commit().await?;
-        announce_jobs(self.queue.pool(), available).await;
+        announce_jobs(self.queue.db(), available).await;
         Ok(rescued)
     }
 }

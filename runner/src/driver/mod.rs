@@ -22,7 +22,7 @@ mod vacuum;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use jobrunner_client::{Queue, Result};
+use jobrunner_client::{Queue, Result, Statements};
 
 pub use batch::OpenBatch;
 pub use claim::{ClaimRequest, ClaimType, Claimed};
@@ -57,10 +57,9 @@ impl Driver {
     /// A pooled connection, then the time: a statement that grants a lease from "now" must
     /// not take a time read before it waited for a connection (the pool exhausted, the
     /// database away), or the lease it grants may have lapsed before it is written.
-    async fn connection_then_now(
-        &self,
-    ) -> Result<(sqlx::pool::PoolConnection<sqlx::Postgres>, DateTime<Utc>)> {
-        let conn = self.queue.pool().acquire().await?;
+    /// Through a pooler the connection is a transaction: the caller finishes it.
+    async fn connection_then_now(&self) -> Result<(Statements, DateTime<Utc>)> {
+        let conn = self.queue.db().statements().await?;
         Ok((conn, self.queue.now()))
     }
 }

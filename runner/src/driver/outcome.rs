@@ -195,7 +195,7 @@ impl Driver {
             return Ok(Vec::new());
         }
         let applied = if settlements.iter().any(|s| has_follow_ups(s)) {
-            let mut tx = self.queue.pool().begin().await?;
+            let mut tx = self.queue.db().begin().await?;
             let applied = self
                 .write_outcomes(&mut tx, owner, keep_completed, &columns, None)
                 .await?;
@@ -204,9 +204,12 @@ impl Driver {
             tx.commit().await?;
             applied
         } else {
-            let mut conn = self.queue.pool().acquire().await?;
-            self.write_outcomes(&mut conn, owner, keep_completed, &columns, None)
-                .await?
+            let mut conn = self.queue.db().statements().await?;
+            let applied = self
+                .write_outcomes(&mut conn, owner, keep_completed, &columns, None)
+                .await?;
+            conn.finish().await?;
+            applied
         };
         Ok(self.announced(applied).await)
     }
@@ -383,7 +386,7 @@ impl Driver {
     /// start them when due, and claim floors above them come down) and returns the ids.
     async fn announced(&self, applied: Vec<Applied>) -> Vec<i64> {
         announce_jobs(
-            self.queue.pool(),
+            self.queue.db(),
             applied.iter().filter_map(Applied::available),
         )
         .await;

@@ -71,7 +71,7 @@ impl Driver {
         .bind(forget_before)
         .bind(totals.completed)
         .bind(totals.failed)
-        .execute(self.queue.pool())
+        .execute(self.queue.db())
         .await?;
         Ok(())
     }
@@ -80,7 +80,7 @@ impl Driver {
     pub async fn withdraw_runner(&self, owner: &str) -> Result<()> {
         sqlx::query("DELETE FROM jobrunner.runners WHERE owner = $1")
             .bind(owner)
-            .execute(self.queue.pool())
+            .execute(self.queue.db())
             .await?;
         Ok(())
     }
@@ -93,7 +93,7 @@ impl Driver {
                FROM jobrunner.runners WHERE seen_at >= $1 ORDER BY owner",
         )
         .bind(since)
-        .fetch_all(self.queue.pool())
+        .fetch_all(self.queue.db())
         .await?)
     }
 }

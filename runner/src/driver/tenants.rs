@@ -32,7 +32,7 @@ impl Driver {
     /// Replaces the published tenant policy with `tenants`, as runner `by`. Returns the
     /// policy it replaced.
     pub async fn publish_tenants(&self, tenants: &Tenants, by: &str) -> Result<Tenants> {
-        let mut tx = self.queue.pool().begin().await?;
+        let mut tx = self.queue.db().begin().await?;
         // One publisher at a time, so two runners starting together leave one whole policy.
         sqlx::query("LOCK TABLE jobrunner.tenant_policies IN EXCLUSIVE MODE")
             .execute(&mut *tx)
@@ -76,7 +76,7 @@ impl Driver {
         let rows: Vec<TenantPolicy> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {POLICY_COLUMNS} FROM jobrunner.tenant_policies"
         )))
-        .fetch_all(self.queue.pool())
+        .fetch_all(self.queue.db())
         .await?;
         Ok(Tenants::from_rows(rows))
     }
@@ -98,7 +98,7 @@ impl Driver {
               GROUP BY tenant
               ORDER BY tenant",
         )
-        .fetch_all(self.queue.pool())
+        .fetch_all(self.queue.db())
         .await?;
         Ok(rows
             .into_iter()

@@ -130,7 +130,7 @@ impl Driver {
         .bind(plan.last_tick)
         .bind(&plan.enqueue)
         .bind(self.queue.now())
-        .fetch_one(self.queue.pool())
+        .fetch_one(self.queue.db())
         .await?)
     }
 }

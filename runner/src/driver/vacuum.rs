@@ -16,9 +16,6 @@ use jobrunner_client::Result;
 
 use super::Driver;
 
-/// Serialises runner-driven vacuums across runners.
-const VACUUM_LOCK: &str = "jobrunner.vacuum";
-
 /// What [`Queue::vacuum_if_needed`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Vacuum {
@@ -41,29 +38,24 @@ impl Driver {
     /// least a fifth of its row versions are dead (by the server's statistics), and no other
     /// runner, nor autovacuum, is vacuuming it.
     pub async fn vacuum_if_needed(&self, dead_rows: u64) -> Result<Vacuum> {
-        let Rows { dead, live, owner } = self.rows().await?;
+        let Rows {
+            dead,
+            live,
+            owner,
+            vacuuming,
+        } = self.rows().await?;
         if !owner {
             return Ok(Vacuum::NotOwner);
         }
-        if dead < i64::try_from(dead_rows).unwrap_or(i64::MAX) || dead < live / 4 {
+        if vacuuming || dead < i64::try_from(dead_rows).unwrap_or(i64::MAX) || dead < live / 4 {
             return Ok(Vacuum::NotNeeded);
         }
-        let mut conn = self.queue.pool().acquire().await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
-            .bind(VACUUM_LOCK)
-            .fetch_one(&mut *conn)
+        // Two runners may both get here: the second's SKIP_LOCKED steps around the first's
+        // lock (a session lock to keep it out would not survive a pooler). The simple
+        // protocol (no arguments) keeps VACUUM out of a transaction through a pooler.
+        sqlx::raw_sql("VACUUM (SKIP_LOCKED) jobrunner.jobs")
+            .execute(self.queue.db())
             .await?;
-        if !locked {
-            return Ok(Vacuum::NotNeeded);
-        }
-        let vacuumed = sqlx::query("VACUUM (SKIP_LOCKED) jobrunner.jobs")
-            .execute(&mut *conn)
-            .await;
-        sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
-            .bind(VACUUM_LOCK)
-            .execute(&mut *conn)
-            .await?;
-        vacuumed?;
         let left = self.rows().await?.dead;
         Ok(Vacuum::Done { dead, left })
     }
@@ -73,21 +65,24 @@ impl Driver {
             "SELECT coalesce(s.n_dead_tup, 0) AS dead, coalesce(s.n_live_tup, 0) AS live,
                     pg_has_role(c.relowner, 'USAGE')
                     OR (SELECT r.rolsuper FROM pg_roles AS r WHERE r.rolname = current_user)
-                    AS owner
+                    AS owner,
+                    EXISTS (SELECT FROM pg_stat_progress_vacuum AS v WHERE v.relid = c.oid)
+                    AS vacuuming
                FROM pg_class AS c
                LEFT JOIN pg_stat_user_tables AS s ON s.relid = c.oid
               WHERE c.oid = 'jobrunner.jobs'::regclass",
         )
-        .fetch_one(self.queue.pool())
+        .fetch_one(self.queue.db())
         .await?)
     }
 }
 
-/// The jobs table's row versions by the server's statistics, and whether this role may
-/// vacuum it.
+/// The jobs table's row versions by the server's statistics, whether this role may vacuum
+/// it, and whether a vacuum of it is under way.
 #[derive(sqlx::FromRow)]
 struct Rows {
     dead: i64,
     live: i64,
     owner: bool,
+    vacuuming: bool,
 }

@@ -77,7 +77,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
             format!("not ready: {problem}\n"),
         );
     }
-    let ping = sqlx::query("SELECT 1").execute(state.queue.pool());
+    let ping = sqlx::query("SELECT 1").execute(state.queue.db());
     match tokio::time::timeout(DATABASE_PATIENCE, ping).await {
         Ok(Ok(_)) => (StatusCode::OK, "ready\n".into()),
         Ok(Err(error)) => (

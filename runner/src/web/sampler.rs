@@ -74,7 +74,7 @@ impl Snapshot {
             "SELECT state::text AS state, job_type, tenant, count(*) AS count
                FROM jobrunner.job_status GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
         )
-        .fetch_all(queue.pool())
+        .fetch_all(queue.db())
         .await?;
         let ripe = sqlx::query_as(
             "SELECT job_type, tenant, count(*) AS count,
@@ -84,7 +84,7 @@ impl Snapshot {
               GROUP BY 1, 2 ORDER BY 1, 2",
         )
         .bind(now)
-        .fetch_all(queue.pool())
+        .fetch_all(queue.db())
         .await?;
         let runners = Driver::new(queue.clone()).runners(LIVE).await?;
         Ok(Self {

@@ -4,6 +4,7 @@
 //! this runner runs stops at once.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, watch};
@@ -16,6 +17,9 @@ use crate::Queue;
 use crate::client::schedules::SCHEDULES_CHANNEL;
 use crate::client::{CANCEL_CHANNEL, WAKE_CHANNEL};
 use crate::driver::Floors;
+
+/// How often a runner that cannot LISTEN looks for cancellations of its running jobs.
+const CANCELLATION_POLL: Duration = Duration::from_secs(1);
 
 /// Wakes the claim loops on every new-job notification and the scheduler on every schedule
 /// change, until claiming stops. Reconnects with backoff when the connection drops; after
@@ -39,7 +43,17 @@ impl Service for Listener {
         let mut failures = 0;
         loop {
             match self.subscribe().await {
-                Ok(listener) => {
+                Ok(None) => {
+                    tracing::warn!(
+                        why = "the database URL goes through a pooler in transaction mode, \
+                               which cannot LISTEN, and no direct URL was given (--listen-url)",
+                        "polling for new jobs, schedule changes and cancellations instead of \
+                         LISTEN"
+                    );
+                    self.poll_cancellations(&stop).await;
+                    return;
+                }
+                Ok(Some(listener)) => {
                     failures = 0;
                     if self.listen(listener, &stop).await {
                         return;
@@ -97,7 +111,7 @@ impl Listener {
               WHERE id = ANY($1) AND state = 'running' AND cancelled_by IS NOT NULL",
         )
         .bind(&ids)
-        .fetch_all(self.queue.pool())
+        .fetch_all(self.queue.db())
         .await;
         match asked {
             Ok(asked) => {
@@ -116,12 +130,21 @@ impl Listener {
         }
     }
 
-    async fn subscribe(&self) -> Result<PgListener, sqlx::Error> {
-        let mut listener = PgListener::connect_with(self.queue.pool()).await?;
+    /// Without LISTEN, looks for cancellations of the jobs running here every second.
+    async fn poll_cancellations(&self, stop: &CancellationToken) {
+        while !sleep_or_stop(stop, CANCELLATION_POLL).await {
+            self.missed_cancellations().await;
+        }
+    }
+
+    async fn subscribe(&self) -> Result<Option<PgListener>, sqlx::Error> {
+        let Some(mut listener) = self.queue.db().listener().await? else {
+            return Ok(None);
+        };
         listener
             .listen_all([WAKE_CHANNEL, SCHEDULES_CHANNEL, CANCEL_CHANNEL])
             .await?;
-        Ok(listener)
+        Ok(Some(listener))
     }
 
     /// Passes notifications on until the connection fails (false) or `stop` fires (true).

@@ -18,6 +18,8 @@ mod crashes;
 mod database;
 mod hostile;
 mod memory;
+mod pgbouncer;
+mod upgrades;
 
 use std::time::{Duration, Instant};
 

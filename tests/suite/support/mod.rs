@@ -4,6 +4,7 @@ pub mod db;
 pub mod fleet;
 pub mod http_server;
 pub mod live;
+pub mod pgbouncer;
 pub mod plugins;
 pub mod process;
 pub mod web;

@@ -22,7 +22,7 @@ impl CpuTimes {
         let pids: Vec<i32> = sqlx::query_scalar(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database()",
         )
-        .fetch_all(queue.pool())
+        .fetch_all(queue.db())
         .await
         .unwrap_or_default();
         let backends = pids

@@ -138,7 +138,7 @@ async fn drained(queue: &Queue) -> anyhow::Result<bool> {
     Ok(sqlx::query_scalar(
         "SELECT NOT EXISTS (SELECT FROM jobrunner.jobs WHERE state IN ('available', 'running'))",
     )
-    .fetch_one(queue.pool())
+    .fetch_one(queue.db())
     .await?)
 }
 
@@ -156,7 +156,7 @@ async fn hold_snapshot(queue: &Queue) -> anyhow::Result<PgConnection> {
 /// Ends the held transaction; says how big the jobs table grew meanwhile.
 async fn release_snapshot(mut conn: PgConnection, queue: &Queue) -> anyhow::Result<String> {
     let size: i64 = sqlx::query_scalar("SELECT pg_total_relation_size('jobrunner.jobs')")
-        .fetch_one(queue.pool())
+        .fetch_one(queue.db())
         .await?;
     sqlx::raw_sql("ROLLBACK").execute(&mut conn).await?;
     conn.close().await?;

@@ -119,7 +119,7 @@ pub(super) async fn run(
         .map(|_| NewJob::new(JOB_TYPE, json!({ "url": url })).unique(Unique::Off))
         .collect();
     for chunk in all.chunks(ENQUEUE_CHUNK) {
-        queue.enqueue_many(queue.pool(), chunk).await?;
+        queue.enqueue_many(queue.db(), chunk).await?;
     }
     let started = Instant::now();
     let worker = Worker::new(queue.clone(), executor, config.clone()).start();
@@ -160,7 +160,7 @@ async fn wait_until_drained(queue: &Queue) -> anyhow::Result<()> {
                FROM jobrunner.jobs WHERE job_type = $1",
         )
         .bind(JOB_TYPE)
-        .fetch_one(queue.pool())
+        .fetch_one(queue.db())
         .await?;
         anyhow::ensure!(failed == 0, "{failed} {JOB_TYPE} jobs failed");
         if pending == 0 {

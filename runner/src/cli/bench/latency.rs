@@ -48,7 +48,7 @@ pub(super) async fn run(
     // What an idle queue looks like once (auto)vacuum has been by: the drain's dead rows and
     // index entries gone.
     sqlx::query("VACUUM jobrunner.jobs")
-        .execute(queue.pool())
+        .execute(queue.db())
         .await
         .context("cannot vacuum the jobs table")?;
     let (started_tx, mut started) = mpsc::unbounded_channel();
@@ -65,7 +65,7 @@ pub(super) async fn run(
         // Timed from the call, not its reply: the commit wakes the worker, which can start the
         // job before the reply reaches us.
         let enqueued = Instant::now();
-        let id = queue.enqueue(queue.pool(), &job).await?.id;
+        let id = queue.enqueue(queue.db(), &job).await?.id;
         let replied = Instant::now();
         let sample = async {
             let start = loop {

@@ -255,7 +255,7 @@ async fn phases(
 
 async fn print_header(bench: &Bench, queue: &Queue, database: &str) -> anyhow::Result<()> {
     let server: String = sqlx::query_scalar("SHOW server_version")
-        .fetch_one(queue.pool())
+        .fetch_one(queue.db())
         .await?;
     let config = &bench.run.worker;
     println!(
@@ -297,7 +297,7 @@ async fn enqueue(queue: &Queue, job_type: &str, jobs: usize) -> anyhow::Result<f
                     let chunk: Vec<NewJob> = (first..jobs.min(first + ENQUEUE_CHUNK))
                         .map(|n| NewJob::new(&job_type, payload(n)).unique(Unique::Off))
                         .collect();
-                    queue.enqueue_many(queue.pool(), &chunk).await?;
+                    queue.enqueue_many(queue.db(), &chunk).await?;
                 }
                 anyhow::Ok(())
             })

@@ -42,7 +42,7 @@ pub(super) async fn run(
         "* * * * * *",
         NewJob::new(SCHEDULE, serde_json::json!({})),
     );
-    queue.add_schedule(queue.pool(), &schedule).await?;
+    queue.add_schedule(queue.db(), &schedule).await?;
     let mut late = Vec::new();
     let until = tokio::time::Instant::now() + Duration::from_secs(seconds);
     while let Ok(notification) = tokio::time::timeout_at(until, listener.recv()).await {
@@ -56,7 +56,7 @@ pub(super) async fn run(
     let ticks: Vec<DateTime<Utc>> =
         sqlx::query_scalar("SELECT run_at FROM jobrunner.jobs WHERE schedule = $1 ORDER BY run_at")
             .bind(SCHEDULE)
-            .fetch_all(queue.pool())
+            .fetch_all(queue.db())
             .await
             .context("cannot read the schedule's jobs")?;
     let span = match (ticks.first(), ticks.last()) {

@@ -252,13 +252,13 @@ job_types = ["echo"]
 async fn tenant_policy(queue: &Queue) -> anyhow::Result<()> {
     println!("Policy: {}", TENANT_POLICY.trim().replace('\n', "  "));
     let refused = NewJob::new("poison", json!({ "do": "trap" })).tenant(BACKLOG_TENANT);
-    if let Err(error) = queue.enqueue(queue.pool(), &refused).await {
+    if let Err(error) = queue.enqueue(queue.db(), &refused).await {
         println!("Refused:           {error}");
     }
     let backlog: Vec<NewJob> = (0..BACKLOG)
         .map(|i| NewJob::new("echo", json!({ "n": i })).tenant(BACKLOG_TENANT))
         .collect();
-    queue.enqueue_many(queue.pool(), &backlog).await?;
+    queue.enqueue_many(queue.db(), &backlog).await?;
     println!(
         "Backlog:           {BACKLOG} echo jobs for tenant {BACKLOG_TENANT}, ahead of every job \
          below"
@@ -274,7 +274,7 @@ async fn print_fairness(queue: &Queue) -> anyhow::Result<()> {
             AND updated_at > (SELECT max(updated_at) FROM jobrunner.jobs WHERE tenant = 'acme')",
     )
     .bind(BACKLOG_TENANT)
-    .fetch_one(queue.pool())
+    .fetch_one(queue.db())
     .await?;
     println!(
         "\nFair claiming: acme's reminders were done while {overtaken} of {BACKLOG_TENANT}'s \
@@ -300,17 +300,17 @@ async fn enqueue_jobs(queue: &Queue, languages: &[&str]) -> anyhow::Result<()> {
         .iter()
         .map(|word| NewJob::new("echo", json!({ "greeting": word })))
         .collect();
-    let ids = queue.enqueue_many(queue.pool(), &greetings).await?;
+    let ids = queue.enqueue_many(queue.db(), &greetings).await?;
     let ids: Vec<i64> = ids.iter().map(|e| e.id).collect();
     println!("Rust, bulk:        5 echo jobs in one statement -> ids {ids:?}");
 
-    let again = queue.enqueue(queue.pool(), &greetings[0]).await?;
+    let again = queue.enqueue(queue.db(), &greetings[0]).await?;
     println!(
         "Rust, duplicate:   the first greeting again -> id {} (inserted: {}; same job pending)",
         again.id, again.inserted
     );
 
-    let mut tx = queue.pool().begin().await?;
+    let mut tx = queue.db().begin().await?;
     let sleepy = queue
         .enqueue(&mut *tx, &NewJob::new("sleep", json!({ "ms": 700 })))
         .await?;
@@ -323,7 +323,7 @@ async fn enqueue_jobs(queue: &Queue, languages: &[&str]) -> anyhow::Result<()> {
         sleepy.id, urgent.id
     );
 
-    let mut tx = queue.pool().begin().await?;
+    let mut tx = queue.db().begin().await?;
     let unseen = NewJob::new("echo", json!({ "never": "seen" }));
     queue.enqueue(&mut *tx, &unseen).await?;
     tx.rollback().await?;
@@ -356,7 +356,7 @@ async fn enqueue_jobs(queue: &Queue, languages: &[&str]) -> anyhow::Result<()> {
         ),
     ] {
         let id: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .fetch_one(queue.pool())
+            .fetch_one(queue.db())
             .await?;
         println!("SQL:               {what} -> id {id}");
     }
@@ -367,14 +367,14 @@ async fn enqueue_jobs(queue: &Queue, languages: &[&str]) -> anyhow::Result<()> {
         )
         .bind(language)
         .bind(reminder_payload())
-        .fetch_one(queue.pool())
+        .fetch_one(queue.db())
         .await?;
         println!("SQL:               the same review reminder in {language:<6} -> id {id}");
     }
 
     let later =
         NewJob::new("echo", json!({ "scheduled": "3s later" })).delay(Duration::from_secs(3));
-    let later = queue.enqueue(queue.pool(), &later).await?;
+    let later = queue.enqueue(queue.db(), &later).await?;
     println!("Rust, scheduled:   echo due in 3 s -> id {}", later.id);
     Ok(())
 }
@@ -410,7 +410,7 @@ async fn print_reminders(queue: &Queue) -> anyhow::Result<()> {
         "SELECT job_type, result FROM jobrunner.jobs
           WHERE job_type LIKE 'review-reminder-%' AND tenant = 'acme' ORDER BY id",
     )
-    .fetch_all(queue.pool())
+    .fetch_all(queue.db())
     .await?;
     let Some((_, Some(first))) = results.first() else {
         return Ok(());

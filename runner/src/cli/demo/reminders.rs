@@ -124,7 +124,7 @@ impl Reminders {
         );
         let schedule = NewSchedule::new(SCHEDULE, CRON, NewJob::new("pr-reminders", json!({})))
             .time_zone(ZONE);
-        queue.add_schedule(queue.pool(), &schedule).await?;
+        queue.add_schedule(queue.db(), &schedule).await?;
         println!(
             "Rust, schedule:    {SCHEDULE}: pr-reminders {{}} at {CRON:?} in {ZONE} (6 fields: \
              every 10 s; for real \"0 9 * * MON-FRI\"), each tick's follow-ups one \
@@ -163,7 +163,7 @@ impl Reminders {
             "SELECT id, run_at FROM jobrunner.jobs WHERE schedule = $1 ORDER BY run_at",
         )
         .bind(SCHEDULE)
-        .fetch_all(queue.pool())
+        .fetch_all(queue.db())
         .await?;
         for (id, tick) in &ticks {
             println!(

@@ -94,7 +94,7 @@ impl Receiver {
         ] {
             let body = json!({"text": format!("webhook demo: {what}")});
             let job = NewJob::new("webhook", json!({"url": url, "body": body})).max_attempts(3);
-            let id = queue.enqueue(queue.pool(), &job).await?.id;
+            let id = queue.enqueue(queue.db(), &job).await?.id;
             println!("Rust, webhook:     {what} ({url}) -> id {id}");
         }
         Ok(())
@@ -107,7 +107,7 @@ impl Receiver {
                     coalesce(result::text, errors->-1->>'error', '')
                FROM jobrunner.jobs WHERE job_type = 'webhook' ORDER BY id",
         )
-        .fetch_all(queue.pool())
+        .fetch_all(queue.db())
         .await?;
         println!("\nWebhooks (outgoing HTTP, one `jobrunner::http` log line per request above):");
         for (id, url, state, outcome) in jobs {
