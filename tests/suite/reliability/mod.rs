@@ -16,6 +16,7 @@ mod bad_input;
 mod batches;
 mod crashes;
 mod database;
+mod failover;
 mod hostile;
 mod memory;
 mod pgbouncer;

@@ -7,6 +7,7 @@ pub mod live;
 pub mod pgbouncer;
 pub mod plugins;
 pub mod process;
+pub mod replication;
 pub mod web;
 
 use std::future::Future;

@@ -1,0 +1,276 @@
+//! A primary and a synchronous streaming standby on loopback ports, made with the machine's
+//! PostgreSQL binaries (`initdb`, `pg_basebackup`, `pg_ctl`) in a temporary directory: a
+//! failover to stage. As root, the servers run as user postgres.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use nix::unistd::{Uid, User};
+use sqlx::{Connection, PgConnection};
+
+use super::pgbouncer::free_port;
+use super::{cluster_tempdir, eventually};
+
+/// One server: its data directory and port.
+struct Server {
+    data: PathBuf,
+    port: u16,
+}
+
+/// A primary and its synchronous standby, stopped when dropped.
+pub struct Replicated {
+    bin: PathBuf,
+    primary: Server,
+    standby: Server,
+    _dir: tempfile::TempDir,
+}
+
+impl Replicated {
+    /// Starts a primary, makes a standby of it, and waits until the standby replicates
+    /// synchronously: from then on, a commit the primary acknowledges is on the standby too.
+    pub async fn start() -> Replicated {
+        let dir = cluster_tempdir();
+        let bin = bin_dir();
+        let server = |name: &str| Server {
+            data: owned_dir(&dir.path().join(name)),
+            port: free_port(),
+        };
+        let replicated = Replicated {
+            primary: server("primary"),
+            standby: server("standby"),
+            bin,
+            _dir: dir,
+        };
+        replicated.init_primary();
+        replicated.start_server(&replicated.primary);
+        replicated.init_standby();
+        replicated.start_server(&replicated.standby);
+        let primary = replicated.admin_url(replicated.primary.port);
+        eventually(
+            "the standby to replicate synchronously",
+            Duration::from_secs(60),
+            || async {
+                let mut conn = PgConnection::connect(&primary).await.ok()?;
+                let sync: Option<String> =
+                    sqlx::query_scalar("SELECT sync_state FROM pg_stat_replication")
+                        .fetch_optional(&mut conn)
+                        .await
+                        .ok()?;
+                (sync.as_deref() == Some("sync")).then_some(())
+            },
+        )
+        .await;
+        replicated
+    }
+
+    /// `database` at the primary alone.
+    pub fn primary_url(&self, database: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{database}",
+            self.primary.port
+        )
+    }
+
+    /// `database` at the standby alone.
+    pub fn standby_url(&self, database: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{database}",
+            self.standby.port
+        )
+    }
+
+    /// A URL naming both hosts, primary first, that connects to whichever accepts writes.
+    pub fn failover_url(&self, database: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{database}\
+             ?target_session_attrs=read-write",
+            self.primary.port, self.standby.port
+        )
+    }
+
+    /// Creates `database` (on the primary; it replicates).
+    pub async fn create_database(&self, database: &str) {
+        let mut conn = PgConnection::connect(&self.admin_url(self.primary.port))
+            .await
+            .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    /// Stops the primary at once, as a crash would: no checkpoint, connections cut.
+    pub async fn crash_primary(&self) {
+        let (bin, data) = (self.bin.clone(), self.primary.data.clone());
+        tokio::task::spawn_blocking(move || {
+            pg_ctl(&bin, &data, &["stop", "-w", "-m", "immediate"])
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Promotes the standby to primary, and waits until it accepts writes.
+    pub async fn promote_standby(&self) {
+        let (bin, data) = (self.bin.clone(), self.standby.data.clone());
+        tokio::task::spawn_blocking(move || pg_ctl(&bin, &data, &["promote", "-w", "-t", "60"]))
+            .await
+            .unwrap();
+    }
+
+    fn admin_url(&self, port: u16) -> String {
+        format!("postgres://postgres@127.0.0.1:{port}/postgres")
+    }
+
+    fn init_primary(&self) {
+        let data = self.primary.data.to_str().unwrap();
+        run(
+            &self.bin,
+            "initdb",
+            &[
+                "-D",
+                data,
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+        );
+        append(
+            &self.primary.data.join("postgresql.conf"),
+            &format!(
+                "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = ''\n\
+                 wal_level = replica\nmax_wal_senders = 4\nsynchronous_standby_names = '*'\n\
+                 max_connections = 200\n",
+                self.primary.port
+            ),
+        );
+        // Replication connections from loopback, without a password (initdb's default file
+        // has them for the local socket only on some versions).
+        append(
+            &self.primary.data.join("pg_hba.conf"),
+            "host replication all 127.0.0.1/32 trust\n",
+        );
+    }
+
+    fn init_standby(&self) {
+        let port = self.primary.port.to_string();
+        let data = self.standby.data.to_str().unwrap();
+        run(
+            &self.bin,
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                data,
+                "-R",
+                "-X",
+                "stream",
+            ],
+        );
+        // Promoted, it has no standby of its own to wait for: commits must not wait for one.
+        append(
+            &self.standby.data.join("postgresql.conf"),
+            &format!(
+                "port = {}\nsynchronous_standby_names = ''\n",
+                self.standby.port
+            ),
+        );
+    }
+
+    fn start_server(&self, server: &Server) {
+        let log = server.data.join("postgres.log");
+        let log = log.to_str().unwrap();
+        pg_ctl(
+            &self.bin,
+            &server.data,
+            &["start", "-w", "-t", "60", "-l", log],
+        );
+    }
+}
+
+fn pg_ctl(bin: &Path, data: &Path, args: &[&str]) {
+    let mut all = vec!["-D", data.to_str().unwrap()];
+    all.extend_from_slice(args);
+    run(bin, "pg_ctl", &all);
+}
+
+/// Runs `program` of `bin` as the servers' user, and fails the test if it fails.
+fn run(bin: &Path, program: &str, args: &[&str]) {
+    let mut command = Command::new(bin.join(program));
+    command.args(args).current_dir("/");
+    if let Some(user) = postgres_user() {
+        command.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+    }
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl Drop for Replicated {
+    fn drop(&mut self) {
+        for server in [&self.primary, &self.standby] {
+            // One of them is stopped already.
+            let mut command = Command::new(self.bin.join("pg_ctl"));
+            command
+                .arg("-D")
+                .arg(&server.data)
+                .args(["stop", "-m", "immediate"]);
+            if let Some(user) = postgres_user() {
+                command.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+            }
+            let _ = command.current_dir("/").output();
+        }
+    }
+}
+
+/// As root, the user the servers run as.
+fn postgres_user() -> Option<User> {
+    Uid::effective().is_root().then(|| {
+        User::from_name("postgres")
+            .unwrap()
+            .expect("a postgres user")
+    })
+}
+
+/// Creates `path` for the servers' user, private as PostgreSQL wants its data directory.
+fn owned_dir(path: &Path) -> PathBuf {
+    std::fs::create_dir_all(path).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    if let Some(user) = postgres_user() {
+        nix::unistd::chown(path, Some(user.uid), Some(user.gid)).unwrap();
+    }
+    path.to_owned()
+}
+
+fn append(file: &Path, text: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().append(true).open(file).unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+}
+
+/// The newest `/usr/lib/postgresql/<version>/bin`.
+fn bin_dir() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL's binaries in /usr/lib/postgresql")
+        .map(|entry| entry.unwrap().path().join("bin"))
+        .filter(|bin| bin.join("pg_basebackup").exists())
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .expect("a PostgreSQL version with pg_basebackup")
+}
