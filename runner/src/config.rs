@@ -68,6 +68,8 @@ pub struct FileConfig {
     pub database_pooled: Option<bool>,
     /// A direct URL beside a pooled one, unless `--listen-url` says otherwise.
     pub database_listen_url: Option<String>,
+    /// The most connections a runner opens, unless `--max-connections` says otherwise.
+    pub database_max_connections: Option<u32>,
     /// Log format, unless `--log-format` says otherwise.
     pub log_format: Option<LogFormat>,
     /// The plugin directory, unless `--plugins` says otherwise (relative to the working

@@ -146,6 +146,13 @@ pub enum QueueError {
     /// Applying migrations failed.
     #[error("migrating the jobrunner schema failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// No connection could be had in time.
+    #[error(
+        "no database connection within the pool's wait: all of its connections are in use, or \
+         PostgreSQL refuses new ones (\"too many clients\": max_connections is reached; or it \
+         is starting, stopping or away)"
+    )]
+    NoConnection,
     /// Anything else the database said.
     #[error("database error: {0}")]
     Database(sqlx::Error),
@@ -153,6 +160,9 @@ pub enum QueueError {
 
 impl From<sqlx::Error> for QueueError {
     fn from(error: sqlx::Error) -> Self {
+        if matches!(error, sqlx::Error::PoolTimedOut) {
+            return QueueError::NoConnection;
+        }
         let Some(db) = error.as_database_error() else {
             return QueueError::Database(error);
         };

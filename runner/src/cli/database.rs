@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use jobrunner_client::{Db, Pooling, SystemClock, pooled_options};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
@@ -21,6 +21,10 @@ use crate::private_pg::PrivatePostgres;
 /// completer, heartbeat, rescuer, pruner) with room for bursts.
 pub const MAX_CONNECTIONS: u32 = 14;
 
+/// The fewest a runner works with: the listener, its open batch transactions
+/// ([`crate::worker::OPEN_BATCHES`]), a claim, an outcome write and a heartbeat.
+pub const MIN_CONNECTIONS: u32 = crate::worker::OPEN_BATCHES as u32 + 4;
+
 /// How the runner reaches PostgreSQL: flags and config.
 #[derive(Debug, Default, Clone)]
 pub struct Target {
@@ -30,6 +34,8 @@ pub struct Target {
     pub pooled: bool,
     /// A direct URL, for LISTEN and migrations, when `url` goes through a pooler.
     pub listen_url: Option<String>,
+    /// The most connections the pool opens; [`MAX_CONNECTIONS`] if `None`.
+    pub max_connections: Option<u32>,
     /// The data directory of the private cluster.
     pub private_dir: Option<PathBuf>,
 }
@@ -50,6 +56,15 @@ impl Database {
     /// Connects to the target's URL; without one, to the local default server; if nothing
     /// answers there, to a private cluster in its `private_dir` (started if needed).
     pub async fn connect(target: Target) -> anyhow::Result<Self> {
+        let max_connections = target.max_connections.unwrap_or(MAX_CONNECTIONS);
+        if max_connections < MIN_CONNECTIONS {
+            bail!(
+                "--max-connections {max_connections} is too few: a runner needs at least \
+                 {MIN_CONNECTIONS} (LISTEN, {} open batch transactions, a claim, an outcome \
+                 write and a heartbeat at once)",
+                crate::worker::OPEN_BATCHES
+            );
+        }
         let hosts = match &target.url {
             Some(url) => Hosts::parse(url)?.map(|hosts| hosts.map(|o| named(o, target.pooled))),
             None => None,
@@ -76,7 +91,7 @@ impl Database {
         };
         let options = named(options, target.pooled);
         let mut pool_options = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
+            .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10));
         if let Some(hosts) = &hosts {
             pool_options = hosts.pool_options(pool_options);

@@ -55,6 +55,12 @@ pub struct Cli {
     )]
     listen_url: Option<String>,
 
+    /// The most connections to PostgreSQL this process opens at once, LISTEN's included
+    /// [default: 14, at least 8]. Across runners, their sum must stay below the server's
+    /// max_connections (or PgBouncer's max_client_conn).
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", global = true)]
+    max_connections: Option<u32>,
+
     /// TOML config file (keys as in the flags; worker settings under [worker], sandbox
     /// settings under [sandbox], outgoing HTTP under [http], secrets under [secrets], tenant
     /// policy under [tenant_defaults] and [tenants.NAME]). `runner run` reads its secrets
@@ -192,6 +198,7 @@ async fn dispatch(cli: Cli, file: FileConfig) -> anyhow::Result<ExitCode> {
         url: cli.database_url.or(file.database_url),
         pooled: cli.pooled || file.database_pooled.unwrap_or(false),
         listen_url: cli.listen_url.or(file.database_listen_url),
+        max_connections: cli.max_connections.or(file.database_max_connections),
         private_dir: cli.private_pg_dir,
     };
     let db = database::Database::connect(target).await?;

@@ -9,9 +9,9 @@ use runner::Queue;
 use serde_json::json;
 use sqlx::PgPool;
 
+use crate::support::cluster::Replicated;
 use crate::support::eventually;
 use crate::support::fleet::{Endings, Fleet, enqueue_n, install_audit};
-use crate::support::replication::Replicated;
 
 const MINUTE: Duration = Duration::from_secs(60);
 

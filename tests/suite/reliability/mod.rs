@@ -18,6 +18,7 @@ mod crashes;
 mod database;
 mod failover;
 mod hostile;
+mod many_runners;
 mod memory;
 mod pgbouncer;
 mod upgrades;

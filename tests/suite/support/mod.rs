@@ -1,5 +1,6 @@
 //! Shared test fixtures: per-test databases, condition waits, runner processes.
 
+pub mod cluster;
 pub mod db;
 pub mod fleet;
 pub mod http_server;
@@ -7,7 +8,6 @@ pub mod live;
 pub mod pgbouncer;
 pub mod plugins;
 pub mod process;
-pub mod replication;
 pub mod web;
 
 use std::future::Future;

@@ -1,6 +1,7 @@
-//! A primary and a synchronous streaming standby on loopback ports, made with the machine's
-//! PostgreSQL binaries (`initdb`, `pg_basebackup`, `pg_ctl`) in a temporary directory: a
-//! failover to stage. As root, the servers run as user postgres.
+//! PostgreSQL servers of a test's own, on loopback ports, made with the machine's binaries
+//! (`initdb`, `pg_basebackup`, `pg_ctl`) in a temporary directory: a lone server with
+//! settings of its own (a low `max_connections`), or a primary and a synchronous streaming
+//! standby, a failover to stage. As root, the servers run as user postgres.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,43 @@ use super::{cluster_tempdir, eventually};
 struct Server {
     data: PathBuf,
     port: u16,
+}
+
+/// A lone server with settings of the test's own (`max_connections`), stopped when dropped.
+pub struct Cluster {
+    bin: PathBuf,
+    server: Server,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts a server whose `postgresql.conf` ends with `settings`.
+    pub fn start(settings: &str) -> Cluster {
+        let dir = cluster_tempdir();
+        let bin = bin_dir();
+        let server = Server {
+            data: owned_dir(&dir.path().join("data")),
+            port: free_port(),
+        };
+        init(&bin, &server, settings);
+        start(&bin, &server);
+        Cluster {
+            bin,
+            server,
+            _dir: dir,
+        }
+    }
+
+    /// `database` on it.
+    pub fn url(&self, database: &str) -> String {
+        url(self.server.port, database)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        stop_now(&self.bin, &self.server);
+    }
 }
 
 /// A primary and its synchronous standby, stopped when dropped.
@@ -43,11 +81,15 @@ impl Replicated {
             bin,
             _dir: dir,
         };
-        replicated.init_primary();
-        replicated.start_server(&replicated.primary);
+        init(
+            &replicated.bin,
+            &replicated.primary,
+            "wal_level = replica\nmax_wal_senders = 4\nsynchronous_standby_names = '*'\n",
+        );
+        start(&replicated.bin, &replicated.primary);
         replicated.init_standby();
-        replicated.start_server(&replicated.standby);
-        let primary = replicated.admin_url(replicated.primary.port);
+        start(&replicated.bin, &replicated.standby);
+        let primary = url(replicated.primary.port, "postgres");
         eventually(
             "the standby to replicate synchronously",
             Duration::from_secs(60),
@@ -92,7 +134,7 @@ impl Replicated {
 
     /// Creates `database` (on the primary; it replicates).
     pub async fn create_database(&self, database: &str) {
-        let mut conn = PgConnection::connect(&self.admin_url(self.primary.port))
+        let mut conn = PgConnection::connect(&self.primary_url("postgres"))
             .await
             .unwrap();
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
@@ -117,44 +159,6 @@ impl Replicated {
         tokio::task::spawn_blocking(move || pg_ctl(&bin, &data, &["promote", "-w", "-t", "60"]))
             .await
             .unwrap();
-    }
-
-    fn admin_url(&self, port: u16) -> String {
-        format!("postgres://postgres@127.0.0.1:{port}/postgres")
-    }
-
-    fn init_primary(&self) {
-        let data = self.primary.data.to_str().unwrap();
-        run(
-            &self.bin,
-            "initdb",
-            &[
-                "-D",
-                data,
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-            ],
-        );
-        append(
-            &self.primary.data.join("postgresql.conf"),
-            &format!(
-                "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = ''\n\
-                 wal_level = replica\nmax_wal_senders = 4\nsynchronous_standby_names = '*'\n\
-                 max_connections = 200\n",
-                self.primary.port
-            ),
-        );
-        // Replication connections from loopback, without a password (initdb's default file
-        // has them for the local socket only on some versions).
-        append(
-            &self.primary.data.join("pg_hba.conf"),
-            "host replication all 127.0.0.1/32 trust\n",
-        );
     }
 
     fn init_standby(&self) {
@@ -186,16 +190,6 @@ impl Replicated {
             ),
         );
     }
-
-    fn start_server(&self, server: &Server) {
-        let log = server.data.join("postgres.log");
-        let log = log.to_str().unwrap();
-        pg_ctl(
-            &self.bin,
-            &server.data,
-            &["start", "-w", "-t", "60", "-l", log],
-        );
-    }
 }
 
 fn pg_ctl(bin: &Path, data: &Path, args: &[&str]) {
@@ -222,19 +216,65 @@ fn run(bin: &Path, program: &str, args: &[&str]) {
 
 impl Drop for Replicated {
     fn drop(&mut self) {
-        for server in [&self.primary, &self.standby] {
-            // One of them is stopped already.
-            let mut command = Command::new(self.bin.join("pg_ctl"));
-            command
-                .arg("-D")
-                .arg(&server.data)
-                .args(["stop", "-m", "immediate"]);
-            if let Some(user) = postgres_user() {
-                command.uid(user.uid.as_raw()).gid(user.gid.as_raw());
-            }
-            let _ = command.current_dir("/").output();
-        }
+        stop_now(&self.bin, &self.primary);
+        stop_now(&self.bin, &self.standby);
     }
+}
+
+fn url(port: u16, database: &str) -> String {
+    format!("postgres://postgres@127.0.0.1:{port}/{database}")
+}
+
+/// Makes a server's data directory: loopback TCP only, replication connections allowed,
+/// `settings` last.
+fn init(bin: &Path, server: &Server, settings: &str) {
+    let data = server.data.to_str().unwrap();
+    run(
+        bin,
+        "initdb",
+        &[
+            "-D",
+            data,
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ],
+    );
+    append(
+        &server.data.join("postgresql.conf"),
+        &format!(
+            "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = ''\n\
+             max_connections = 200\n{settings}",
+            server.port
+        ),
+    );
+    append(
+        &server.data.join("pg_hba.conf"),
+        "host replication all 127.0.0.1/32 trust\n",
+    );
+}
+
+fn start(bin: &Path, server: &Server) {
+    let log = server.data.join("postgres.log");
+    let log = log.to_str().unwrap();
+    pg_ctl(bin, &server.data, &["start", "-w", "-t", "60", "-l", log]);
+}
+
+/// Stops a server at once, if it runs.
+fn stop_now(bin: &Path, server: &Server) {
+    let mut command = Command::new(bin.join("pg_ctl"));
+    command
+        .arg("-D")
+        .arg(&server.data)
+        .args(["stop", "-m", "immediate"]);
+    if let Some(user) = postgres_user() {
+        command.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+    }
+    let _ = command.current_dir("/").output();
 }
 
 /// As root, the user the servers run as.
