@@ -37,7 +37,7 @@ pub enum Pooling {
     /// session (LISTEN, the migration lock); without it those go without or are refused.
     Transaction {
         /// A direct connection's options, if one was given.
-        session: Option<PgConnectOptions>,
+        session: Option<Box<PgConnectOptions>>,
     },
 }
 
@@ -72,7 +72,7 @@ impl Db {
     pub fn session(&self) -> Option<PgConnectOptions> {
         match &self.pooling {
             Pooling::Direct => Some(self.pool.connect_options().as_ref().clone()),
-            Pooling::Transaction { session } => session.clone(),
+            Pooling::Transaction { session } => session.as_deref().cloned(),
         }
     }
 
@@ -85,7 +85,7 @@ impl Db {
                 session: Some(options),
             } => PgPoolOptions::new()
                 .max_connections(1)
-                .connect_lazy_with(options.clone()),
+                .connect_lazy_with(options.as_ref().clone()),
             Pooling::Transaction { session: None } => return Ok(None),
         };
         PgListener::connect_with(&pool).await.map(Some)

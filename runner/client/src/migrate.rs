@@ -103,8 +103,7 @@ impl Queue {
         };
         // A connection of its own: closing it releases the lock whatever went wrong.
         let mut conn = PgConnection::connect_with(&options).await?;
-        // sqlx's migration lock, which earlier releases take too, held until the end.
-        conn.lock().await?;
+        lock(&mut conn).await?;
         let migrated = migrate_locked(&mut conn).await;
         conn.close().await?;
         migrated
@@ -238,6 +237,29 @@ async fn apply_patiently(conn: &mut PgConnection, migration: &Migration) -> Resu
             }
             applied => return applied.map(drop),
         }
+    }
+}
+
+/// Takes sqlx's migration lock, which earlier releases take too, held until the connection
+/// closes. Not by waiting in `pg_advisory_lock`, as sqlx does: a `CREATE INDEX CONCURRENTLY`
+/// of the migrator that holds the lock waits for every transaction older than it, including
+/// a statement waiting for the lock, which waits for it: a deadlock.
+async fn lock(conn: &mut PgConnection) -> Result<()> {
+    const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&mut *conn)
+        .await?;
+    // sqlx's key for the database.
+    let key = 0x3d32ad9e * i64::from(CRC.checksum(database.as_bytes()));
+    loop {
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await?;
+        if locked {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -109,11 +109,11 @@ impl Database {
             false => Pooling::Direct,
             true => Pooling::Transaction {
                 session: match &target.listen_url {
-                    Some(url) => Some(named(
+                    Some(url) => Some(Box::new(named(
                         url.parse()
                             .context("the listen URL is not a valid PostgreSQL URL")?,
                         false,
-                    )),
+                    ))),
                     None => None,
                 },
             },

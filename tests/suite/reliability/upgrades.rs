@@ -200,3 +200,34 @@ fn every_index_on_jobs_since_the_release_is_built_concurrently_one_per_migration
             .exists()
     );
 }
+
+#[tokio::test]
+async fn a_migration_waits_for_the_lock_an_earlier_releases_migrator_holds() {
+    use sqlx::migrate::Migrate;
+    let db = TestDb::empty().await;
+    // sqlx's migrator, which earlier releases run, takes its lock by waiting in
+    // pg_advisory_lock; ours tries the same lock until it is free.
+    let mut earlier = db.connect().await;
+    earlier.lock().await.unwrap();
+    let queue = db.queue();
+    let migrating = tokio::spawn(async move { queue.migrate().await });
+    eventually("the migration to try the lock", MINUTE, || async {
+        let trying: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT FROM pg_stat_activity
+                             WHERE query LIKE 'SELECT pg_try_advisory_lock%'
+                               AND pid <> pg_backend_pid())",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        trying.then_some(())
+    })
+    .await;
+    assert!(!migrating.is_finished(), "it waits while the lock is held");
+    earlier.unlock().await.unwrap();
+    tokio::time::timeout(MINUTE, migrating)
+        .await
+        .expect("it migrates once the lock is free")
+        .unwrap()
+        .expect("migrate");
+}
