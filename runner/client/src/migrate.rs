@@ -387,3 +387,46 @@ async fn apply_definitions(conn: &mut PgConnection) -> Result<()> {
     tx.commit().await?;
     Ok(())
 }
+
+/// Each release of the definitions: the newest numbered migration then, and the hash of the
+/// definitions. A change to `runner/sql` comes with a numbered migration of its own (a comment
+/// will do) and a new entry here: a runner of an earlier release knows fewer migrations, so it
+/// refuses the schema ([`QueueError::SchemaNewer`]) instead of putting its older definitions
+/// back when it restarts during a rolling upgrade. The test below holds the rule.
+#[cfg(test)]
+const DEFINITION_RELEASES: [(i64, &str); 1] = [(
+    21,
+    "aa3936dc6ea46611d82c44c8c74e6ba45663e4578bf25ca85b115e54e3079640",
+)];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_change_to_the_definitions_comes_with_a_numbered_migration() {
+        let newest = sqlx::migrate!("../migrations")
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .unwrap();
+        let mut hash = Sha256::new();
+        for (file, text) in DEFINITIONS {
+            hash.update(file);
+            hash.update(text);
+        }
+        let current = (newest, hex::encode(hash.finalize()));
+        let versions: Vec<i64> = DEFINITION_RELEASES.iter().map(|(v, _)| *v).collect();
+        assert!(
+            versions.windows(2).all(|pair| pair[0] < pair[1]),
+            "two releases of the definitions share a migration: {versions:?}"
+        );
+        let (version, hash) = DEFINITION_RELEASES.last().unwrap();
+        assert!(
+            *hash == current.1 && *version <= current.0,
+            "the newest migration and the definitions are {current:?}: a change to runner/sql \
+             needs a numbered migration of its own (a comment will do) and an entry in \
+             DEFINITION_RELEASES"
+        );
+    }
+}
