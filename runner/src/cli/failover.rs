@@ -6,10 +6,12 @@
 //! sqlx connects to one host. A [`Follower`] keeps one connection of its own to the host in
 //! use and looks at it every second; when it fails, or stops accepting writes, the follower
 //! looks for the first host that qualifies and points the pool's new connections there. The
-//! pool drops connections to the old host as they fail, and refuses a new connection to a host
-//! that does not accept writes.
+//! pool then drops every connection opened before the move as it is next acquired (the old
+//! host may be up, and read-only), and refuses a new connection to a host that does not
+//! accept writes.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -27,6 +29,8 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Hosts {
     candidates: Vec<PgConnectOptions>,
     read_write: bool,
+    /// When the follower last moved to another host.
+    moved_at: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Hosts {
@@ -56,6 +60,7 @@ impl Hosts {
         Ok(Some(Self {
             candidates,
             read_write: read_write.unwrap_or(false),
+            moved_at: Arc::default(),
         }))
     }
 
@@ -80,8 +85,15 @@ impl Hosts {
         bail!("no host of DATABASE_URL qualifies: {}", errors.join("; "))
     }
 
-    /// Pool options that refuse a connection to a host that does not qualify.
+    /// Pool options that drop connections opened before the follower last moved, and refuse
+    /// a new connection to a host that does not qualify.
     pub fn pool_options(&self, options: PgPoolOptions) -> PgPoolOptions {
+        let moved_at = self.moved_at.clone();
+        let options = options.before_acquire(move |_, connection| {
+            let moved_at = *moved_at.lock().expect("lock poisoned");
+            let opened_since = moved_at.is_none_or(|at| connection.age < at.elapsed());
+            Box::pin(async move { Ok(opened_since) })
+        });
         if !self.read_write {
             return options;
         }
@@ -185,18 +197,19 @@ impl Follower {
             }
             watching = None;
             match self.hosts.find(Some(self.current)).await {
-                Ok((index, options)) => {
-                    if index != self.current {
-                        tracing::warn!(
-                            from = describe(&self.hosts.candidates[self.current]),
-                            to = describe(&options),
-                            "the database host in use stopped qualifying; new connections go \
-                             to the next host that does"
-                        );
-                    }
+                Ok((index, options)) if index != self.current => {
+                    tracing::warn!(
+                        from = describe(&self.hosts.candidates[self.current]),
+                        to = describe(&options),
+                        "the database host in use stopped qualifying; new connections go to \
+                         the next host that does"
+                    );
                     self.current = index;
                     self.pool.set_connect_options(options);
+                    *self.hosts.moved_at.lock().expect("lock poisoned") = Some(Instant::now());
                 }
+                // The host in use qualifies again (the follower's own connection had failed).
+                Ok(_) => {}
                 Err(error) => tracing::warn!(error = format!("{error:#}"), "no database host"),
             }
         }

@@ -1,6 +1,7 @@
-//! A failover: the primary crashes mid-drain and its synchronous standby is promoted. Runners
-//! given a URL naming both hosts (`target_session_attrs=read-write`) move to the new primary
-//! by themselves, and every job completes.
+//! A failover: mid-drain, the primary crashes, or stops accepting writes while it stays up, and
+//! its synchronous standby is promoted. Runners given a URL naming both hosts
+//! (`target_session_attrs=read-write`) move to the new primary by themselves, and every job
+//! completes once.
 
 use std::time::{Duration, Instant};
 
@@ -15,8 +16,26 @@ use crate::support::fleet::{Endings, Fleet, enqueue_n, install_audit};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
+/// How the primary goes.
+#[derive(Debug, Clone, Copy)]
+enum Demotion {
+    /// Stopped at once, connections cut.
+    Crash,
+    /// Up, refusing writes: the runners' connections to it stay open.
+    ReadOnly,
+}
+
 #[tokio::test]
 async fn runners_follow_a_failover_to_the_promoted_standby_and_every_job_completes_once() {
+    fail_over(Demotion::Crash).await;
+}
+
+#[tokio::test]
+async fn runners_leave_a_primary_that_stays_up_but_refuses_writes() {
+    fail_over(Demotion::ReadOnly).await;
+}
+
+async fn fail_over(demotion: Demotion) {
     const JOBS: usize = 4000;
     let cluster = Replicated::start().await;
     cluster.create_database("jobs").await;
@@ -38,7 +57,10 @@ async fn runners_follow_a_failover_to_the_promoted_standby_and_every_job_complet
     .await;
     primary.close().await;
 
-    cluster.crash_primary().await;
+    match demotion {
+        Demotion::Crash => cluster.crash_primary().await,
+        Demotion::ReadOnly => cluster.make_primary_read_only().await,
+    }
     let crashed = Instant::now();
     cluster.promote_standby().await;
     let promoted = Utc::now();
@@ -71,8 +93,8 @@ async fn runners_follow_a_failover_to_the_promoted_standby_and_every_job_complet
     );
     assert_eq!(moved.len(), 2, "each runner moved to the new primary once");
     eprintln!(
-        "failover of {JOBS} jobs with 2 runners: primary crashed, standby promoted {promotion:?} \
-         later; first job completed on the new primary {:?} after the promotion; every job \
+        "failover of {JOBS} jobs with 2 runners ({demotion:?}): standby promoted {promotion:?} \
+         after the primary went; first job completed on the new primary {:?} after the promotion; every job \
          completed once, {again} of them after running again",
         (first - promoted).to_std().unwrap_or_default(),
     );

@@ -153,6 +153,21 @@ impl Replicated {
         .unwrap();
     }
 
+    /// Makes the primary refuse writes while it stays up, as a failover tool demoting it would:
+    /// new transactions are read-only, and commits no longer wait for the standby.
+    pub async fn make_primary_read_only(&self) {
+        let mut conn = PgConnection::connect(&self.primary_url("postgres"))
+            .await
+            .unwrap();
+        for statement in [
+            "ALTER SYSTEM SET default_transaction_read_only = on",
+            "ALTER SYSTEM SET synchronous_standby_names = ''",
+            "SELECT pg_reload_conf()",
+        ] {
+            sqlx::raw_sql(statement).execute(&mut conn).await.unwrap();
+        }
+    }
+
     /// Promotes the standby to primary, and waits until it accepts writes.
     pub async fn promote_standby(&self) {
         let (bin, data) = (self.bin.clone(), self.standby.data.clone());
