@@ -46,8 +46,9 @@ const DEFINITIONS: [(&str, &str); 6] = [
 ];
 
 /// Migrations whose function definitions moved to `runner/sql`, or whose index builds moved
-/// to migrations of their own, with the checksums their earlier text had. A database migrated by a release before the move recorded those; what
-/// the migrations still do was done then, so the record is brought up to the current text.
+/// to migrations of their own, with the checksums their earlier text had. A database migrated
+/// by a release before the move recorded those; what the migrations still do was done then, so
+/// the record is brought up to the current text.
 const REWRITTEN: [(i64, &str); 8] = [
     (
         1,
@@ -108,9 +109,7 @@ impl Queue {
         conn.close().await?;
         migrated
     }
-}
 
-impl Queue {
     /// Checks, without changing anything, that the schema is the one this build migrates to:
     /// [`QueueError::SchemaNewer`] if a newer release migrated it, [`QueueError::NoSession`]
     /// if something is left to migrate.
