@@ -70,7 +70,8 @@ impl Hosts {
         self
     }
 
-    /// The first host that qualifies, and its index.
+    /// The first host that qualifies, and its index: from the first host, or from the one
+    /// after host `after` round to it.
     pub async fn find(&self, after: Option<usize>) -> anyhow::Result<(usize, PgConnectOptions)> {
         let start = after.map_or(0, |i| i + 1);
         let count = self.candidates.len();
