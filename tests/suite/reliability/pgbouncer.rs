@@ -22,8 +22,8 @@ fn complaints(fleet: &Fleet) -> Vec<Value> {
 }
 
 /// Drains `jobs` echo jobs with three runners on `url` (with `args`) and returns the time
-/// from the first enqueue to the last completion, after checking that each completed once
-/// and that no runner complained.
+/// from the first enqueue to the last completion, after checking that each ran and completed
+/// once and that no runner complained.
 async fn drain(db: &TestDb, url: &str, args: &[&str], jobs: usize) -> Duration {
     install_audit(&db.pool).await;
     let fleet = Fleet::start(url, test_plugins::rust_dir(), 3, args).await;
@@ -31,6 +31,10 @@ async fn drain(db: &TestDb, url: &str, args: &[&str], jobs: usize) -> Duration {
     enqueue_n(&db.pool, "echo", jobs, |i| json!({ "i": i })).await;
     Endings::all_completed_once(&db.pool, jobs as i64, 5 * MINUTE).await;
     let took = started.elapsed();
+    let ran_again: i64 = db
+        .scalar("SELECT count(*) FROM jobrunner.jobs WHERE attempt <> 1")
+        .await;
+    assert_eq!(ran_again, 0, "every job ran once");
     let complaints = complaints(&fleet);
     assert!(
         complaints.is_empty(),
