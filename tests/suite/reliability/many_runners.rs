@@ -128,18 +128,39 @@ async fn a_runner_backs_off_while_the_server_refuses_connections_and_recovers() 
     pool.close().await;
     let runner = Live::start_on(&cluster.url("postgres"), linked(&["sleep"]).path(), &[]).await;
 
-    // Every connection the server has left is taken: the runner keeps the few it holds.
+    // The test takes every connection the server has, the runner's too: it ends their
+    // sessions and takes their places, until the runner holds none.
     let mut held: Vec<PgConnection> = Vec::new();
-    let refused = loop {
-        match PgConnection::connect(&cluster.url("postgres")).await {
-            Ok(conn) => held.push(conn),
-            Err(error) => break error,
+    let give_up = Instant::now() + MINUTE;
+    loop {
+        let refused = loop {
+            match PgConnection::connect(&cluster.url("postgres")).await {
+                Ok(conn) => held.push(conn),
+                Err(error) => break error,
+            }
+        };
+        assert!(
+            refused.to_string().contains("too many clients"),
+            "the server refuses more: {refused}"
+        );
+        let runners: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'jobrunner'",
+        )
+        .fetch_one(&mut held[0])
+        .await
+        .unwrap();
+        if runners == 0 {
+            break;
         }
-    };
-    assert!(
-        refused.to_string().contains("too many clients"),
-        "the server refuses more: {refused}"
-    );
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE application_name = 'jobrunner'",
+        )
+        .execute(&mut held[0])
+        .await
+        .unwrap();
+        assert!(Instant::now() < give_up, "the runner kept its connections");
+    }
     let queue = runner::Queue::new(PgPool::connect_lazy(&cluster.url("postgres")).unwrap());
     let jobs: Vec<runner::NewJob> = (0..JOBS)
         .map(|i| runner::NewJob::new("sleep", json!({ "ms": 100, "i": i })))
