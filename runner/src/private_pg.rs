@@ -79,7 +79,7 @@ impl PrivatePostgres {
 
     /// Starts (or joins) the cluster in `data_dir`, initialising it on first use.
     pub fn start(data_dir: &Path) -> Result<Self> {
-        let bin_dir = find_bin_dir().ok_or(PrivatePgError::NoBinaries)?;
+        let bin_dir = bin_dir().ok_or(PrivatePgError::NoBinaries)?;
         let run_as = if Uid::effective().is_root() {
             Some(
                 User::from_name("postgres")
@@ -294,7 +294,7 @@ fn free_port(data_dir: &Path) -> Result<u16> {
 
 /// The directory holding `initdb` and `pg_ctl`: `$JOBRUNNER_PG_BIN`, the newest Debian-style
 /// `/usr/lib/postgresql/<version>/bin`, `/usr/local/pgsql/bin`, or `$PATH`.
-fn find_bin_dir() -> Option<PathBuf> {
+pub fn bin_dir() -> Option<PathBuf> {
     let has_tools = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
     if let Some(dir) = std::env::var_os("JOBRUNNER_PG_BIN").map(PathBuf::from) {
         return has_tools(&dir).then_some(dir);

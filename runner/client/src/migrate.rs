@@ -120,13 +120,7 @@ impl Queue {
         )
         .fetch_all(self.db())
         .await?;
-        let known = migrator.iter().map(|m| m.version).max().unwrap_or_default();
-        if let Some(newest) = applied.iter().map(|(v, _)| *v).filter(|v| *v > known).max() {
-            return Err(QueueError::SchemaNewer {
-                version: newest,
-                known,
-            });
-        }
+        refuse_newer(&migrator, applied.iter().map(|(version, _)| *version))?;
         let applied: HashMap<i64, Vec<u8>> = applied.into_iter().collect();
         let migrations_current = migrator
             .iter()
@@ -140,6 +134,18 @@ impl Queue {
         } else {
             Err(QueueError::NoSession)
         }
+    }
+}
+
+/// [`QueueError::SchemaNewer`] if a migration among `applied` is not one this build knows: a
+/// newer release applied it.
+fn refuse_newer(migrator: &Migrator, applied: impl Iterator<Item = i64>) -> Result<()> {
+    match applied.filter(|v| !migrator.version_exists(*v)).max() {
+        Some(version) => Err(QueueError::SchemaNewer {
+            version,
+            known: migrator.iter().map(|m| m.version).max().unwrap_or_default(),
+        }),
+        None => Ok(()),
     }
 }
 
@@ -182,16 +188,7 @@ async fn migrate_locked(conn: &mut PgConnection) -> Result<()> {
         .into_iter()
         .map(|m| (m.version, m.checksum.into_owned()))
         .collect();
-    if let Some(newest) = applied
-        .keys()
-        .filter(|v| !migrator.version_exists(**v))
-        .max()
-    {
-        return Err(QueueError::SchemaNewer {
-            version: *newest,
-            known: migrator.iter().map(|m| m.version).max().unwrap_or_default(),
-        });
-    }
+    refuse_newer(&migrator, applied.keys().copied())?;
     let mut pending = Vec::new();
     for migration in migrator.iter() {
         match applied.get(&migration.version) {

@@ -11,6 +11,8 @@ use std::time::Duration;
 use nix::unistd::{Uid, User};
 use sqlx::{Connection, PgConnection};
 
+use runner::private_pg::bin_dir;
+
 use super::pgbouncer::free_port;
 use super::{cluster_tempdir, eventually};
 
@@ -31,7 +33,7 @@ impl Cluster {
     /// Starts a server whose `postgresql.conf` ends with `settings`.
     pub fn start(settings: &str) -> Cluster {
         let dir = cluster_tempdir();
-        let bin = bin_dir();
+        let bin = bin_dir().expect("PostgreSQL's server binaries");
         let server = Server {
             data: owned_dir(&dir.path().join("data")),
             port: free_port(),
@@ -70,7 +72,7 @@ impl Replicated {
     /// synchronously: from then on, a commit the primary acknowledges is on the standby too.
     pub async fn start() -> Replicated {
         let dir = cluster_tempdir();
-        let bin = bin_dir();
+        let bin = bin_dir().expect("PostgreSQL's server binaries");
         let server = |name: &str| Server {
             data: owned_dir(&dir.path().join(name)),
             port: free_port(),
@@ -315,17 +317,4 @@ fn append(file: &Path, text: &str) {
     use std::io::Write;
     let mut file = std::fs::OpenOptions::new().append(true).open(file).unwrap();
     file.write_all(text.as_bytes()).unwrap();
-}
-
-/// The newest `/usr/lib/postgresql/<version>/bin`.
-fn bin_dir() -> PathBuf {
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL's binaries in /usr/lib/postgresql")
-        .map(|entry| entry.unwrap().path().join("bin"))
-        .filter(|bin| bin.join("pg_basebackup").exists())
-        .collect();
-    versions.sort();
-    versions
-        .pop()
-        .expect("a PostgreSQL version with pg_basebackup")
 }
